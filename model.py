@@ -1,0 +1,599 @@
+"""
+Qwen2 by hand: the network, HF checkpoint loading, a batched KV-cache sampler and chunked log-probs.
+
+Design
+- Parameter names equal the HF checkpoint's (model.layers.0.self_attn.q_proj.weight, ...), so loading is a
+  plain strict state-dict load and any Qwen2 / Qwen2.5(-Math) checkpoint works without a conversion table.
+- `Qwen2.forward(input_ids)` returns logits [B, T, V]. `Qwen2.hidden_states(...)` is the same network up to
+  the final norm; it also takes explicit positions, a boolean attention mask and a KV cache, which is all the
+  sampler needs. The learner never asks for full logits: `sequence_logprobs` applies the LM head in chunks.
+- Sampling (`generate`): prompts are left-padded to a common length and padding is tracked by length, never
+  by token id (Qwen's pad token is also its EOS). Each prompt is prefilled once and its cache fanned out to its
+  K samples. Each row draws from its own pre-generated uniforms (inverse-CDF sampling), so a row's tokens
+  depend only on the seed, the row index and its own logits, never on what else is in the batch.
+
+    model = load_model("Qwen/Qwen2.5-Math-1.5B")          # or a local folder; safetensors only
+    tok = load_tokenizer("Qwen/Qwen2.5-Math-1.5B")
+    out = generate(model, [tok.encode("1+1=")], max_new_tokens=16, temperature=0, eos_token_id=tok.eos_token_id)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+# -----------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class Qwen2Config:
+    vocab_size: int = 151936
+    hidden_size: int = 1536
+    intermediate_size: int = 8960
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 12
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 4096
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "config") -> Qwen2Config:
+        arch = raw.get("model_type")
+        if arch != "qwen2":
+            archs = raw.get("architectures") or []
+            raise ValueError(f"{source}: model_type is {arch!r} (architectures {archs}); only Qwen2 models "
+                             "(model_type 'qwen2', e.g. Qwen2.5-Math) are supported")
+        if raw.get("use_sliding_window"):
+            raise ValueError(f"{source}: use_sliding_window=true is not supported")
+        rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            raise ValueError(f"{source}: rope scaling {rope} is not supported (plain RoPE only)")
+        if raw.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"{source}: hidden_act {raw['hidden_act']!r} is not supported (Qwen2 uses silu)")
+        names = {f.name for f in fields(cls)}
+        missing = sorted(n for n in names if n not in raw and n not in ("tie_word_embeddings", "rope_theta"))
+        if missing:
+            raise ValueError(f"{source}: missing keys {missing}")
+        # Newer transformers write rope_theta inside rope_parameters.
+        raw = dict(raw)
+        if "rope_theta" not in raw and isinstance(raw.get("rope_parameters"), dict):
+            raw["rope_theta"] = raw["rope_parameters"].get("rope_theta", cls.rope_theta)
+        config = cls(**{n: raw[n] for n in names if n in raw})
+        if config.hidden_size % config.num_attention_heads or config.num_attention_heads % config.num_key_value_heads:
+            raise ValueError(f"{source}: hidden_size must divide into heads and heads into kv heads")
+        if raw.get("head_dim", config.head_dim) != config.head_dim:
+            raise ValueError(f"{source}: head_dim {raw['head_dim']} != hidden_size / num_attention_heads")
+        return config
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> Qwen2Config:
+        path = Path(folder) / "config.json"
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"model folder not found: {folder}")
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found (an HF model folder holds config.json)")
+        return cls.from_dict(json.loads(path.read_text()), source=str(path))
+
+    def to_hf_dict(self) -> dict:
+        """config.json contents that transformers' Qwen2ForCausalLM reads back."""
+        return {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+                "use_sliding_window": False, "attention_dropout": 0.0,
+                **{f.name: getattr(self, f.name) for f in fields(self)}}
+
+
+# -----------------------------------------------------------------------------
+# The network
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        # Normalise in float32, scale in the model dtype: exactly HF's order of operations.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rotary_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos, sin of shape [B, 1, T, head_dim] for integer positions [B, T] (computed in float32)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+    freqs = positions.float()[..., None] * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x, cos, sin):
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        d = config.hidden_size
+        self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=True)  # Qwen2: biases on q, k, v only
+        self.k_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=True)
+        self.v_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=True)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
+
+    def forward(self, x, cos, sin, mask, cache, layer):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        if mask is None:  # a plain causal batch starting at position 0 (training, full recompute)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_heads != self.n_kv_heads)
+        else:
+            # Grouped-query attention without copying K/V: the G query heads that share a KV head become
+            # G*T query rows of that head, each with its own row of the mask.
+            G, S = self.n_heads // self.n_kv_heads, k.shape[2]
+            q = q.reshape(B, self.n_kv_heads, G * T, self.head_dim)
+            mask = mask.unsqueeze(2).expand(B, 1, G, T, S).reshape(B, 1, G * T, S)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.reshape(B, self.n_heads, T, self.head_dim).transpose(1, 2).reshape(B, T, -1)
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, mask=None, cache=None, layer=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Qwen2(nn.Module):
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.config = config
+        self.model = nn.ModuleDict(dict(
+            embed_tokens=nn.Embedding(config.vocab_size, config.hidden_size),
+            layers=nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers)),
+            norm=RMSNorm(config.hidden_size, config.rms_norm_eps),
+        ))
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tie_weights()
+        self.gradient_checkpointing = False  # recompute each block's activations in backward (training memory)
+
+    def tie_weights(self):
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def hidden_states(self, input_ids, positions=None, mask=None, cache=None):
+        """Final-norm hidden states [B, T, H].
+
+        positions: [B, T] rotary positions (default 0..T-1, plus the cache length when one is given).
+        mask: bool [B, 1, T, S], True where a query may attend to a key; S = cache length + T with a cache.
+              None means causal with no padding.
+        cache: a KVCache; the new keys/values are written at its current length, which then advances by T.
+        """
+        B, T = input_ids.shape
+        if positions is None:
+            start = cache.length if cache is not None else 0
+            positions = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
+        if mask is None and cache is not None and cache.length > 0:
+            mask = causal_mask(torch.ones(B, cache.length + T, dtype=torch.bool, device=input_ids.device), T)
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = rotary_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        for i, block in enumerate(self.model.layers):
+            if self.gradient_checkpointing and torch.is_grad_enabled() and cache is None:
+                x = checkpoint(block, x, cos, sin, mask, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, mask, cache, i)
+        if cache is not None:
+            cache.length += T
+        return self.model.norm(x)
+
+    def forward(self, input_ids, positions=None, mask=None, cache=None):
+        return self.lm_head(self.hidden_states(input_ids, positions, mask, cache))
+
+
+# -----------------------------------------------------------------------------
+# KV cache
+
+
+class KVCache:
+    """Preallocated keys and values [layers, batch, kv_heads, max_len, head_dim]; `length` columns are filled.
+
+    All rows share one write position (prompts are left-padded); which columns are padding is the caller's
+    business, expressed in the attention mask.
+    """
+
+    def __init__(self, config: Qwen2Config, batch_size: int, max_len: int, dtype, device):
+        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.length = 0
+
+    def update(self, layer: int, k, v):
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.k.shape[3]:
+            raise RuntimeError(f"KV cache overflow: {end} > {self.k.shape[3]} columns")
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def fan_out(self, copies: int, max_len: int) -> KVCache:
+        """A new cache with each row repeated `copies` times (row b -> rows b*copies .. b*copies+copies-1)."""
+        new = object.__new__(KVCache)
+        L, B, H, _, D = self.k.shape
+        new.k = self.k.new_empty((L, B * copies, H, max_len, D))
+        new.v = self.v.new_empty((L, B * copies, H, max_len, D))
+        new.length = self.length
+        new.k[:, :, :, :self.length] = self.k[:, :, :, :self.length].repeat_interleave(copies, dim=1)
+        new.v[:, :, :, :self.length] = self.v[:, :, :, :self.length].repeat_interleave(copies, dim=1)
+        return new
+
+
+def causal_mask(key_valid: torch.Tensor, T: int) -> torch.Tensor:
+    """bool [B, 1, T, S] for T new queries at columns S-T .. S-1 over keys 0 .. S-1.
+
+    A query attends to valid keys at or before its own column. Padding queries have no valid key, so they
+    attend to themselves only (their outputs are never used, but SDPA must not see an all-masked row).
+    """
+    B, S = key_valid.shape
+    q_col = torch.arange(S - T, S, device=key_valid.device)[:, None]
+    k_col = torch.arange(S, device=key_valid.device)[None, :]
+    mask = (k_col <= q_col)[None] & key_valid[:, None, :]
+    mask |= (k_col == q_col)[None]
+    return mask[:, None]
+
+
+# -----------------------------------------------------------------------------
+# Sampling
+
+
+@torch.no_grad()
+def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
+             top_p: float = 1.0, eos_token_id: int | list[int] | None = None, seed: int | None = None,
+             num_samples: int = 1, vocab_size: int | None = None) -> list[list[int]]:
+    """Sample `num_samples` completions for each prompt; returns len(prompts) * num_samples token lists,
+    prompt-major (the samples of prompt i are rows i*num_samples ... i*num_samples + num_samples - 1), each cut
+    after its first EOS (the EOS is kept: it is a sampled action the learner must train).
+
+    temperature 0 is greedy. vocab_size: ids >= it (embedding rows the tokenizer does not have) are never drawn.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs at least one prompt and no empty prompt")
+    if num_samples < 1 or max_new_tokens < 1:
+        raise ValueError("num_samples and max_new_tokens must be >= 1")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    config, device = model.config, model.lm_head.weight.device
+    dtype = model.lm_head.weight.dtype
+    P = max(len(p) for p in prompts)
+    if P + max_new_tokens > config.max_position_embeddings:
+        raise ValueError(f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                         f"max_position_embeddings ({config.max_position_embeddings})")
+    eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or []),
+                       dtype=torch.long, device=device)
+
+    # Left-pad to a common length; padding is tracked by length (key_valid), never by id.
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    ids = torch.zeros(len(prompts), P, dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
+    pad = P - lengths
+    key_valid = torch.arange(P + max_new_tokens, device=device)[None, :] >= pad[:, None]
+    positions = (torch.arange(P, device=device)[None, :] - pad[:, None]).clamp(min=0)
+
+    # Prefill each prompt once, then fan its cache out to its samples.
+    cache = KVCache(config, len(prompts), P, dtype, device)
+    h = model.hidden_states(ids, positions, causal_mask(key_valid[:, :P], P), cache)[:, -1]
+    cache = cache.fan_out(num_samples, P + max_new_tokens)
+    h = h.repeat_interleave(num_samples, dim=0)
+    key_valid = key_valid.repeat_interleave(num_samples, dim=0)
+    next_position = lengths.repeat_interleave(num_samples)[:, None]
+
+    # Per-row uniforms drawn on the CPU from one seeded stream: row r gets draws r*N .. r*N+N-1, whatever
+    # the batch holds (a CPU generator is reproducible across devices; CUDA's is not across batch shapes).
+    B = len(prompts) * num_samples
+    generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
+    uniforms = torch.rand(B, max_new_tokens, generator=generator, dtype=torch.float64).to(device)
+
+    out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    n_steps = 0
+    for t in range(max_new_tokens):
+        logits = model.lm_head(h).float()
+        token = sample_token(logits, temperature, top_p, uniforms[:, t], vocab_size)
+        out[:, t] = token
+        n_steps = t + 1
+        done |= torch.isin(token, eos)
+        # Checking for "all rows done" syncs with the GPU, so look only every 16 steps.
+        if t == max_new_tokens - 1 or (eos.numel() and t % 16 == 15 and bool(done.all())):
+            break
+        h = model.hidden_states(token[:, None], next_position + t, causal_mask(key_valid[:, :P + t + 1], 1), cache)[:, -1]
+
+    # Cut each row after its first EOS.
+    stop, result = set(eos.tolist()), []
+    for row in out[:, :n_steps].tolist():
+        end = next((j + 1 for j, tok in enumerate(row) if tok in stop), len(row))
+        result.append(row[:end])
+    return result
+
+
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor,
+                 vocab_size: int | None = None) -> torch.Tensor:
+    """One token per row of float logits [B, V], by inverse CDF with one uniform in [0, 1) per row."""
+    if vocab_size is not None and vocab_size < logits.shape[-1]:
+        logits = logits.clone()
+        logits[:, vocab_size:] = float("-inf")
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    order = None
+    if top_p < 1.0:
+        # Keep the smallest set of most likely tokens whose mass reaches top_p.
+        probs, order = probs.sort(dim=-1, descending=True)
+        mass_before = probs.cumsum(-1) - probs
+        probs = probs.masked_fill(mass_before >= top_p, 0.0)
+    cdf = probs.double().cumsum(-1)
+    # right=True: the first index whose cdf exceeds the draw, so zero-probability ids are never chosen.
+    idx = torch.searchsorted(cdf, (uniforms.double() * cdf[:, -1])[:, None], right=True).clamp(max=logits.shape[-1] - 1)
+    idx = idx.squeeze(-1)
+    return order.gather(-1, idx[:, None]).squeeze(-1) if order is not None else idx
+
+
+# -----------------------------------------------------------------------------
+# Log-probabilities for the learner
+
+
+def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: torch.Tensor,
+                   temperature: float = 1.0, vocab_size: int | None = None, chunk_size: int = 1024):
+    """log p(target) and the entropy of the next-token distribution at each position.
+
+    hidden [B, T, H], targets [B, T] -> (logprobs [B, T] float32, entropy [B, T] float32, no grad).
+    The LM head runs over `chunk_size` positions at a time and, under autograd, each chunk is recomputed in
+    backward, so at most [chunk_size, V] float32 logits exist at once, never [B, T, V]. temperature and
+    vocab_size define the same distribution the sampler drew from.
+    """
+    B, T, H = hidden.shape
+    flat_h, flat_t = hidden.reshape(B * T, H), targets.reshape(B * T)
+    logprobs, entropies = [], []
+    for start in range(0, B * T, chunk_size):
+        h, t = flat_h[start:start + chunk_size], flat_t[start:start + chunk_size]
+        if torch.is_grad_enabled() and h.requires_grad:
+            lp, ent = checkpoint(_chunk_logprobs, h, lm_head_weight, t, temperature, vocab_size, use_reentrant=False)
+        else:
+            lp, ent = _chunk_logprobs(h, lm_head_weight, t, temperature, vocab_size)
+        logprobs.append(lp)
+        entropies.append(ent)
+    return torch.cat(logprobs).view(B, T), torch.cat(entropies).view(B, T)
+
+
+def _chunk_logprobs(h, weight, targets, temperature, vocab_size):
+    logits = F.linear(h, weight)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> float32, float64 stays
+    if vocab_size is not None:
+        logits = logits[:, :vocab_size]
+    if temperature != 1.0:
+        logits = logits / temperature
+    logz = torch.logsumexp(logits, dim=-1)
+    lp = logits.gather(-1, targets[:, None]).squeeze(-1) - logz
+    with torch.no_grad():
+        probs = torch.softmax(logits, dim=-1)
+        entropy = logz - (probs * logits).sum(-1)
+    return lp, entropy
+
+
+def sequence_logprobs(model: Qwen2, sequences: list[list[int]], prompt_lengths: list[int],
+                      temperature: float = 1.0, vocab_size: int | None = None, chunk_size: int = 1024):
+    """Per-token log-probs of each sequence's completion (the tokens after its prompt).
+
+    Sequences are right-padded (causal attention then needs no mask: padding only follows real tokens).
+    Returns (logprobs [B, T-1], entropy [B, T-1], completion_mask [B, T-1] bool), aligned so that position j
+    scores token j+1.
+    """
+    device = model.lm_head.weight.device
+    T = max(len(s) for s in sequences)
+    ids = torch.zeros(len(sequences), T, dtype=torch.long, device=device)
+    mask = torch.zeros(len(sequences), T - 1, dtype=torch.bool, device=device)
+    for i, (s, p) in enumerate(zip(sequences, prompt_lengths)):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, p - 1:len(s) - 1] = True
+    hidden = model.hidden_states(ids[:, :-1])
+    logprobs, entropy = token_logprobs(hidden, model.lm_head.weight, ids[:, 1:], temperature, vocab_size, chunk_size)
+    return logprobs, entropy, mask
+
+
+# -----------------------------------------------------------------------------
+# Loading HF checkpoints (safetensors only)
+
+HUB_PATTERNS = ["*.json", "*.safetensors", "merges.txt", "vocab.json"]
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
+    """A local folder as is; anything else that looks like a hub id ("org/name") is downloaded (weights and
+    configs only) with huggingface-hub."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    text = str(name_or_path)
+    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.exists()
+    if not looks_like_hub_id:
+        raise FileNotFoundError(f"model folder not found: {text}")
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(repo_id=text, allow_patterns=HUB_PATTERNS))
+    except Exception as e:  # offline, DNS, HTTP errors, missing repo: one clear line
+        raise RuntimeError(f"could not download '{text}' from the Hugging Face Hub ({type(e).__name__}); "
+                           f"the hub may be unreachable. Download it elsewhere and pass the local folder instead, "
+                           f"e.g. --model /path/to/{text.split('/')[-1]}") from None
+
+
+def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = sorted(set(weight_map.values()))
+    elif (folder / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+        hint = (f" It has {pickles}: pickle checkpoints are not loaded (they can run code); convert them to "
+                "safetensors first.") if pickles else ""
+        raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json.{hint}")
+    state = {}
+    for name in files:
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name} is listed in the index but missing")
+        state.update(load_file(folder / name))
+    return state
+
+
+def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None,
+               device: str | torch.device = "cpu") -> Qwen2:
+    """Build on the meta device, then assign the checkpoint's tensors (cast to dtype) in one strict load.
+
+    dtype defaults to bfloat16 on CUDA and float32 elsewhere.
+    """
+    folder = resolve_model_path(name_or_path)
+    config = Qwen2Config.from_pretrained(folder)
+    device = torch.device(device)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    with torch.device("meta"):
+        model = Qwen2(config)
+    state = load_state_dict(folder)
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # tied: the embedding is the head
+    expected = {k: v.shape for k, v in model.state_dict().items() if not (config.tie_word_embeddings and k == "lm_head.weight")}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(s)}" for k, s in expected.items()
+             if k in state and state[k].shape != s]
+    if missing or unexpected or wrong:
+        problems = ([f"missing tensors: {missing}"] if missing else []) + \
+                   ([f"unexpected tensors: {unexpected}"] if unexpected else []) + \
+                   ([f"wrong shapes: {wrong}"] if wrong else [])
+        raise ValueError(f"{folder}: checkpoint does not match its config.json; " + "; ".join(problems))
+    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    return model.eval()
+
+
+def save_model(model: Qwen2, folder: str | os.PathLike, state_dict: dict | None = None):
+    """Write an HF-format folder (config.json + model.safetensors) that load_model and transformers read."""
+    from safetensors.torch import save_file
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = state_dict if state_dict is not None else model.state_dict()
+    if model.config.tie_word_embeddings:
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(model.config.to_hf_dict() | {"torch_dtype": str(
+        model.lm_head.weight.dtype).removeprefix("torch.")}, indent=2) + "\n")
+
+
+# -----------------------------------------------------------------------------
+# Tokenizer
+
+# Qwen2's pre-tokenizer regex (transformers models/qwen2/tokenization_qwen2.py): single digits split.
+QWEN2_PRETOKENIZE_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                           r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+class Tokenizer:
+    """A thin wrapper over a `tokenizers.Tokenizer` with the ids GRPO needs."""
+
+    def __init__(self, tokenizer, eos_token: str | None, pad_token: str | None = None):
+        self.tokenizer = tokenizer
+        self.eos_token_id = tokenizer.token_to_id(eos_token) if eos_token else None
+        self.pad_token_id = tokenizer.token_to_id(pad_token) if pad_token else self.eos_token_id
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids the tokenizer can produce (added tokens included); the model may have more rows."""
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.tokenizer.token_to_id(token)
+
+
+def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
+    """tokenizer.json when present, otherwise vocab.json + merges.txt with Qwen2's byte-level BPE and the
+    added tokens of tokenizer_config.json. The EOS is tokenizer_config's eos_token."""
+    from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+    folder = resolve_model_path(name_or_path)
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+
+    def token_text(value):
+        return value.get("content") if isinstance(value, dict) else value
+
+    if (folder / "tokenizer.json").is_file():
+        tokenizer = HFTokenizer.from_file(str(folder / "tokenizer.json"))
+    elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        merges = []
+        for line in (folder / "merges.txt").read_text(encoding="utf-8").split("\n"):
+            if line.startswith("#version") or not line:  # Qwen's file has no header: never skip line 1 blindly
+                continue
+            a, b = line.split(" ")
+            merges.append((a, b))
+        tokenizer = HFTokenizer(models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
+        tokenizer.normalizer = normalizers.NFC()
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+        tokenizer.decoder = decoders.ByteLevel()
+        added = sorted(((int(i), t) for i, t in config.get("added_tokens_decoder", {}).items()))
+        for token_id, token in added:
+            tokenizer.add_tokens([AddedToken(token["content"], special=token.get("special", False), normalized=False,
+                                             lstrip=token.get("lstrip", False), rstrip=token.get("rstrip", False),
+                                             single_word=token.get("single_word", False))])
+            if tokenizer.token_to_id(token["content"]) != token_id:
+                raise ValueError(f"{config_path}: added token {token['content']!r} should have id {token_id}")
+    else:
+        raise FileNotFoundError(f"{folder}: no tokenizer.json, nor vocab.json + merges.txt")
+    return Tokenizer(tokenizer, token_text(config.get("eos_token")), token_text(config.get("pad_token")))
