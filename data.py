@@ -1,0 +1,1075 @@
+"""Math data, prompt formats and a hardened binary reward for GRPO.
+
+The reward is the only teacher in this system, and model output is hostile input: every function that reads a
+completion is bounded in time and memory, never raises on any ``str``, and never evaluates model text with eval,
+exec, compile or sympy. Numbers are compared exactly (``fractions.Fraction``) by a small parser of our own.
+
+Data
+    ``load_gsm8k`` / ``load_math`` read the original release formats as jsonl (as in ../shared/data): GSM8K
+    ``{"question", "answer"}`` whose gold is the text after ``####`` with commas removed; MATH
+    ``{"problem", "level", "type", "solution"}`` (MATH-500's ``subject`` is read as ``type``) whose gold is the last
+    ``\\boxed{...}`` of the solution, brace-matched. MATH may also be the per-problem json tree of the original
+    tarball (``{split}/<subject>/<n>.json``). A MATH solution without a usable box (two train problems have an empty
+    ``\\boxed{}``) cannot be scored and is skipped. With no local path, the pinned Hugging Face Hub copy is fetched
+    (``HUB_SOURCES``); offline that fails with a one-line RuntimeError that says to pass a local path.
+    ``assign_tiers`` sets each problem's difficulty tier from a file of measured per-problem pass rates.
+
+Prompts (exact text: the ``*_TEMPLATE`` and ``PAPER_EXEMPLARS`` constants below; placeholders are filled
+in one pass, never with ``str.format``, so LaTeX braces in a question are safe)
+    ``qwen-chat`` (default): Qwen2.5-Math chat format, system prompt "Please reason step by step, and put your final
+    answer within \\boxed{}."; ``plain``: "Question: ...\\nAnswer:"; ``paper``: the paper authors' format (worked
+    exemplar(s), then "Question: ...\\nSolution: Let's think step by step. "); ``paper-gold``: the same with the
+    problem's own cleaned gold reasoning appended, only the final answer withheld, as the authors trained.
+
+Extraction (``extract_answer``), on a bounded window of the completion
+    1. Only the last ``MAX_COMPLETION_CHARS`` characters are read, and they end at the first ``<|im_end|>`` or
+       ``<|endoftext|>``. Final answers are at the end, and 32,768 characters is more than any completion of the
+       4,096-position Qwen2.5-Math context (verl scans only 300: a correct ``#### N`` followed by more text scores 0).
+       Truncating first bounds every later scan; the sampler stops at end-of-turn, so nothing real is cut.
+    2. The last ``\\boxed{...}`` or ``\\fbox{...}`` (brace-matched, linear scan; also ``\\boxed 5``) decides. If it is
+       empty, unbalanced or longer than ``MAX_ANSWER_CHARS``, the answer is None: no fallback to an earlier box.
+    3. Else the first ``####`` line (GSM8K; "#### The final answer is N" as the paper's exemplars write it). The
+       first, not the last: a base model that runs on past its answer writes the next exemplar's ``####``.
+    4. Else the last "answer is" / "answer:" (e.g. "The final answer is $18$. I hope it is correct."). For 3 and 4
+       the answer is a $...$ group or the rest of that line up to a sentence end; the marker decides, even if empty.
+    5. Lenient only (``strict=False``): the last number in the text. The reward is strict by default, since a
+       last-number reward is gamed by printing numbers.
+
+Comparison (``math_equal``): both sides are normalised, then compared as strings, as values, or element-wise
+    Normalisation: unicode minus/degree/pi/times; ``$``, ``\\$``, ``%``, ``\\%``, ``^\\circ``, ``\\left``,
+    ``\\right``, ``\\!``, ``\\,``, ``\\;``, ``\\(``, ``\\[`` removed; ``\\dfrac``/``\\tfrac`` -> ``\\frac``;
+    ``\\text{}``, ``\\mbox{}``, ``\\mathrm{}``, ``\\textbf{}``, ``\\boxed{}`` unwrapped; trailing unit words dropped
+    after a number ("18 dollars", "5 \\text{ cm}^2"); "and"/"or" between list items become commas; whitespace
+    dropped; a trailing "." dropped; a leading one-letter "x =" dropped; thousands commas (``1,000``, ``1{,}000``,
+    ``1,\\!000``) removed only where the whole answer (or a whole brace group) is one grouped number; "(C)" -> "C";
+    word answers lower-cased.
+    Values: a bounded recursive-descent parser (integers, decimals, scientific ``1.5e3``, ``+ - * / ^``, ``\\cdot``,
+    ``\\times``, ``\\div``, ``\\frac``, ``\\sqrt``, ``\\sqrt[n]``, ``\\pi``, implicit products ``2\\pi``, mixed
+    numbers ``2\\frac{1}{2}``). Rational results are exact Fractions and compare exactly ("0.5" == "\\frac{1}{2}",
+    "18.00" == "18"); results with an irrational part (a non-square root, pi) are floats and compare with relative
+    tolerance 1e-9 only against other irrational results, so a decimal approximation never matches an exact surd.
+    Structures: tuples and intervals element-wise with the same brackets; ``\\{...\\}`` sets and bare comma lists
+    order-insensitively; ``\\cup`` unions order-insensitively; pmatrix/bmatrix element-wise.
+    Percentages are not rescaled: "50\\%" == "50", "50\\%" != "0.5". There is no symbolic algebra: answers with
+    variables compare as normalised strings ("x^2+2x+1" != "1+2x+x^2"); unsimplified numbers compare by value.
+
+Bounds (all inputs): ``MAX_COMPLETION_CHARS`` characters of completion, ``MAX_ANSWER_CHARS`` per answer,
+``MAX_DIGITS`` digits per literal, integer exponents up to ``MAX_EXPONENT``, exact values up to ``MAX_BITS`` bits
+(power towers like ``9^{9^{9^9}}`` are "not evaluable" after one step), nesting depth ``MAX_NESTING``,
+``MAX_ELEMENTS`` elements per tuple/set/matrix. Regexes run on bounded windows and have no nested quantifiers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Mapping, Union
+
+PathLike = Union[str, Path]
+
+# --- Records -------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Problem:
+    question: str
+    answer: str  # gold final answer (GSM8K: after ####, commas removed; MATH: last \boxed content)
+    solution: str = ""  # gold worked solution (GSM8K: the answer text without its #### line; MATH: as released)
+    id: str = ""  # stable id: "gsm8k/train/0", or MATH's unique_id "train/algebra/0.json"
+    level: int | None = None  # MATH level 1-5 (None for GSM8K and "Level ?")
+    type: str | None = None  # MATH subject, e.g. "Algebra" (None for GSM8K)
+    tier: str | None = None  # difficulty tier set by assign_tiers
+
+
+# --- Loading -------------------------------------------------------------------------------------------------------
+
+# Pinned Hub copies (repo, revision, file), used when no local path is given. GSM8K and full MATH exist on the Hub
+# only as parquet (MATH: one file per subject; algebra's is fetched), which this module does not read (no parquet
+# dependency): the file is fetched, which checks the pin, then a jsonl path is asked for. MATH-500's test.jsonl at
+# this revision has the sha256 of ../shared/data/math/math500_test.jsonl (35dc4108...), so it is read as is.
+HUB_SOURCES: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("gsm8k", "train"): ("openai/gsm8k", "cc7b047b6e5bb11b4f1af84efc572db110a51b3c",
+                         "main/train-00000-of-00001.parquet"),
+    ("gsm8k", "test"): ("openai/gsm8k", "cc7b047b6e5bb11b4f1af84efc572db110a51b3c",
+                        "main/test-00000-of-00001.parquet"),
+    ("math", "train"): ("EleutherAI/hendrycks_math", "21a5633873b6a120296cce3e2df9d5550074f4a3",
+                        "algebra/train-00000-of-00001.parquet"),
+    ("math", "test"): ("EleutherAI/hendrycks_math", "21a5633873b6a120296cce3e2df9d5550074f4a3",
+                       "algebra/test-00000-of-00001.parquet"),
+    ("math", "math500"): ("HuggingFaceH4/MATH-500", "6e4ed1a2a79af7d8630a6b768ec859cb5af4d3be", "test.jsonl"),
+}
+_LOCAL_FILE = {"math500": "math500_test.jsonl"}  # file name of a split inside a local data folder
+
+
+def _hub_file(dataset: str, split: str) -> Path:
+    if (dataset, split) not in HUB_SOURCES:
+        raise ValueError(f"no hub source for {dataset} split {split!r}; pass a local path")
+    repo, revision, file = HUB_SOURCES[(dataset, split)]
+    hint = f"pass a local path instead, e.g. --data-path ../shared/data/{dataset}"
+    try:
+        from huggingface_hub import hf_hub_download
+
+        local = Path(hf_hub_download(repo, file, repo_type="dataset", revision=revision))
+    except Exception as e:  # any failure here (offline, DNS, HTTP, missing package) means the same to the user
+        raise RuntimeError(f"cannot fetch {dataset}/{split} from the Hugging Face Hub ({repo}@{revision[:7]}): "
+                           f"hub unreachable or offline ({type(e).__name__}); {hint}") from None
+    if local.suffix != ".jsonl":
+        raise RuntimeError(f"the pinned hub copy of {dataset}/{split} ({repo}@{revision[:7]}, fetched to {local}) "
+                           f"is parquet, which data.py does not read (no parquet dependency); convert it to jsonl "
+                           f"or {hint}")
+    return local
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(1-based line number, object) for each non-blank line; bad input names the file and line."""
+    try:
+        raw_lines = path.read_bytes().split(b"\n")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"data file not found: {path}") from None
+    rows = []
+    for lineno, raw in enumerate(raw_lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}:{lineno}: invalid JSON line ({e})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        rows.append((lineno, record))
+    return rows
+
+
+def _field(record: dict, key: str, path: Path, lineno: int) -> str:
+    value = record.get(key)
+    if not isinstance(value, str):
+        raise ValueError(f"{path}:{lineno}: missing or non-string field {key!r}")
+    return value
+
+
+def _split_file(path: PathLike, split: str) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        return path / _LOCAL_FILE.get(split, f"{split}.jsonl")
+    return path
+
+
+def _gsm8k_problems(rows: list[tuple[int, dict]], path: Path, split: str) -> list[Problem]:
+    problems = []
+    for index, (lineno, record) in enumerate(rows):
+        question = _field(record, "question", path, lineno)
+        reasoning, marker, final = _field(record, "answer", path, lineno).rpartition("####")
+        gold = final.strip().replace(",", "")
+        if not marker or not gold:
+            raise ValueError(f"{path}:{lineno}: GSM8K answer has no '#### <final answer>' line")
+        problems.append(Problem(question, gold, reasoning.strip(), f"gsm8k/{split}/{index}"))
+    return problems
+
+
+def load_gsm8k(split: str = "train", path: PathLike | None = None) -> list[Problem]:
+    """GSM8K problems. path: a jsonl file, or a folder holding {split}.jsonl; None fetches the pinned hub copy."""
+    file = _hub_file("gsm8k", split) if path is None else _split_file(path, split)
+    return _gsm8k_problems(_read_jsonl(file), file, split)
+
+
+def _math_level(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.startswith("Level ") and value[6:].strip().isdigit():
+        return int(value[6:])
+    return None  # "Level ?" in two train problems
+
+
+def _type_key(name: str) -> str:
+    """'Counting & Probability' and 'counting_and_probability' name the same subject."""
+    return "_".join(name.lower().replace("&", "and").split())
+
+
+def _math_problems(rows: Iterable[tuple[str, dict]], split: str) -> list[Problem]:
+    """rows: (where, record) with where = 'file:line' for messages."""
+    problems = []
+    for index, (where, record) in enumerate(rows):
+        question, solution = record.get("problem"), record.get("solution")
+        if not isinstance(question, str) or not isinstance(solution, str):
+            raise ValueError(f"{where}: a MATH record needs string fields 'problem' and 'solution'")
+        gold = _last_boxed(solution)
+        if gold is _NO_BOX and isinstance(record.get("answer"), str):
+            gold = record["answer"].strip()  # MATH-format data with no box but an answer field
+        if not isinstance(gold, str) or not gold:
+            continue  # unscorable: e.g. train/number_theory/7115.json and 7117.json box nothing
+        subject = record.get("type", record.get("subject"))
+        problems.append(Problem(
+            question, gold, solution, str(record.get("unique_id") or f"math/{split}/{index}"),
+            _math_level(record.get("level")), subject if isinstance(subject, str) else None))
+    return problems
+
+
+def load_math(split: str = "train", path: PathLike | None = None, levels: Iterable[int] | None = None,
+              types: Iterable[str] | None = None) -> list[Problem]:
+    """MATH problems, optionally filtered by level (e.g. [2]) and subject (e.g. ["Algebra"] or ["algebra"]).
+
+    split: "train", "test" or "math500". path: a jsonl file; a folder holding {split}.jsonl (math500_test.jsonl for
+    "math500"); or the original release tree holding {split}/<subject>/<n>.json. None fetches the pinned hub copy.
+    """
+    if path is None:
+        file = _hub_file("math", split)
+        rows = [(f"{file}:{n}", r) for n, r in _read_jsonl(file)]
+    elif Path(path).is_dir() and (Path(path) / split).is_dir():
+        root = Path(path)
+        rows = []
+        for file in sorted((root / split).glob("*/*.json")):  # lexicographic, as the staged jsonl dumps
+            try:
+                record = json.loads(file.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ValueError(f"{file}: invalid JSON ({e})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{file}: expected a JSON object")
+            record.setdefault("unique_id", file.relative_to(root).as_posix())
+            rows.append((str(file), record))
+    else:
+        file = _split_file(path, split)
+        rows = [(f"{file}:{n}", r) for n, r in _read_jsonl(file)]
+    problems = _math_problems(rows, split)
+    if levels is not None:
+        wanted_levels = set(levels)
+        problems = [p for p in problems if p.level in wanted_levels]
+    if types is not None:
+        wanted_types = {_type_key(t) for t in types}
+        problems = [p for p in problems if p.type is not None and _type_key(p.type) in wanted_types]
+    return problems
+
+
+def load_problems(spec: str, split: str = "train", path: PathLike | None = None,
+                  levels: Iterable[int] | None = None, types: Iterable[str] | None = None) -> list[Problem]:
+    """spec: "gsm8k" or "math" (path = its local copy, None = hub), or a jsonl file / data folder in either format,
+    detected from the first record's fields (question+answer: GSM8K; problem+solution: MATH)."""
+    if spec in ("gsm8k", "math"):
+        dataset, source = spec, path
+    else:
+        if path is not None:
+            raise ValueError("pass either a dataset name with path=..., or a path as spec, not both")
+        source = Path(spec)
+        if source.is_dir() and (source / split).is_dir():
+            dataset = "math"  # the original MATH release tree
+        else:
+            file = _split_file(source, split)
+            rows = _read_jsonl(file)
+            first = rows[0][1] if rows else {}
+            if "question" in first and "answer" in first:
+                dataset = "gsm8k"
+            elif "problem" in first and "solution" in first:
+                dataset = "math"
+            else:
+                raise ValueError(f"{file}: cannot tell the format (want question+answer or problem+solution fields)")
+    if dataset == "gsm8k":
+        if levels is not None or types is not None:
+            raise ValueError("levels/types filter MATH only")
+        return load_gsm8k(split, source)
+    return load_math(split, source, levels, types)
+
+
+# --- Difficulty tiers ----------------------------------------------------------------------------------------------
+
+# The authors' GSM8K split [paper notes 1.2, INFER]: 10 samples per problem, Easy = all 10 correct, Medium = 9 of 10,
+# Hard = 8 or fewer. With thresholds as minimum pass rates: {"easy": 1.0, "medium": 0.9, "hard": 0.0}.
+PAPER_TIER_THRESHOLDS: dict[str, float] = {"easy": 1.0, "medium": 0.9, "hard": 0.0}
+
+
+def _read_pass_rates(path: Path) -> dict[str, float]:
+    rates: dict[str, float] = {}
+    for lineno, record in _read_jsonl(path):
+        where = f"{path}:{lineno}"
+        pid = record.get("id")
+        if not isinstance(pid, str):
+            raise ValueError(f"{where}: missing string field 'id'")
+        if "pass_rate" in record:
+            rate = record["pass_rate"]
+        elif "rewards" in record:
+            rewards = record["rewards"]
+            if not isinstance(rewards, list) or not rewards or any(r not in (0, 1) for r in rewards):
+                raise ValueError(f"{where}: 'rewards' must be a non-empty list of 0/1")
+            rate = sum(rewards) / len(rewards)
+        else:
+            raise ValueError(f"{where}: need 'pass_rate' or 'rewards'")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{where}: pass rate must be a number in [0, 1], got {rate!r}")
+        if pid in rates:
+            raise ValueError(f"{where}: duplicate id {pid!r}")
+        rates[pid] = float(rate)
+    return rates
+
+
+def assign_tiers(problems: Iterable[Problem], pass_rates_path: PathLike,
+                 thresholds: Mapping[str, float] = PAPER_TIER_THRESHOLDS) -> list[Problem]:
+    """Copies of problems with tier set from measured pass rates.
+
+    pass_rates_path: jsonl, one line per problem, {"id": <Problem.id>, "pass_rate": <float in [0, 1]>} or
+    {"id": ..., "rewards": [0/1, ...]} (the k sampled verdicts; pass rate = their mean). Ids in the file but not in
+    problems are ignored; a problem missing from the file is an error (a file from another split or dataset).
+    thresholds: tier -> minimum pass rate (inclusive); each problem gets the tier with the highest minimum that its
+    pass rate reaches, or None below all of them. Select a split with [p for p in tiered if p.tier == "hard"].
+    """
+    mins = dict(thresholds)
+    if not mins or any(not 0.0 <= m <= 1.0 for m in mins.values()) or len(set(mins.values())) != len(mins):
+        raise ValueError(f"thresholds must map tiers to distinct minimum pass rates in [0, 1], got {mins}")
+    ordered = sorted(mins.items(), key=lambda kv: -kv[1])
+    rates = _read_pass_rates(Path(pass_rates_path))
+    problems = list(problems)
+    missing = [p.id for p in problems if p.id not in rates]
+    if missing:
+        raise ValueError(f"{pass_rates_path}: no pass rate for {len(missing)} of {len(problems)} problems, "
+                         f"e.g. {missing[:3]}")
+    return [replace(p, tier=next((t for t, m in ordered if rates[p.id] >= m), None)) for p in problems]
+
+
+# --- Prompts -------------------------------------------------------------------------------------------------------
+
+QWEN_CHAT_TEMPLATE = ("<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{}."
+                      "<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
+PLAIN_TEMPLATE = "Question: {question}\nAnswer:"
+PAPER_TEMPLATE = "{exemplars}Question: {question}\nSolution: Let's think step by step. "
+PAPER_GOLD_TEMPLATE = "{exemplars}Question: {question}\nSolution: Let's think step by step. {reasoning} "
+
+# The authors' hand-written exemplars (Caitlyn-Yin/grpo_norm gsm8k_difficulty.py, math_datasets.py), as their
+# formatter renders them: GSM8K picks one by the training tier; MATH uses both, in the order random.seed(42) gives.
+PAPER_EXEMPLARS: dict[str, str] = {
+    "easy": (
+        "Question: John has 5 apples. He buys 3 more apples. How many apples does he have?\n"
+        "Solution: Let's think step by step. John starts with 5 apples. He buys 3 more. So he has 5 + 3 = 8 apples "
+        "#### The final answer is 8\n\n"),
+    "medium": (
+        "Question: A store sells apples for $2 each and oranges for $3 each. If John buys 4 apples and 5 oranges, "
+        "how much does he spend?\n"
+        "Solution: Let's think step by step. Apples cost $2 each, so 4 apples cost 4 × 2 = $8. Oranges cost $3 each, "
+        "so 5 oranges cost 5 × 3 = $15. Total cost is 8 + 15 = $23 #### The final answer is 23\n\n"),
+    "hard": (
+        "Question: A factory produces 240 widgets per day. Due to increased demand, they increase production by "
+        "25%. Then, due to equipment issues, they have to reduce the new production rate by 10%. How many widgets "
+        "do they produce per day now?\n"
+        "Solution: Let's think step by step. Initial production is 240 widgets. After 25% increase: "
+        "240 × 1.25 = 300 widgets. After 10% decrease: 300 × 0.9 = 270 widgets #### The final answer is 270\n\n"),
+    "math": (
+        "Question: Find the value of x if 2x + 3 = 11\n"
+        "Solution: Let's think step by step. We have 2x + 3 = 11. Subtracting 3 from both sides: 2x = 8. "
+        "Dividing by 2: x = 4 #### The final answer is 4\n\n"
+        "Question: What is the area of a rectangle with length 5 and width 3?\n"
+        "Solution: Let's think step by step. The area of a rectangle is length times width. So area = 5 × 3 = 15 "
+        "#### The final answer is 15\n\n"),
+}
+
+_PLACEHOLDER = re.compile(r"\{(question|exemplars|reasoning)\}")
+PROMPT_TEMPLATES: dict[str, str] = {
+    "qwen-chat": QWEN_CHAT_TEMPLATE,
+    "plain": PLAIN_TEMPLATE,
+    "paper": PAPER_TEMPLATE,
+    "paper-gold": PAPER_GOLD_TEMPLATE,
+}
+
+
+def _gold_reasoning(problem: Problem) -> str:
+    """The authors' cleaning of the gold solution for the prompt (their _clean_reasoning), final answer withheld.
+
+    One deliberate difference: MATH boxes are removed brace-matched; their regex \\boxed\\{[^}]*\\} left the tail
+    of nested answers in the prompt (\\boxed{\\frac{1}{2}} -> "{2}}").
+    """
+    text = problem.solution
+    if problem.type is None:  # GSM8K: drop calculator annotations
+        text = re.sub(r"<<.*?>>", "", text)
+    else:
+        text = _remove_boxes(text).strip()
+        text = re.sub(r"\\[a-zA-Z]+\{([^}]*)\}", r"\1", text)
+        text = re.sub(r"\$([^\$]*)\$", r"\1", text)
+    text = ". ".join(text.split("\n"))
+    return re.sub(r"\.+", ".", text).strip()
+
+
+def format_prompt(problem: Problem, template: str = "qwen-chat") -> str:
+    """The prompt text for one problem. template: a key of PROMPT_TEMPLATES."""
+    if template not in PROMPT_TEMPLATES:
+        raise ValueError(f"unknown prompt template {template!r}; choose from {sorted(PROMPT_TEMPLATES)}")
+    fields = {"question": problem.question}
+    if template.startswith("paper"):
+        key = "math" if problem.type is not None else (problem.tier if problem.tier in PAPER_EXEMPLARS else "easy")
+        fields["exemplars"] = PAPER_EXEMPLARS[key]
+    if template == "paper-gold":
+        if not problem.solution:
+            raise ValueError(f"problem {problem.id!r} has no gold solution for the paper-gold template")
+        fields["reasoning"] = _gold_reasoning(problem)
+    # One pass over the template: inserted text (LaTeX braces, a literal "{question}") is never rescanned.
+    return _PLACEHOLDER.sub(lambda m: fields[m.group(1)], PROMPT_TEMPLATES[template])
+
+
+# --- Answer extraction ---------------------------------------------------------------------------------------------
+
+MAX_COMPLETION_CHARS = 32_768  # completion tail read by the extractor (> any 4,096-token completion)
+MAX_ANSWER_CHARS = 512  # longest answer compared (the longest MATH gold is 159 characters)
+MAX_DIGITS = 100  # longest number literal compared
+MAX_EXPONENT = 300  # largest |n| in x^n and in 1e±n
+MAX_BITS = 1000  # largest numerator/denominator of an exact value (floats stay finite below 2**1024)
+MAX_NESTING = 40  # parser recursion depth
+MAX_ELEMENTS = 64  # elements per tuple, set, union or matrix
+
+_NO_BOX = object()  # sentinel: the text has no \boxed at all (None means a malformed or empty last box)
+_END_OF_TURN = ("<|im_end|>", "<|endoftext|>")
+_BRACE = re.compile(r"[{}]")
+
+
+def _brace_group(text: str, start: int) -> str | None:
+    """Content of the {...} group opening at text[start], or None if unbalanced or longer than MAX_ANSWER_CHARS."""
+    depth = 0
+    for m in _BRACE.finditer(text, start, min(len(text), start + MAX_ANSWER_CHARS + 2)):
+        depth += 1 if m.group() == "{" else -1
+        if depth == 0:
+            return text[start + 1:m.start()]
+    return None
+
+
+def _last_boxed(text: str) -> object:
+    """Content of the last \\boxed / \\fbox (stripped), None if that box is empty or malformed, _NO_BOX if none."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return _NO_BOX
+    i = start + (6 if text.startswith("\\boxed", start) else 5)
+    j = i
+    while j < len(text) and text[j] in " \t\n":
+        j += 1
+    if j < len(text) and text[j] == "{":
+        content = _brace_group(text, j)
+    elif j > i and j < len(text):  # "\boxed 5": one token, ended by space or "$"
+        end = j
+        while end < len(text) and end - j < MAX_ANSWER_CHARS and text[end] not in " \t\n$":
+            end += 1
+        content = text[j:end].rstrip(".,;")
+    else:
+        content = None  # "\boxed" at the end, or another command such as "\boxedA"
+    if content is None:
+        return None
+    return content.strip() or None
+
+
+def _remove_boxes(text: str) -> str:
+    """text with every \\boxed{...} / \\fbox{...} / \\boxed N removed (gold solutions only)."""
+    for _ in range(64):
+        start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+        if start < 0:
+            break
+        i = start + (6 if text.startswith("\\boxed", start) else 5)
+        j = i
+        while j < len(text) and text[j] in " \t\n":
+            j += 1
+        content = _brace_group(text, j) if j < len(text) and text[j] == "{" else None
+        if content is not None:
+            end = j + len(content) + 2
+        else:
+            end = j
+            while end < len(text) and text[end] not in " \t\n$":
+                end += 1
+        text = text[:start] + text[end:]
+    return text
+
+
+_ANSWER_IS = re.compile(rb"answer\s{0,4}(?:is\b|:)\s{0,4}:?")  # on ASCII-lowered bytes
+_FINAL_ANSWER_PREFIX = re.compile(r"\s{0,4}(?:the\s{1,4})?(?:final\s{1,4})?answer\s{0,4}(?:is\b)?\s{0,4}:?",
+                                  re.IGNORECASE)
+_SENTENCE_END = re.compile(r"\.\s")
+_HASHES = re.compile(r"#+")
+_LAST_NUMBER = re.compile(r"(?:(?<![\w)\]}])-)?\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+def _capture(text: str, start: int) -> str | None:
+    """The answer written at text[start:]: a $...$ / \\(...\\) group, else the rest of the line up to a sentence end."""
+    line = text[start:start + 4 * MAX_ANSWER_CHARS].split("\n", 1)[0].strip()
+    for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if line.startswith(open_):
+            end = line.find(close, len(open_))
+            line = line[len(open_):end] if end >= 0 else line[len(open_):]
+            break
+    else:
+        m = _SENTENCE_END.search(line)
+        if m:
+            line = line[:m.start()]
+    line = line.strip().rstrip(".").strip("* ")  # "**18**": markdown bold
+    return line if line and len(line) <= MAX_ANSWER_CHARS else None
+
+
+def _last_number(text: str) -> str | None:
+    end = max(text.rfind(d) for d in "0123456789")  # C-speed scans; a regex over the whole text is 30x slower
+    if end < 0:
+        return None
+    start, limit = end, max(0, end - 2 * MAX_DIGITS)
+    while start > limit and (text[start - 1].isdigit() or text[start - 1] in ",."):
+        start -= 1
+    if start == limit and start > 0 and text[start - 1].isdigit():
+        return None  # a digit run longer than any number we compare
+    last = None
+    for last in _LAST_NUMBER.finditer(text, max(0, start - 1), end + 1):
+        pass
+    return last.group() if last is not None else None
+
+
+def extract_answer(text: str, strict: bool = False) -> str | None:
+    """The final answer written in a completion, or None. strict: only \\boxed, #### and "answer is" count;
+    lenient (strict=False) adds the last number in the text. Never raises on a str."""
+    if not isinstance(text, str):
+        return None
+    text = text[-MAX_COMPLETION_CHARS:]  # first, so that no scan below reads more than this bound
+    for marker in _END_OF_TURN:
+        cut = text.find(marker)
+        if cut >= 0:
+            text = text[:cut]
+
+    boxed = _last_boxed(text)
+    if boxed is not _NO_BOX:
+        return boxed  # type: ignore[return-value]
+    hashes = text.find("####")
+    if hashes >= 0:
+        start = _HASHES.match(text, hashes).end()
+        m = _FINAL_ANSWER_PREFIX.match(text, start)
+        return _capture(text, m.end() if m else start)
+    lowered = text.encode("ascii", "replace").lower()  # one byte per character: indices stay aligned with text
+    pos = lowered.rfind(b"answer")
+    for _ in range(64):  # bounded: adversarial "answer answer answer ..." gives up
+        if pos < 0:
+            break
+        m = _ANSWER_IS.match(lowered, pos)
+        if m:
+            return _capture(text, m.end())
+        pos = lowered.rfind(b"answer", 0, pos)
+    return None if strict else _last_number(text)
+
+
+# --- Answer comparison ---------------------------------------------------------------------------------------------
+
+_UNICODE = (("\u2212", "-"), ("\u2013", "-"), ("\u00b0", ""), ("\u03c0", "\\pi"), ("\u00d7", "\\times"),
+            ("\u00f7", "\\div"), ("\u221a", "\\sqrt"), ("\u00a0", " "), ("\x00", ""))
+_DROP = ("\\$", "$", "\\%", "%", "^{\\circ}", "^\\circ", "\\circ", "\\degree", "\\displaystyle")
+_LATEX_NOISE = re.compile(r"(?<!\\)\\(?:[,;:! ()\[\]]|q?quad\b|left\b|right\b)")
+_WRAPPER = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mathbf|mathit|mbox|operatorname|boxed|fbox)"
+                      r"\s{0,4}\{|[{}]")
+_TEXT_UNIT = re.compile(r"\\(?:text|mbox|mathrm)\{\s{0,4}[A-Za-z][A-Za-z ]{0,30}\}(?:\^\{?[23]\}?)?\s{0,4}\.?\s{0,4}\Z")
+_WORD_UNIT = re.compile(r"\s[A-Za-z]{2,24}(?:\^\{?[23]\}?)?\s{0,4}\.?\s{0,4}\Z")
+_AND_OR = re.compile(r",?\s{1,8}(?:and|or)\s{1,8}")
+_COMMA_SPACE = re.compile(r",\s+")
+_GROUPED = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_GROUPED_IN_BRACES = re.compile(r"\{([-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?)\}")
+_LHS = re.compile(r"[A-Za-z]=")
+_CHOICE = re.compile(r"\(([A-Z])\)")
+_WORD = re.compile(r"[A-Za-z]{2,}")
+_DIGIT = re.compile(r"\d")
+
+
+def _unwrap(s: str) -> str:
+    """Drop \\text{...}-like wrappers, keeping their content (one linear pass; unbalanced input is left as is)."""
+    if "\\" not in s:
+        return s
+    out, stack, last = [], [], 0
+    for m in _WRAPPER.finditer(s):
+        token = m.group()
+        if token == "{":
+            stack.append(False)
+        elif token == "}":
+            if stack and stack.pop():
+                out.append(s[last:m.start()])
+                last = m.end()
+        else:
+            stack.append(True)
+            out.append(s[last:m.start()])
+            last = m.end()
+    out.append(s[last:])
+    return "".join(out)
+
+
+def _strip_units(s: str) -> str:
+    """Drop trailing unit words after a number: '18 dollars', '5 \\text{ cm}^2', '164\\pi square feet'."""
+    for _ in range(4):
+        tail = s[-64:]
+        m = _TEXT_UNIT.search(tail) or _WORD_UNIT.search(tail)
+        if not m:
+            break
+        head = s[:len(s) - len(tail) + m.start()]
+        if not _DIGIT.search(head):
+            break  # a word answer such as "New York", not a unit
+        s = head
+    return s
+
+
+def _normalize(s: str) -> str:
+    """The documented normalisation (module docstring); '' for an unusable answer."""
+    if len(s) > MAX_ANSWER_CHARS:
+        return ""
+    for a, b in _UNICODE:
+        if a in s:
+            s = s.replace(a, b)
+    for a in _DROP:
+        if a in s:
+            s = s.replace(a, "")
+    s = _LATEX_NOISE.sub("", s).replace("{,}", ",").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = s.replace("bmatrix", "pmatrix").strip()
+    if s.startswith("\\approx"):
+        s = s[7:]
+    s = _strip_units(_unwrap(_strip_units(s)))  # units in \\text{} first, then bare unit words
+    s = _AND_OR.sub(", ", s)
+    s = "".join(_COMMA_SPACE.sub(",\x00", s).split()).replace("\x00", " ")  # keep "a, b" apart from "1,000"
+    s = s.rstrip(".;").strip()
+    if _LHS.match(s) and s.count("=") == 1:
+        s = s[2:]
+    if _GROUPED.fullmatch(s):
+        s = s.replace(",", "")
+    elif "," in s and "{" in s:
+        s = _GROUPED_IN_BRACES.sub(lambda m: "{" + m.group(1).replace(",", "") + "}", s)
+    m = _CHOICE.fullmatch(s)
+    if m:
+        s = m.group(1)
+    elif _WORD.fullmatch(s):
+        s = s.lower()
+    return s
+
+
+class _Unevaluable(Exception):
+    pass
+
+
+Value = Union[Fraction, float]  # Fraction: exact rational; float: has an irrational part
+_NUMBER = re.compile(r"(\d+)(?:\.(\d+))?|\.(\d+)")
+_SCI = re.compile(r"[eE]([-+]?\d{1,4})(?![\d])")
+_SIMPLE = re.compile(r"[-+]?(?:\d+(?:\.\d+)?|\.\d+)")
+_INT_ARG = re.compile(r"\d{1,30}\}")
+_ROOT_INDEX = re.compile(r"([2-9])\]")
+
+
+def _checked(v: Value) -> Value:
+    if isinstance(v, Fraction):
+        if v.numerator.bit_length() > MAX_BITS or v.denominator.bit_length() > MAX_BITS:
+            raise _Unevaluable
+    elif not math.isfinite(v) or abs(v) > 1e300:
+        raise _Unevaluable
+    return v
+
+
+def _power(base: Value, exp: Value) -> Value:
+    if isinstance(exp, Fraction) and exp.denominator == 1:
+        n = exp.numerator
+        if abs(n) > MAX_EXPONENT:
+            raise _Unevaluable
+        if isinstance(base, Fraction):
+            size = max(abs(base.numerator).bit_length(), base.denominator.bit_length())
+            if size * abs(n) > MAX_BITS:
+                raise _Unevaluable
+            return _checked(base ** n)
+        return _checked(float(base) ** n)
+    b, e = float(base), float(exp)
+    if b <= 0 or abs(e) * abs(math.log2(b)) > MAX_BITS:
+        raise _Unevaluable
+    return _checked(b ** e)
+
+
+def _root(value: Value, n: int) -> Value:
+    if isinstance(value, Fraction):
+        if value < 0:
+            if n % 2 == 0:
+                raise _Unevaluable
+            return -_root(-value, n)
+        num, den = _iroot(value.numerator, n), _iroot(value.denominator, n)
+        if num is not None and den is not None:
+            return Fraction(num, den)
+    v = float(value)
+    if v < 0:
+        if n % 2 == 0:
+            raise _Unevaluable
+        return -((-v) ** (1 / n))
+    return v ** (1 / n)
+
+
+def _iroot(k: int, n: int) -> int | None:
+    """The exact integer n-th root of k >= 0, or None."""
+    r = math.isqrt(k) if n == 2 else round(k ** (1 / n))
+    for c in (r - 1, r, r + 1):
+        if c >= 0 and c ** n == k:
+            return c
+    return None
+
+
+class _Parser:
+    """Recursive descent over a normalised answer. Grammar (no variables):
+    expr = term {(+|-) term};  term = unary {(*|/|\\cdot|\\times|\\div) unary | power};  unary = (-|+) unary | power;
+    power = atom [^ exponent];  atom = number [mixed \\frac] | (expr) | {expr} | \\frac arg arg | \\sqrt[n] arg | \\pi.
+    """
+
+    def __init__(self, s: str):
+        self.s, self.i, self.depth = s, 0, 0
+
+    def eat(self, token: str) -> bool:
+        if self.s.startswith(token, self.i):
+            self.i += len(token)
+            return True
+        return False
+
+    def expect(self, token: str) -> None:
+        if not self.eat(token):
+            raise _Unevaluable
+
+    def run(self) -> Value:
+        v = self.expr()
+        if self.i != len(self.s):
+            raise _Unevaluable
+        return v
+
+    def expr(self) -> Value:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise _Unevaluable
+        v = self.term()
+        while True:
+            if self.eat("+"):
+                v = _checked(v + self.term())
+            elif self.eat("-"):
+                v = _checked(v - self.term())
+            else:
+                break
+        self.depth -= 1
+        return v
+
+    def starts_atom(self) -> bool:
+        if self.i >= len(self.s):
+            return False
+        c = self.s[self.i]
+        return c.isdigit() or c in ".({" or self.s.startswith(("\\frac", "\\sqrt", "\\pi"), self.i)
+
+    def term(self) -> Value:
+        v = self.unary()
+        while True:
+            if self.eat("*") or self.eat("\\cdot") or self.eat("\\times"):
+                v = _checked(v * self.unary())
+            elif self.eat("/") or self.eat("\\div"):
+                v = _checked(v / self.unary())
+            elif self.starts_atom():  # implicit product: 2\pi, 3\sqrt{2}, (1)(2)
+                v = _checked(v * self.power())
+            else:
+                return v
+
+    def unary(self) -> Value:
+        self.depth += 1  # "------1" recurses here
+        if self.depth > MAX_NESTING:
+            raise _Unevaluable
+        if self.eat("-"):
+            v = -self.unary()
+        elif self.eat("+"):
+            v = self.unary()
+        else:
+            v = self.power()
+        self.depth -= 1
+        return v
+
+    def power(self) -> Value:
+        v = self.atom()
+        if self.eat("^"):
+            if self.eat("{"):
+                e = self.expr()
+                self.expect("}")
+            elif self.eat("-"):
+                e = -self.atom()
+            else:
+                e = self.atom()  # ^10 reads as 10 (plain-text convention), not LaTeX's ^1 0
+            v = _power(v, e)
+            if self.s.startswith("^", self.i):
+                raise _Unevaluable  # double superscript
+        return v
+
+    def number(self) -> Value:
+        m = _NUMBER.match(self.s, self.i)
+        if not m:
+            raise _Unevaluable
+        whole, frac = (m.group(1), m.group(2) or "") if m.group(1) else ("0", m.group(3))
+        if len(whole) + len(frac) > MAX_DIGITS:
+            raise _Unevaluable
+        self.i = m.end()
+        v = Fraction(int(whole + frac), 10 ** len(frac))
+        e = _SCI.match(self.s, self.i)
+        if e:
+            if abs(int(e.group(1))) > MAX_EXPONENT:
+                raise _Unevaluable
+            self.i = e.end()
+            v = _checked(v * Fraction(10) ** int(e.group(1)))
+        elif not frac and self.s.startswith("\\frac", self.i):
+            v = self.mixed(v)
+        return v
+
+    def mixed(self, whole: Fraction) -> Fraction:
+        """2\\frac{1}{2} is the mixed number 5/2 when the fraction is a proper one of integer literals."""
+        saved = self.i
+        self.i += 5
+        try:
+            a, b = self.int_arg(), self.int_arg()
+        except _Unevaluable:
+            a = b = None
+        if a is None or b is None or not 0 <= a < b:
+            self.i = saved
+            return whole
+        return whole + Fraction(a, b)
+
+    def int_arg(self) -> int:
+        if self.eat("{"):
+            m = _INT_ARG.match(self.s, self.i)
+            if not m:
+                raise _Unevaluable
+            self.i = m.end()
+            return int(m.group()[:-1])
+        if self.i < len(self.s) and self.s[self.i].isdigit():
+            self.i += 1
+            return int(self.s[self.i - 1])
+        raise _Unevaluable
+
+    def arg(self) -> Value:
+        """A command argument: {expr}, (expr), one digit (\\frac12), or a command (\\frac\\pi2)."""
+        if self.eat("{"):
+            v = self.expr()
+            self.expect("}")
+            return v
+        if self.eat("("):
+            v = self.expr()
+            self.expect(")")
+            return v
+        if self.i < len(self.s) and self.s[self.i].isdigit():
+            self.i += 1
+            return Fraction(int(self.s[self.i - 1]))
+        if self.s.startswith("\\", self.i):
+            return self.atom()
+        raise _Unevaluable
+
+    def atom(self) -> Value:
+        self.depth += 1
+        if self.depth > MAX_NESTING or self.i >= len(self.s):
+            raise _Unevaluable
+        c = self.s[self.i]
+        if c.isdigit() or c == ".":
+            v = self.number()
+        elif self.eat("(") or self.eat("{"):
+            close = ")" if c == "(" else "}"
+            v = self.expr()
+            self.expect(close)
+        elif self.eat("\\frac"):
+            num = self.arg()
+            v = _checked(num / self.arg())
+        elif self.eat("\\sqrt"):
+            n = 2
+            if self.eat("["):
+                m = _ROOT_INDEX.match(self.s, self.i)
+                if not m:
+                    raise _Unevaluable
+                n, self.i = int(m.group(1)), m.end()
+            v = _checked(_root(self.arg(), n))
+        elif self.eat("\\pi"):
+            v = math.pi
+        else:
+            raise _Unevaluable
+        self.depth -= 1
+        return v
+
+
+def _evaluate(s: str) -> Value | None:
+    """The value of a numeric answer, or None when it is not a bounded numeric expression."""
+    if _SIMPLE.fullmatch(s):  # fast path: most answers are plain numbers
+        return Fraction(s) if len(s) <= MAX_DIGITS + 2 else None
+    try:
+        return _Parser(s).run()
+    except (_Unevaluable, ArithmeticError, ValueError):  # ZeroDivisionError, OverflowError, bad literal
+        return None
+
+
+def _split_top(s: str, sep: str) -> list[str]:
+    """s split at each sep outside ()[]{} (brackets of any kind pair up, so intervals like [0,3) work)."""
+    if sep not in s:
+        return [s]
+    parts, depth, last, i = [], 0, 0, 0
+    while i < len(s):
+        c = s[i]
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif depth == 0 and s.startswith(sep, i):
+            parts.append(s[last:i])
+            i += len(sep)
+            last = i
+            continue
+        i += 1
+    parts.append(s[last:])
+    return parts
+
+
+def _encloses(s: str, width: int = 1) -> bool:
+    """The bracket opening at s[0] closes at the very end of s (so "(1,2)" but not "(1)+(2)")."""
+    depth = 0
+    for i, c in enumerate(s[:len(s) - width]):
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+            if depth == 0 and i >= width - 1:
+                return False
+    return True
+
+
+_MATRIX = re.compile(r"\\begin\{pmatrix\}(.*)\\end\{pmatrix\}", re.DOTALL)
+
+
+def _key(s: str, depth: int = 0) -> tuple:
+    """Canonical comparable form of a normalised answer."""
+    if depth > 3 or not s:
+        return ("text", s)
+    v = _evaluate(s)
+    if v is not None:
+        return ("exact", v) if isinstance(v, Fraction) else ("approx", v)
+
+    def items(parts: list[str]) -> tuple | None:
+        if len(parts) > MAX_ELEMENTS:
+            return None
+        return tuple(_key(p.strip(), depth + 1) for p in parts)
+
+    m = _MATRIX.fullmatch(s)
+    if m:
+        rows = [_split_top(row, "&") for row in _split_top(m.group(1), "\\\\")]
+        if len(rows) * max(len(r) for r in rows) <= MAX_ELEMENTS:
+            return ("matrix", tuple(items(r) for r in rows))
+    parts = _split_top(s, "\\cup")
+    if len(parts) > 1 and (keys := items(parts)) is not None:
+        return ("union", keys)
+    if s.startswith("\\{") and s.endswith("\\}") and len(s) >= 4 and _encloses(s, 2):
+        if (keys := items(_split_top(s[2:-2], ","))) is not None:
+            return ("set", keys)
+    if s[0] in "([" and s[-1] in ")]" and len(s) >= 2 and _encloses(s):
+        if (keys := items(_split_top(s[1:-1], ","))) is not None:
+            return ("seq", s[0] + s[-1], keys)
+    parts = _split_top(s, ",")
+    if len(parts) > 1 and (keys := items(parts)) is not None:
+        return ("set", keys)  # a bare list "1, 2": the solutions, in any order
+    return ("text", s)
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    kind = a[0]
+    if kind != b[0]:
+        return False  # exact vs approx included: a decimal never equals a surd
+    if kind in ("exact", "text"):
+        return a[1] == b[1]
+    if kind == "approx":
+        return math.isclose(a[1], b[1], rel_tol=1e-9, abs_tol=1e-12)
+    if kind == "seq":
+        return a[1] == b[1] and len(a[2]) == len(b[2]) and all(map(_same, a[2], b[2]))
+    if kind == "matrix":
+        return len(a[1]) == len(b[1]) and all(
+            len(x) == len(y) and all(map(_same, x, y)) for x, y in zip(a[1], b[1]))
+    # set / union: order-insensitive multiset match
+    if len(a[1]) != len(b[1]):
+        return False
+    unused = list(b[1])
+    for x in a[1]:
+        for j, y in enumerate(unused):
+            if _same(x, y):
+                del unused[j]
+                break
+        else:
+            return False
+    return True
+
+
+@lru_cache(maxsize=1 << 14)
+def _canonical(answer: str) -> tuple[str, tuple] | None:
+    norm = _normalize(answer)
+    return (norm, _key(norm)) if norm else None
+
+
+def math_equal(pred: str, gold: str) -> bool:
+    """Whether a predicted final answer equals the gold one (rules in the module docstring). Never raises on str."""
+    if not isinstance(pred, str) or not isinstance(gold, str):
+        return False
+    if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
+        return False
+    p, g = _canonical(pred), _canonical(gold)
+    if p is None or g is None:
+        return False
+    return p[0] == g[0] or _same(p[1], g[1])
+
+
+# --- Reward --------------------------------------------------------------------------------------------------------
+
+
+def reward(completion: str, gold: str, strict: bool = True) -> float:
+    """1.0 if the completion's final answer equals gold, else 0.0. Strict by default (no last-number fallback)."""
+    try:
+        pred = extract_answer(completion, strict=strict)
+        return 1.0 if pred is not None and math_equal(pred, gold) else 0.0
+    except Exception:  # last line of defence: a grader bug must cost one sample, not the run (the fuzz tests
+        return 0.0  # call extract_answer and math_equal directly, so bugs still surface there)
+
+
+# --- Synthetic arithmetic word problems (demo) ---------------------------------------------------------------------
+# GSM8K-shaped problems a laptop-sized model can learn: a starting amount, then 1-2 (easy) or 3-4 (hard) additions
+# and subtractions, every running value in 0..99. Worked solutions write one step per sentence and end in "#### N".
+# To pretrain the demo model, each written step result is wrong with probability `slip` (off by 1, 2 or 10, carried
+# forward), so the model "knows but slips": greedy decoding is mostly right, sampling often is not, and RL has
+# something to sharpen (demo/make_demo_model.py).
+
+SYNTHETIC_TRAIN_SEED, SYNTHETIC_TRAIN_SIZE = 2024, 20_000  # the demo's training pool
+SYNTHETIC_TEST_SEED, SYNTHETIC_TEST_SIZE = 7, 1_000  # its held-out set (eval.py --data demo)
+NAMES = ("Tom", "Ana", "Sam", "Mia", "Leo", "Zoe")
+ITEMS = ("apples", "pens", "cards", "books", "coins", "shells")
+GAIN = ("buys {n} more", "finds {n} more", "gets {n} more from a friend", "wins {n} more")
+LOSS = ("gives away {n}", "loses {n}", "sells {n}", "gives {n} to a friend")
+TIER_OPS = {"easy": (1, 2), "hard": (3, 4)}
+
+
+def arithmetic_steps(rng: random.Random, n_ops: int) -> tuple[int, list[int]]:
+    """A start value and signed operands keeping every running value in 0..99."""
+    value = start = rng.randint(2, 60)
+    deltas = []
+    for _ in range(n_ops):
+        if value > 0 and (value >= 99 or rng.random() < 0.5):
+            d = -rng.randint(1, min(30, value))
+        else:
+            d = rng.randint(1, min(30, 99 - value))
+        deltas.append(d)
+        value += d
+    return start, deltas
+
+
+def worked_solution(start: int, deltas: list[int], rng: random.Random | None = None, slip: float = 0.0) -> tuple[str, int]:
+    """'12 + 5 = 17. 17 - 3 = 14. #### 14' and its final value. With slip > 0 a step result may be off by 1, 2
+    or 10; later steps carry the wrong value forward (offsets that would leave 0..99 later are not used)."""
+    parts, value, offset = [], start, 0
+    true_values = [start + sum(deltas[:i + 1]) for i in range(len(deltas))]
+    for i, d in enumerate(deltas):
+        if rng is not None and rng.random() < slip:
+            later = [v + offset for v in true_values[i:]]
+            choices = [e for e in (-10, -2, -1, 1, 2, 10) if all(0 <= v + e <= 99 for v in later)]
+            offset += rng.choice(choices) if choices else 0
+        result = true_values[i] + offset
+        parts.append(f"{value} {'+' if d > 0 else '-'} {abs(d)} = {result}.")
+        value = result
+    return " ".join(parts) + f" #### {value}", value
+
+
+def synthetic_problem(rng: random.Random, tier: str, index: int = 0, slip: float = 0.0) -> Problem:
+    """One problem; `solution` is the worked solution, with slips when slip > 0 (`answer` stays correct)."""
+    n_ops = rng.randint(*TIER_OPS[tier])
+    start, deltas = arithmetic_steps(rng, n_ops)
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    sentences = [f"{name} has {start} {item}."]
+    for d in deltas:
+        sentences.append("Then " + name + " " + rng.choice(GAIN if d > 0 else LOSS).format(n=abs(d)) + ".")
+    question = " ".join(sentences) + f" How many {item} does {name} have now?"
+    solution, _ = worked_solution(start, deltas, rng, slip)
+    answer = start + sum(deltas)
+    return Problem(question=question, answer=str(answer), solution=solution, id=f"synthetic/{tier}/{index}", tier=tier)
+
+
+def synthetic_problems(n: int, tiers=("easy", "hard"), seed: int = 0) -> list[Problem]:
+    """n problems, tiers interleaved, reproducible for a seed."""
+    rng = random.Random(seed)
+    return [synthetic_problem(rng, tiers[i % len(tiers)], i) for i in range(n)]
