@@ -11,7 +11,7 @@ Data
     ``\\boxed{...}`` of the solution, brace-matched. MATH may also be the per-problem json tree of the original
     tarball (``{split}/<subject>/<n>.json``). A MATH solution without a usable box (two train problems have an empty
     ``\\boxed{}``) cannot be scored and is skipped. With no local path, the pinned Hugging Face Hub copy is fetched
-    (``HUB_SOURCES``); offline that fails with a one-line RuntimeError that says to pass a local path.
+    (``HUB_SOURCES``); offline that fails with a one-line ConnectionError that says to pass a local path.
     ``assign_tiers`` sets each problem's difficulty tier from a file of measured per-problem pass rates.
 
 Prompts (exact text: the ``*_TEMPLATE`` and ``PAPER_EXEMPLARS`` constants below; placeholders are filled
@@ -117,10 +117,10 @@ def _hub_file(dataset: str, split: str) -> Path:
 
         local = Path(hf_hub_download(repo, file, repo_type="dataset", revision=revision))
     except Exception as e:  # any failure here (offline, DNS, HTTP, missing package) means the same to the user
-        raise RuntimeError(f"cannot fetch {dataset}/{split} from the Hugging Face Hub ({repo}@{revision[:7]}): "
+        raise ConnectionError(f"cannot fetch {dataset}/{split} from the Hugging Face Hub ({repo}@{revision[:7]}): "
                            f"hub unreachable or offline ({type(e).__name__}); {hint}") from None
     if local.suffix != ".jsonl":
-        raise RuntimeError(f"the pinned hub copy of {dataset}/{split} ({repo}@{revision[:7]}, fetched to {local}) "
+        raise ValueError(f"the pinned hub copy of {dataset}/{split} ({repo}@{revision[:7]}, fetched to {local}) "
                            f"is parquet, which data.py does not read (no parquet dependency); convert it to jsonl "
                            f"or {hint}")
     return local

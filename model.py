@@ -456,7 +456,7 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
         from huggingface_hub import snapshot_download
         return Path(snapshot_download(repo_id=text, allow_patterns=HUB_PATTERNS))
     except Exception as e:  # offline, DNS, HTTP errors, missing repo: one clear line
-        raise RuntimeError(f"could not download '{text}' from the Hugging Face Hub ({type(e).__name__}); "
+        raise ConnectionError(f"could not download '{text}' from the Hugging Face Hub ({type(e).__name__}); "
                            f"the hub may be unreachable. Download it elsewhere and pass the local folder instead, "
                            f"e.g. --model /path/to/{text.split('/')[-1]}") from None
 

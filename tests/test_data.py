@@ -508,7 +508,7 @@ def test_hub_fetch_fails_clearly_offline(tmp_path):
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode != 0
         last = result.stderr.strip().splitlines()[-1]
-        assert last.startswith("RuntimeError: cannot fetch"), result.stderr
+        assert last.startswith("ConnectionError: cannot fetch"), result.stderr
         assert "hub unreachable or offline" in last and "pass a local path" in last
 
 

@@ -1,0 +1,101 @@
+"""eval.py: pass@k against the closed form, strict vs lenient grading, and `compare` on synthetic run folders."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import eval as E
+
+
+@pytest.mark.parametrize("n, c, k, expected", [
+    (2, 1, 1, 0.5),             # one of two correct: a single draw hits it half the time
+    (4, 1, 2, 1 - 3 / 6),       # 1 - C(3,2)/C(4,2)
+    (5, 2, 2, 1 - 3 / 10),      # 1 - C(3,2)/C(5,2)
+    (8, 0, 8, 0.0),
+    (8, 8, 1, 1.0),
+    (3, 1, 3, 1.0),             # every draw of 3 from 3 includes the correct one
+    (10, 3, 1, 0.3),            # pass@1 is the plain fraction correct
+])
+def test_pass_at_k_closed_form(n, c, k, expected):
+    assert E.pass_at_k(n, c, k) == pytest.approx(expected)
+
+
+def test_pass_at_k_equals_brute_force_enumeration():
+    from itertools import combinations
+    samples = [1, 0, 0, 1, 0, 0]
+    for k in range(1, 7):
+        draws = list(combinations(samples, k))
+        assert E.pass_at_k(6, 2, k) == pytest.approx(sum(any(d) for d in draws) / len(draws))
+
+
+@pytest.mark.parametrize("text, gold, strict, lenient", [
+    ("so she has 14 left. #### 14", "14", (True, "14"), (True, "14")),
+    ("so she has 14 left.", "14", (False, None), (True, "14")),              # no marker: strict parse failure
+    ("The answer is 12. Then 14 more.", "14", (False, "12"), (False, "12")),  # a marker beats the last number
+    ("\\boxed{7} and later 9", "9", (False, "7"), (False, "7")),
+    ("nothing numeric here", "3", (False, None), (False, None)),
+])
+def test_strict_and_lenient_grading(text, gold, strict, lenient):
+    g = E.grade(text, gold)
+    assert (g["strict"]["correct"], g["strict"]["answer"]) == strict
+    assert (g["lenient"]["correct"], g["lenient"]["answer"]) == lenient
+
+
+def write_run(folder: Path, normalize: str, seed: int, slope: float, lr=1e-3, optimizer="adamw", steps=40, diag=False):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"normalize": normalize, "optimizer": optimizer, "lr": lr,
+                                                    "seed": seed, "steps": steps}))
+    with (folder / "metrics.jsonl").open("w") as f:
+        for step in range(1, steps + 1):
+            hard = min(1.0, 0.15 + slope * step + rng.normal(0, 0.02))
+            m = {"step": step, "reward": hard, "accuracy": hard, "accuracy/easy": min(1.0, 0.5 + slope * step),
+                 "accuracy/hard": hard, "reward_std": 0.3, "time/step": 1.0}
+            if diag and step % 10 == 0:
+                m |= {"diag/cos_abs_mean": 0.1, "diag/cos_abs_p90": 0.2, "diag/curvature_std_corr": 0.3}
+            f.write(json.dumps(m) + "\n")
+
+
+@pytest.fixture()
+def runs(tmp_path):
+    for seed in (0, 1):
+        write_run(tmp_path / "runs" / f"std-s{seed}", "std", seed, slope=0.012, diag=True)
+        write_run(tmp_path / "runs" / f"none-s{seed}", "none", seed, slope=0.006, diag=True)
+        write_run(tmp_path / "runs" / f"none-lr2-s{seed}", "none", seed, slope=0.011, lr=2e-3)
+    return tmp_path / "runs"
+
+
+def test_compare_writes_report_figure_and_phases(runs, tmp_path):
+    pytest.importorskip("matplotlib")
+    summary = E.compare([str(runs), "--out", str(tmp_path / "rep"), "--window", "5"])
+    report = (tmp_path / "rep/report.md").read_text()
+    assert (tmp_path / "rep/curves.png").stat().st_size > 10_000
+    assert "Best vs best" in report and "Phases" in report and "Diagnostics" in report
+    assert set(summary) == {"std / adamw / lr 0.001", "none / adamw / lr 0.001", "none / adamw / lr 0.002"}
+    data = json.loads((tmp_path / "rep/summary.json").read_text())
+    phase = data["phases"]["adamw / lr 0.001"]
+    # std rises 0.006/step faster: the smoothed gap reaches 0.03 after ~5-8 steps and never closes
+    assert phase["opens"] is not None and 3 <= phase["opens"] <= 12 and phase["closes"] is None
+    # best vs best picks none's faster learning rate
+    assert "| adamw | 0.001: " in report and "| 0.002: " in report
+
+
+def test_compare_without_matplotlib_still_writes_numbers(runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    E.compare([str(runs), "--out", str(tmp_path / "rep")])
+    assert "pip install matplotlib" in capsys.readouterr().out
+    assert (tmp_path / "rep/report.md").is_file() and not (tmp_path / "rep/curves.png").exists()
+
+
+def test_phase_rule_by_hand():
+    steps = np.arange(1, 9)
+    gap = np.array([0.0, 0.01, 0.04, 0.05, 0.03, 0.01, 0.0, 0.0])
+    assert E.phases(steps, gap, 0.03) == {"opens": 3, "closes": 6, "max_gap": 0.05, "max_gap_step": 4}
+    assert E.phases(steps, gap * 0, 0.03)["opens"] is None
+
+
+def test_smoothing_is_a_trailing_mean():
+    np.testing.assert_allclose(E.smooth(np.array([1.0, 2, 3, 4]), 2), [1.0, 1.5, 2.5, 3.5])

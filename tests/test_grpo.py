@@ -1,0 +1,153 @@
+"""grpo.py: the two estimators on hand-worked groups, the loss, the update's sign, exact resume, bad input."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import data as D
+import grpo as G
+import lora as L
+import model as M
+from tiny import make_hf_model, save_hf_model
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "demo" / "model"
+
+
+# --- the advantage formulas --------------------------------------------------------------------------------------
+
+
+def test_one_correct_of_eight():
+    """k=1 of K=8: mean 1/8, population std sqrt(1/8 * 7/8) = 0.330719. By hand:
+    REINFORCE gives the correct sample 1 - 1/8 = 0.875 and each wrong one -0.125;
+    GRPO gives 0.875 / 0.330719 = 2.6458 and -0.125 / 0.330719 = -0.37796."""
+    r = torch.tensor([[0, 0, 1, 0, 0, 0, 0, 0]], dtype=torch.float32)
+    none = G.group_advantages(r, "none")
+    std = G.group_advantages(r, "std")
+    assert none[0, 2].item() == pytest.approx(0.875, abs=1e-7)
+    assert none[0, 0].item() == pytest.approx(-0.125, abs=1e-7)
+    assert std[0, 2].item() == pytest.approx(2.6458, abs=1e-4)
+    assert std[0, 0].item() == pytest.approx(-0.37796, abs=1e-5)
+    assert std.sum().item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_half_correct_and_several_groups():
+    """[1,1,0,0]: mean .5, std .5 -> none +-0.5, std +-1. [1,0,0,0]: mean .25, std sqrt(3)/4 = 0.4330."""
+    r = torch.tensor([[1.0, 1, 0, 0], [1, 0, 0, 0]])
+    torch.testing.assert_close(G.group_advantages(r, "none"), torch.tensor([[.5, .5, -.5, -.5], [.75, -.25, -.25, -.25]]))
+    s = math.sqrt(3) / 4
+    expected = torch.tensor([[1.0, 1, -1, -1], [.75 / s, -.25 / s, -.25 / s, -.25 / s]])
+    torch.testing.assert_close(G.group_advantages(r, "std"), expected, atol=1e-5, rtol=0)
+
+
+def test_zero_std_groups_get_zero_advantage_in_both():
+    r = torch.tensor([[1.0] * 8, [0.0] * 8])
+    for mode in ("std", "none"):
+        assert torch.equal(G.group_advantages(r, mode), torch.zeros(2, 8))
+
+
+def test_unknown_normalisation_is_an_error():
+    with pytest.raises(ValueError, match="normalize must be"):
+        G.group_advantages(torch.zeros(1, 4), "batch")
+
+
+# --- the loss ------------------------------------------------------------------------------------------------------
+
+
+def test_loss_aggregation_rules_by_hand():
+    lp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    adv = torch.tensor([2.0, -1.0])
+    # sums of token log-probs: -6 and -1; means: -2 and -0.5; 2 completions, 5 tokens
+    assert G.policy_loss(lp, mask, adv, "seq-sum", 2).item() == pytest.approx(-(2 * -6 + -1 * -1) / 2)
+    assert G.policy_loss(lp, mask, adv, "seq-mean", 2).item() == pytest.approx(-(2 * -2 + -1 * -0.5) / 2)
+    assert G.policy_loss(lp, mask, adv, "token-mean", 5).item() == pytest.approx(-(2 * -6 + -1 * -1) / 5)
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.4, 9.0]])
+    with_kl = G.policy_loss(lp, mask, adv, "seq-sum", 2, kl, kl_coef=0.5).item()
+    assert with_kl == pytest.approx(-(2 * -6 + -1 * -1) / 2 + 0.5 * (0.6 + 0.8) / 2)
+
+
+def test_k3_kl_is_zero_on_policy_and_positive_otherwise():
+    lp = torch.log(torch.tensor([0.2, 0.5]))
+    assert torch.equal(G.kl_k3(lp, lp), torch.zeros(2))
+    assert (G.kl_k3(lp, torch.log(torch.tensor([0.3, 0.4]))) > 0).all()
+
+
+def test_linear_lr_decay():
+    cfg = G.Config(lr=1e-3, steps=4)
+    assert [G.lr_at(s, cfg) for s in range(4)] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
+
+
+# --- the update ------------------------------------------------------------------------------------------------------
+
+
+def test_a_step_raises_the_logprob_of_a_positive_advantage_completion(tmp_path):
+    model = M.load_model(save_hf_model(make_hf_model(seed=4), tmp_path))
+    params = L.apply_lora(model, r=4, alpha=8)
+    torch.manual_seed(0)
+    for p in params:  # B = 0 makes A's gradient zero; start both off zero so every LoRA weight moves
+        torch.nn.init.normal_(p, std=0.02)
+    prompt, good, bad = [5, 6, 7], [10, 11, 12, 13], [20, 21, 22]
+    ro = G.Rollouts(problems=[None], prompts=[prompt], completions=[good, bad], texts=["", ""],
+                    rewards=torch.tensor([[1.0, 0.0]]))
+    cfg = G.Config(group_size=2, optimizer="sgd", lr=0.1, grad_clip=0, micro_batch=1, temperature=1.0)
+
+    def logp(completion):
+        with torch.no_grad():
+            lp, _, mask = M.sequence_logprobs(model, [prompt + completion], [len(prompt)])
+        return float((lp * mask).sum())
+
+    before = logp(good), logp(bad)
+    opt = G.make_optimizer(params, cfg)
+    loss, stats = G.update(model, params, opt, ro, G.group_advantages(ro.rewards, "std"), cfg, vocab_size=97)
+    after = logp(good), logp(bad)
+    assert after[0] > before[0] and after[1] < before[1]
+    assert stats["grad_norm"] > 0 and math.isfinite(loss)
+
+
+def test_micro_batching_gives_the_same_gradient(tmp_path):
+    folder = save_hf_model(make_hf_model(seed=5), tmp_path)
+    ro = G.Rollouts(problems=[None, None], prompts=[[1, 2], [3, 4, 5]],
+                    completions=[[6, 7], [8], [9, 10, 11], [12, 13]], texts=[""] * 4,
+                    rewards=torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    grads = []
+    for micro, agg in ((4, "token-mean"), (1, "token-mean"), (4, "seq-mean"), (3, "seq-mean")):
+        model = M.load_model(folder)
+        torch.manual_seed(0)
+        params = L.apply_lora(model, r=2, alpha=4)
+        for p in params:
+            torch.nn.init.normal_(p, std=0.05)
+        cfg = G.Config(group_size=2, optimizer="sgd", lr=1e-9, grad_clip=0, micro_batch=micro, loss_agg=agg)
+        G.update(model, params, G.make_optimizer(params, cfg), ro, G.group_advantages(ro.rewards, "none"), cfg, 97)
+        grads.append(torch.cat([p.grad.flatten() for p in params]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-7, rtol=1e-5)
+    torch.testing.assert_close(grads[2], grads[3], atol=1e-7, rtol=1e-5)
+
+
+# --- CLI and bad input ---------------------------------------------------------------------------------------------
+
+
+def test_presets_and_flags_resolve():
+    cfg, _ = G.parse_args(["--normalize", "none", "--lr", "3e-5"])
+    assert cfg.preset == "paper" and cfg.normalize == "none" and cfg.lr == 3e-5
+    assert (cfg.lora_rank, cfg.lora_alpha, cfg.group_size, cfg.prompts_per_step, cfg.grad_clip,
+            cfg.max_new_tokens, cfg.temperature, cfg.kl_coef) == (64, 128.0, 8, 1, 0.1, 1024, 1.0, 0.0)
+    demo, _ = G.parse_args(["--preset", "demo", "--steps", "7"])
+    assert demo.data == "demo" and demo.steps == 7 and Path(demo.model) == DEMO
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "huge"], "invalid choice: 'huge'"),
+    (["--normalize", "batch"], "invalid choice: 'batch'"),
+    (["--group-size", "1"], "--group-size must be >= 2"),
+    (["--optimizer", "lion"], "invalid choice: 'lion'"),
+])
+def test_bad_flags_are_one_clear_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        G.parse_args(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
