@@ -98,7 +98,8 @@ def evaluate(args) -> dict:
                "greedy": greedy_texts[i], "greedy_answer": g["strict"]["answer"], "greedy_correct": g["strict"]["correct"],
                "greedy_answer_lenient": g["lenient"]["answer"], "greedy_correct_lenient": g["lenient"]["correct"]}
         if K:
-            row |= {"samples_correct": sum(s["strict"]["correct"] for s in samples),
+            row |= {"sample_rewards": [int(s["strict"]["correct"]) for s in samples],
+                    "samples_correct": sum(s["strict"]["correct"] for s in samples),
                     "samples_correct_lenient": sum(s["lenient"]["correct"] for s in samples),
                     "sample_example": sample_texts[i * K]}
         rows.append(row)
@@ -134,8 +135,11 @@ def evaluate(args) -> dict:
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     with (out / "problems.jsonl").open("w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
+    if K:  # measured difficulty, the input of data.assign_tiers (grpo.py --difficulty-file)
+        with (out / "pass_rates.jsonl").open("w") as f:
+            f.writelines(json.dumps({"id": r["id"], "rewards": r["sample_rewards"]}) + "\n" for r in rows)
     print_results(results)
-    print(f"wrote {out}/results.json and {out}/problems.jsonl")
+    print(f"wrote {out}/results.json, problems.jsonl" + (", pass_rates.jsonl" if K else ""))
     return results
 
 

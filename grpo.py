@@ -69,7 +69,8 @@ class Config:
     data_path: str | None = None             # local file or folder; None: the hub (gsm8k, math)
     split: str = "train"
     math_levels: str | None = None           # e.g. "2" or "1,2"
-    difficulty_file: str | None = None       # per-problem pass rates (see data.assign_tiers)
+    difficulty_file: str | None = None       # per-problem pass rates (see data.assign_tiers; eval.py writes them)
+    tier_thresholds: str | None = None       # "easy=1.0,medium=0.9,hard=0.0": tier -> min pass rate (default: paper's)
     tiers: str | None = None                 # train only on these tiers, e.g. "hard"
     template: str = "qwen-chat"              # prompt format, see data.PROMPT_TEMPLATES
     # rollouts
@@ -104,7 +105,7 @@ PRESETS = {
     # The paper's setup (authors' code: TRL GRPOTrainer, one prompt x 8 per step, lr 1e-5 linear decay, clip 0.1).
     "paper": dict(model="Qwen/Qwen2.5-Math-1.5B", lora_rank=64, lora_alpha=128.0, data="gsm8k", group_size=8,
                   prompts_per_step=1, lr=1e-5, grad_clip=0.1, max_new_tokens=1024, temperature=1.0, kl_coef=0.0,
-                  steps=350, template="qwen-chat", micro_batch=8),
+                  steps=350, template="qwen-chat", micro_batch=4),
     # The embedded demo: a 0.8M-parameter model pretrained on synthetic word problems; laptop CPU, no downloads.
     "demo": dict(model=str(DEMO_MODEL), lora_rank=16, lora_alpha=32.0, data="demo", group_size=8,
                  prompts_per_step=16, lr=1e-3, grad_clip=1.0, max_new_tokens=64, temperature=1.0, kl_coef=0.0,
@@ -221,7 +222,13 @@ def load_training_problems(cfg: Config) -> list[D.Problem]:
         levels = [int(x) for x in cfg.math_levels.split(",")] if cfg.math_levels else None
         problems = D.load_problems(cfg.data, split=cfg.split, path=cfg.data_path, levels=levels)
     if cfg.difficulty_file:
-        problems = D.assign_tiers(problems, cfg.difficulty_file)
+        thresholds = D.PAPER_TIER_THRESHOLDS
+        if cfg.tier_thresholds:
+            pairs = [item.split("=") for item in cfg.tier_thresholds.split(",")]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError(f"--tier-thresholds {cfg.tier_thresholds!r}: expected tier=min_pass_rate,...")
+            thresholds = {tier: float(rate) for tier, rate in pairs}
+        problems = D.assign_tiers(problems, cfg.difficulty_file, thresholds)
     if cfg.tiers:
         wanted = set(cfg.tiers.split(","))
         problems = [p for p in problems if p.tier in wanted]
@@ -313,13 +320,14 @@ def update(model, params, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg
     device = params[0].device
     for start in range(0, len(rows), cfg.micro_batch):
         batch = rows[start:start + cfg.micro_batch]
-        seqs = [ro.prompts[i // K] + ro.completions[i] for i in batch]
-        plens = [len(ro.prompts[i // K]) for i in batch]
-        lp, ent, mask = M.sequence_logprobs(model, seqs, plens, cfg.temperature, vocab_size)
+        groups = sorted({i // K for i in batch})  # each prompt runs once for all its completions in the batch
+        args = ([ro.prompts[g] for g in groups], [ro.completions[i] for i in batch],
+                [groups.index(i // K) for i in batch], cfg.temperature, vocab_size)
+        lp, ent, mask = M.completion_logprobs(model, *args)
         kl = None
         if cfg.kl_coef > 0:
             with torch.no_grad(), L.lora_disabled(model):
-                ref, _, _ = M.sequence_logprobs(model, seqs, plens, cfg.temperature, vocab_size)
+                ref, _, _ = M.completion_logprobs(model, *args)
             kl = kl_k3(lp, ref)
             kl_sum += float((kl.detach() * mask).sum())
         loss = policy_loss(lp, mask, adv[batch].to(device), cfg.loss_agg, normalizer, kl, cfg.kl_coef)
@@ -385,8 +393,8 @@ def diagnostics(model, tok, params, problems, cfg: Config, step: int, device):
             completion = ro.completions[i * K + k]
             if not completion:
                 continue
-            lp, _, mask = M.sequence_logprobs(model, [ro.prompts[i] + completion], [len(ro.prompts[i])],
-                                              cfg.temperature, tok.vocab_size)
+            lp, _, mask = M.completion_logprobs(model, [ro.prompts[i]], [completion], [0], cfg.temperature,
+                                                tok.vocab_size)
             grads = torch.autograd.grad((lp * mask).sum(), params)
             g = torch.cat([x.flatten().float() for x in grads])
             kappa += float(g.pow(2).sum()) / len(completion) / K
@@ -581,7 +589,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
                 "step": step + 1, "reward": float(ro.rewards.mean()), "accuracy": float(ro.rewards.mean()),
                 **tier_accuracy(ro),
                 "reward_std": float(group_std.mean()), "zero_std_frac": float((group_std == 0).float().mean()),
-                "adv_abs_mean": float(advantages.abs().mean()), "loss": loss, **stats, "lr": lr_at(step, cfg),
+                "adv_abs_mean": float(advantages.abs().mean()), "loss": None if skipped else loss, **stats, "lr": lr_at(step, cfg),
                 "completion_len": float(np.mean(lengths)), "completion_len_max": max(lengths),
                 "truncated_frac": float(np.mean(ro.truncated)), "skipped": skipped,
                 "time/sample": t1 - t0, "time/reward": t2 - t1, "time/update": t3 - t2,

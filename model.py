@@ -6,7 +6,8 @@ Design
   plain strict state-dict load and any Qwen2 / Qwen2.5(-Math) checkpoint works without a conversion table.
 - `Qwen2.forward(input_ids)` returns logits [B, T, V]. `Qwen2.hidden_states(...)` is the same network up to
   the final norm; it also takes explicit positions, a boolean attention mask and a KV cache, which is all the
-  sampler needs. The learner never asks for full logits: `sequence_logprobs` applies the LM head in chunks.
+  sampler needs. The learner never asks for full logits: `completion_logprobs` applies the LM head in chunks,
+  and runs each prompt once for all its samples (PrefixCache), as the sampler prefills it once.
 - Sampling (`generate`): prompts are left-padded to a common length and padding is tracked by length, never
   by token id (Qwen's pad token is also its EOS). Each prompt is prefilled once and its cache fanned out to its
   K samples. Each row draws from its own pre-generated uniforms (inverse-CDF sampling), so a row's tokens
@@ -215,8 +216,8 @@ class Qwen2(nn.Module):
         x = self.model.embed_tokens(input_ids)
         cos, sin = rotary_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
         for i, block in enumerate(self.model.layers):
-            if self.gradient_checkpointing and torch.is_grad_enabled() and cache is None:
-                x = checkpoint(block, x, cos, sin, mask, use_reentrant=False)
+            if self.gradient_checkpointing and torch.is_grad_enabled() and (cache is None or getattr(cache, "frozen", False)):
+                x = checkpoint(block, x, cos, sin, mask, cache, i, use_reentrant=False)
             else:
                 x = block(x, cos, sin, mask, cache, i)
         if cache is not None:
@@ -261,6 +262,31 @@ class KVCache:
         new.length = self.length
         new.k[:, :, :, :self.length] = self.k[:, :, :, :self.length].repeat_interleave(copies, dim=1)
         new.v[:, :, :, :self.length] = self.v[:, :, :, :self.length].repeat_interleave(copies, dim=1)
+        return new
+
+
+class PrefixCache:
+    """Keys/values of a shared prefix that autograd can see through (the learner's prompt pass).
+
+    The first pass through each layer stores its keys/values; `select(rows)` gives each completion its prompt's
+    entries (a differentiable gather) and freezes the cache; a frozen cache only prepends, writing nothing, so
+    the completion pass may use activation checkpointing.
+    """
+
+    def __init__(self):
+        self.k, self.v, self.length, self.frozen = [], [], 0, False
+
+    def update(self, layer: int, k, v):
+        if self.frozen:
+            return torch.cat([self.k[layer], k], dim=2), torch.cat([self.v[layer], v], dim=2)
+        self.k.append(k)
+        self.v.append(v)
+        return k, v
+
+    def select(self, rows: torch.Tensor) -> PrefixCache:
+        new = PrefixCache()
+        new.k, new.v = [k[rows] for k in self.k], [v[rows] for v in self.v]
+        new.length, new.frozen = self.length, True
         return new
 
 
@@ -416,23 +442,39 @@ def _chunk_logprobs(h, weight, targets, temperature, vocab_size):
     return lp, entropy
 
 
-def sequence_logprobs(model: Qwen2, sequences: list[list[int]], prompt_lengths: list[int],
-                      temperature: float = 1.0, vocab_size: int | None = None, chunk_size: int = 1024):
-    """Per-token log-probs of each sequence's completion (the tokens after its prompt).
+def completion_logprobs(model: Qwen2, prompts: list[list[int]], completions: list[list[int]], prompt_of: list[int],
+                        temperature: float = 1.0, vocab_size: int | None = None, chunk_size: int = 1024):
+    """Per-token log-probs of each completion given its prompt, with gradients; each prompt runs only once.
 
-    Sequences are right-padded (causal attention then needs no mask: padding only follows real tokens).
-    Returns (logprobs [B, T-1], entropy [B, T-1], completion_mask [B, T-1] bool), aligned so that position j
-    scores token j+1.
+    completions[i] continues prompts[prompt_of[i]] (non-empty). The prompts run left-padded, as in the sampler,
+    keeping their keys/values in a PrefixCache; every completion then attends to its own prompt's entries, so K
+    samples of one prompt cost one prompt pass, not K. Returns (logprobs, entropy, mask), each [N, C] with
+    C = the longest completion: position j scores completion token j.
     """
     device = model.lm_head.weight.device
-    T = max(len(s) for s in sequences)
-    ids = torch.zeros(len(sequences), T, dtype=torch.long, device=device)
-    mask = torch.zeros(len(sequences), T - 1, dtype=torch.bool, device=device)
-    for i, (s, p) in enumerate(zip(sequences, prompt_lengths)):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, p - 1:len(s) - 1] = True
-    hidden = model.hidden_states(ids[:, :-1])
-    logprobs, entropy = token_logprobs(hidden, model.lm_head.weight, ids[:, 1:], temperature, vocab_size, chunk_size)
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    P = int(lengths.max())
+    ids = torch.zeros(len(prompts), P, dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
+    pad = P - lengths
+    key_valid = torch.arange(P, device=device)[None, :] >= pad[:, None]
+    positions = (torch.arange(P, device=device)[None, :] - pad[:, None]).clamp(min=0)
+    cache = PrefixCache()
+    last = model.hidden_states(ids, positions, causal_mask(key_valid, P), cache)[:, -1]  # predicts token 0
+
+    rows = torch.tensor(prompt_of, device=device)
+    cache = cache.select(rows)
+    C = max(len(c) for c in completions)
+    cids = torch.zeros(len(completions), C, dtype=torch.long, device=device)
+    for i, c in enumerate(completions):
+        cids[i, :len(c)] = torch.tensor(c, dtype=torch.long)
+    positions = lengths[rows][:, None] + torch.arange(C, device=device)[None, :]
+    keys = torch.cat([key_valid[rows], torch.ones(len(completions), C, dtype=torch.bool, device=device)], dim=1)
+    h = model.hidden_states(cids, positions, causal_mask(keys, C), cache)
+    hidden = torch.cat([last[rows][:, None], h[:, :-1]], dim=1)
+    logprobs, entropy = token_logprobs(hidden, model.lm_head.weight, cids, temperature, vocab_size, chunk_size)
+    mask = torch.arange(C, device=device)[None, :] < torch.tensor([len(c) for c in completions], device=device)[:, None]
     return logprobs, entropy, mask
 
 

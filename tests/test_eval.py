@@ -99,3 +99,29 @@ def test_phase_rule_by_hand():
 
 def test_smoothing_is_a_trailing_mean():
     np.testing.assert_allclose(E.smooth(np.array([1.0, 2, 3, 4]), 2), [1.0, 1.5, 2.5, 3.5])
+
+
+DEMO = Path(__file__).resolve().parent.parent / "demo" / "model"
+
+
+def test_evaluate_the_demo_model_with_and_without_an_adapter(tmp_path):
+    """Greedy and sampled accuracy, strict and lenient, per tier; the pass-rate file grpo.py reads back."""
+    import grpo
+    args = ["--model", str(DEMO), "--data", "demo", "--limit", "16", "--samples", "4", "--max-new-tokens", "64"]
+    res = E.main(args + ["--out", str(tmp_path / "base")])
+    groups = res["groups"]
+    assert set(groups) == {"all", "easy", "hard"} and groups["all"]["problems"] == 16
+    assert groups["all"]["greedy/strict/accuracy"] >= 0.75  # the demo model knows the answers...
+    assert groups["all"]["samples/strict/accuracy"] < groups["all"]["greedy/strict/accuracy"]  # ...but slips
+    assert groups["all"]["strict/pass@4"] >= groups["all"]["strict/pass@1"]
+    lines = [json.loads(x) for x in (tmp_path / "base/pass_rates.jsonl").read_text().splitlines()]
+    assert len(lines) == 16 and all(len(x["rewards"]) == 4 for x in lines)
+    problems = E.load_eval_problems(E.argparse.Namespace(data="demo", limit=16, split="test", level=None, data_path=None))
+    import data as D
+    tiered = D.assign_tiers(problems, tmp_path / "base/pass_rates.jsonl", {"solved": 1.0, "unsolved": 0.0})
+    assert all(t.tier in ("solved", "unsolved") for t in tiered)
+    # an adapter from a one-step run loads and evaluates
+    run = tmp_path / "run"
+    grpo.main(["--preset", "demo", "--steps", "1", "--prompts-per-step", "2", "--group-size", "4", "--out", str(run)])
+    res = E.main(args + ["--adapter", str(run / "checkpoints/step_000001"), "--out", str(tmp_path / "adapted")])
+    assert res["adapter"].endswith("step_000001") and (tmp_path / "adapted/results.json").is_file()

@@ -98,7 +98,7 @@ def test_a_step_raises_the_logprob_of_a_positive_advantage_completion(tmp_path):
 
     def logp(completion):
         with torch.no_grad():
-            lp, _, mask = M.sequence_logprobs(model, [prompt + completion], [len(prompt)])
+            lp, _, mask = M.completion_logprobs(model, [prompt], [completion], [0])
         return float((lp * mask).sum())
 
     before = logp(good), logp(bad)
@@ -151,3 +151,117 @@ def test_bad_flags_are_one_clear_message(argv, message, capsys):
         G.parse_args(argv)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# --- end to end on the demo model ------------------------------------------------------------------------------------
+
+SMALL = ["--preset", "demo", "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "48",
+         "--save-every", "3", "--log-samples-every", "100"]
+
+
+def run_metrics(run_dir: Path, timing=False):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if timing or not k.startswith(G.TIMING_PREFIXES)} for r in rows]
+
+
+def adapter_tensors(ckpt: Path):
+    from safetensors.torch import load_file
+    return load_file(ckpt / "adapter_model.safetensors")
+
+
+def test_resume_is_exact(tmp_path):
+    """6 steps straight == 3 steps, stop, resume, 3 more: bitwise equal adapter weights and metrics."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    G.main(SMALL + ["--steps", "6", "--out", str(straight)])
+    G.main(SMALL + ["--steps", "6", "--out", str(split)])
+    # cut the second run back to its step-3 checkpoint, as if it had been stopped there
+    shutil.rmtree(split / "checkpoints" / "step_000006")
+    lines = (split / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (split / "metrics.jsonl").write_text("".join(lines[:3]))
+    G.main(["--resume", str(split)])
+    a, b = adapter_tensors(straight / "checkpoints/step_000006"), adapter_tensors(split / "checkpoints/step_000006")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert run_metrics(straight) == run_metrics(split)
+    assert any(r["grad_norm"] > 0 for r in run_metrics(straight))  # the adapter did move
+    first = adapter_tensors(straight / "checkpoints/step_000003")
+    assert any(not torch.equal(first[k], a[k]) for k in a)
+
+
+def test_resume_moves_metrics_past_the_checkpoint_aside(tmp_path):
+    run = tmp_path / "run"
+    G.main(SMALL + ["--steps", "4", "--save-every", "2", "--out", str(run)])
+    shutil.rmtree(run / "checkpoints" / "step_000004")
+    G.main(["--resume", str(run)])
+    assert [r["step"] for r in run_metrics(run)] == [1, 2, 3, 4]
+    aside = [json.loads(x)["step"] for x in (run / "metrics.after-step-2.jsonl").read_text().splitlines()]
+    assert aside == [3, 4]
+
+
+def test_grpo_improves_reward_on_the_demo_easy_tier(tmp_path):
+    """A learnable toy task end to end: the demo model's easy problems, a few dozen steps."""
+    run = tmp_path / "run"
+    G.main(["--preset", "demo", "--tiers", "easy", "--steps", "40", "--prompts-per-step", "8", "--lr", "3e-3",
+            "--out", str(run), "--save-every", "100"])
+    acc = [r["accuracy"] for r in run_metrics(run)]
+    assert sum(acc[-10:]) / 10 > sum(acc[:10]) / 10 + 0.1
+
+
+def test_dry_run_on_a_random_hf_folder(tmp_path, data_file, capsys):
+    """Any HF Qwen2 folder with a tokenizer: here a random model sized to the demo tokenizer."""
+    tok = M.load_tokenizer(DEMO)
+    folder = save_hf_model(make_hf_model(seed=0, vocab_size=tok.vocab_size), tmp_path / "random")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(DEMO / name, folder / name)
+    G.main(["--dry-run", "--model", str(folder), "--data", str(data_file), "--template", "plain",
+            "--max-new-tokens", "16", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "step 1/1" in out and "dry run ok" in out
+
+
+@pytest.fixture()
+def data_file(tmp_path):
+    """The real GSM8K train file when GRPO_DATA_DIR is set, else a fixture in its format."""
+    import os
+    if os.environ.get("GRPO_DATA_DIR"):
+        return Path(os.environ["GRPO_DATA_DIR"]) / "gsm8k" / "train.jsonl"
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_text("".join(json.dumps({"question": f"Tom has {i} apples and buys 2 more. How many now?",
+                                        "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}"}) + "\n" for i in range(5)))
+    return path
+
+
+def test_existing_run_folder_without_resume(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(SystemExit, match="already exists; pass --resume"):
+        G.main(SMALL + ["--steps", "1", "--out", str(tmp_path / "run")])
+
+
+def test_model_folder_without_weights(tmp_path):
+    make_hf_model(seed=0).config.save_pretrained(tmp_path / "empty")
+    with pytest.raises(SystemExit, match="no model.safetensors"):
+        G.main(SMALL + ["--steps", "1", "--model", str(tmp_path / "empty"), "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_broken_data_line_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q", "answer": "#### 1"}) + "\n{not json\n")
+    with pytest.raises(SystemExit, match=r"bad.jsonl:2: invalid JSON line"):
+        G.main(SMALL + ["--steps", "1", "--data", str(bad), "--out", str(tmp_path / "run")])
+
+
+def test_resume_with_other_flags_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        G.parse_args(["--resume", str(tmp_path), "--lr", "1"])
+    assert "do not also pass --lr" in capsys.readouterr().err
+
+
+def test_non_finite_losses_skip_steps_then_stop_with_a_checkpoint(tmp_path, monkeypatch):
+    real = G.policy_loss
+    monkeypatch.setattr(G, "policy_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit, match="3 steps in a row had a non-finite loss"):
+        G.main(SMALL + ["--steps", "10", "--max-bad-steps", "3", "--out", str(run)])
+    rows = run_metrics(run)
+    assert len(rows) == 3 and all(r["skipped"] for r in rows)
+    assert (run / "checkpoints" / "step_000003").is_dir()

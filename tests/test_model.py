@@ -245,19 +245,50 @@ def test_temperature_and_top_p_distributions():
 # --- chunked log-probs ------------------------------------------------------------------------------------------
 
 
-def test_chunked_logprobs_equal_full_computation(pair):
+def naive_logprobs(model, prompt, completion):
+    """log p of each completion token from a full forward of prompt + completion (no cache, no chunking)."""
+    full = torch.log_softmax(model(torch.tensor([prompt + completion])).double(), -1)[0]
+    return torch.stack([full[len(prompt) - 1 + j, tok] for j, tok in enumerate(completion)]), full
+
+
+def test_completion_logprobs_equal_the_full_computation(pair):
+    """Prompts run once and shared (two completions of prompt 0), chunked head: values, entropy and gradients
+    equal a plain forward of each prompt + completion."""
     ours, _ = pair
-    seqs = [[1, 2, 3, 4, 5, 6, 7], [8, 9, 10], [11, 12, 13, 14, 15]]
-    prompt_lens = [3, 1, 4]
-    lp, ent, mask = M.sequence_logprobs(ours, seqs, prompt_lens, chunk_size=4)
-    for i, (s, p) in enumerate(zip(seqs, prompt_lens)):
-        with torch.no_grad():
-            full = torch.log_softmax(ours(torch.tensor([s])).double(), -1)[0]
-        expected = [float(full[j, s[j + 1]]) for j in range(p - 1, len(s) - 1)]
-        torch.testing.assert_close(lp[i][mask[i]].double(), torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=0)
-        ent_expected = -(full.exp() * full).sum(-1)[p - 1:len(s) - 1]
-        torch.testing.assert_close(ent[i][mask[i]].double(), ent_expected, atol=1e-5, rtol=0)
-    assert mask.sum().item() == sum(len(s) - p for s, p in zip(seqs, prompt_lens))
+    prompts = [[1, 2, 3], [8], [11, 12, 13, 14]]
+    completions = [[4, 5, 6, 7], [9, 10], [15], [16, 17]]
+    prompt_of = [0, 1, 2, 0]
+    params = [p for p in ours.parameters()]
+    lp, ent, mask = M.completion_logprobs(ours, prompts, completions, prompt_of, chunk_size=3)
+    assert mask.tolist() == [[True] * 4, [True] * 2 + [False] * 2, [True] + [False] * 3, [True] * 2 + [False] * 2]
+    shared_grads = torch.autograd.grad((lp * mask).sum(), params)
+    total = 0
+    for i, (c, j) in enumerate(zip(completions, prompt_of)):
+        expected, full = naive_logprobs(ours, prompts[j], c)
+        total = total + expected.sum()
+        torch.testing.assert_close(lp[i, :len(c)].double(), expected, atol=1e-6, rtol=0)
+        rows = full[len(prompts[j]) - 1:len(prompts[j]) - 1 + len(c)]
+        torch.testing.assert_close(ent[i, :len(c)].double(), -(rows.exp() * rows).sum(-1), atol=1e-5, rtol=0)
+    naive_grads = torch.autograd.grad(total, params)
+    for a, b in zip(shared_grads, naive_grads):
+        torch.testing.assert_close(a.double(), b.double(), atol=1e-5, rtol=1e-4)
+
+
+def test_completion_logprobs_with_activation_checkpointing(pair):
+    ours, _ = pair
+    prompts, completions, prompt_of = [[1, 2, 3], [4]], [[5, 6], [7, 8, 9], [10]], [0, 1, 1]
+    params = list(ours.parameters())
+    lp, _, mask = M.completion_logprobs(ours, prompts, completions, prompt_of)
+    plain = torch.autograd.grad((lp * mask).sum(), params)
+    ours.gradient_checkpointing = True
+    try:
+        lp2, _, _ = M.completion_logprobs(ours, prompts, completions, prompt_of)
+        ckpt = torch.autograd.grad((lp2 * mask).sum(), params)
+    finally:
+        ours.gradient_checkpointing = False
+    torch.testing.assert_close(lp2, lp)
+    for a, b in zip(plain, ckpt):
+        torch.testing.assert_close(a, b)
 
 
 def test_chunked_logprob_gradients_equal_full(pair):
