@@ -649,3 +649,49 @@ def test_real_qwen_chat_template_matches_tokenizer_config(data_dir):
     rendered = jinja2.Environment().from_string(config["chat_template"]).render(
         messages=[{"role": "user", "content": "How many clips?"}], add_generation_prompt=True)
     assert rendered == format_prompt(GSM8K_PROBLEM, "qwen-chat")
+
+
+# --- Synthetic demo problems ---------------------------------------------------------------------------------------
+
+
+def _check_steps(solution: str):
+    """Every written step 'a +/- b = c.' is arithmetic on the previous written value: (start, results)."""
+    import re
+    steps = re.findall(r"(\d+) ([+-]) (\d+) = (\d+)\.", solution)
+    assert steps
+    prev = None
+    for a, op, b, c in steps:
+        a, b, c = int(a), int(b), int(c)
+        if prev is not None:
+            assert a == prev  # carried forward, even when wrong
+        prev = c
+    return steps, prev
+
+
+def test_synthetic_problems_are_correct_and_tiered():
+    import random
+    for p in data.synthetic_problems(400, seed=11):
+        steps, final = _check_steps(p.solution)
+        assert all(int(a) + (int(b) if op == "+" else -int(b)) == int(c) for a, op, b, c in steps)
+        assert str(final) == p.answer and reward(" " + p.solution, p.answer) == 1.0
+        assert len(steps) in ((1, 2) if p.tier == "easy" else (3, 4))
+        assert all(0 <= int(x) <= 99 for s in steps for x in (s[0], s[2], s[3]))
+        assert p.question.endswith("have now?") and p.question.count("Then ") == len(steps)
+    assert data.synthetic_problems(5, seed=3) == data.synthetic_problems(5, seed=3)
+
+
+def test_synthetic_slips_keep_the_gold_and_carry_the_error_forward():
+    import random
+    rng = random.Random(0)
+    slipped = wrong = 0
+    for _ in range(2000):
+        p = data.synthetic_problem(rng, "hard", slip=0.45)
+        steps, final = _check_steps(p.solution)  # the written chain stays internally consistent
+        true = [int(steps[0][0])]
+        for _, op, b, _ in steps:
+            true.append(true[-1] + (int(b) if op == "+" else -int(b)))
+        slipped += any(int(c) != t for (_, _, _, c), t in zip(steps, true[1:]))
+        wrong += str(final) != p.answer
+        assert all(0 <= int(s[3]) <= 99 for s in steps)
+    # 3-4 steps with slip 0.45: P(no slip) = (0.55^3 + 0.55^4) / 2 = 0.129; slips sometimes cancel
+    assert 0.80 < slipped / 2000 < 0.92 and 0.70 < wrong / 2000 < slipped / 2000
