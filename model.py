@@ -253,6 +253,12 @@ class KVCache:
         self.v[layer, :, :, start:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def select(self, rows: torch.Tensor) -> KVCache:
+        """A cache holding only these rows (drops finished sequences)."""
+        new = object.__new__(KVCache)
+        new.k, new.v, new.length = self.k[:, rows], self.v[:, rows], self.length
+        return new
+
     def fan_out(self, copies: int, max_len: int) -> KVCache:
         """A new cache with each row repeated `copies` times (row b -> rows b*copies .. b*copies+copies-1)."""
         new = object.__new__(KVCache)
@@ -358,16 +364,27 @@ def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temper
 
     out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
+    rows = torch.arange(B, device=device)  # the output row of each row still in the batch
     n_steps = 0
     for t in range(max_new_tokens):
         logits = model.lm_head(h).float()
-        token = sample_token(logits, temperature, top_p, uniforms[:, t], vocab_size)
-        out[:, t] = token
+        token = sample_token(logits, temperature, top_p, uniforms[rows, t], vocab_size)
+        out[rows, t] = token
         n_steps = t + 1
-        done |= torch.isin(token, eos)
-        # Checking for "all rows done" syncs with the GPU, so look only every 16 steps.
-        if t == max_new_tokens - 1 or (eos.numel() and t % 16 == 15 and bool(done.all())):
+        done[rows] |= torch.isin(token, eos)
+        if t == max_new_tokens - 1:
             break
+        # Looking at `done` syncs with the GPU, so only every 16 steps: stop when every row has ended, and drop
+        # ended rows once they are a quarter of the batch (the rest decode faster).
+        if eos.numel() and t % 16 == 15:
+            live = ~done[rows]
+            n_live = int(live.sum())
+            if n_live == 0:
+                break
+            if n_live <= len(rows) * 3 // 4:
+                keep = live.nonzero().squeeze(1)
+                rows, token, cache = rows[keep], token[keep], cache.select(keep)
+                key_valid, next_position = key_valid[keep], next_position[keep]
         h = model.hidden_states(token[:, None], next_position + t, causal_mask(key_valid[:, :P + t + 1], 1), cache)[:, -1]
 
     # Cut each row after its first EOS.

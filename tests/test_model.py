@@ -163,17 +163,23 @@ def test_same_seed_same_samples_other_seed_other_samples(pair):
     assert run(1) != run(2)
 
 
-def test_eos_stops_each_row_and_is_kept(pair):
+def test_eos_stops_each_row_and_is_kept(pair, monkeypatch):
+    """Rows stop at their own EOS (kept as the last token); rows that end early are dropped from the batch
+    (every 16 steps), which must not change what the other rows draw, greedy or sampled."""
     ours, _ = pair
-    prompts = [[1, 2, 3], [4, 5, 6, 7], [8]]
-    free = M.generate(ours, prompts, max_new_tokens=30, temperature=0)
-    eos = [free[0][3], free[1][5]]  # tokens that greedy decoding does emit
-    got = M.generate(ours, prompts, max_new_tokens=30, temperature=0, eos_token_id=eos)
-    for row_free, row in zip(free, got):
-        stops = [j for j, tok in enumerate(row_free) if tok in eos]
-        expected = row_free[:stops[0] + 1] if stops else row_free
-        assert row == expected
-    assert got[0][-1] in eos and len(got[0]) <= 4
+    dropped = []
+    select = M.KVCache.select
+    monkeypatch.setattr(M.KVCache, "select", lambda self, rows: dropped.append(len(rows)) or select(self, rows))
+    prompts = [[1, 2, 3], [4, 5, 6, 7], [8], [9, 9]]
+    for temperature in (0, 1.0):
+        free = M.generate(ours, prompts, max_new_tokens=40, temperature=temperature, seed=5)
+        eos = [free[0][3], free[1][5]]  # tokens that these rows do emit early
+        got = M.generate(ours, prompts, max_new_tokens=40, temperature=temperature, seed=5, eos_token_id=eos)
+        for row_free, row in zip(free, got):
+            stops = [j for j, tok in enumerate(row_free) if tok in eos]
+            assert row == (row_free[:stops[0] + 1] if stops else row_free)
+        assert got[0][-1] in eos and len(got[0]) <= 4 and len(got[1]) <= 6
+    assert dropped  # the batch did shrink
 
 
 def test_tokens_the_tokenizer_lacks_are_never_drawn(pair):
