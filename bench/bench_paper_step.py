@@ -1,0 +1,97 @@
+"""
+One paper-config GRPO step on a random model: 1 prompt x K=8 samples x up to 1024 new tokens, LoRA r=64 on all
+seven projections, AdamW; reports the time split and peak memory (target: fits in 24 GB on a GPU).
+
+    python bench/bench_paper_step.py --device cuda                        # Qwen2.5-Math-1.5B shape, bf16
+    python bench/bench_paper_step.py --device cpu --shape small --new-tokens 128   # a smoke run on a laptop
+
+Random weights rarely emit EOS, so every completion runs to --new-tokens (the worst case). Rewards are random
+bits (fixed seed), so every group has signal and the learner processes all K completions.
+"""
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import grpo as G  # noqa: E402
+import lora as L  # noqa: E402
+import model as M  # noqa: E402
+
+SHAPES = {
+    "qwen2.5-math-1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                              num_attention_heads=12, num_key_value_heads=2),
+    "small": dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                  num_attention_heads=8, num_key_value_heads=2),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--shape", default="qwen2.5-math-1.5b", choices=list(SHAPES))
+    ap.add_argument("--prompt-len", type=int, default=200)
+    ap.add_argument("--new-tokens", type=int, default=1024)
+    ap.add_argument("--group-size", type=int, default=8)
+    ap.add_argument("--micro-batch", type=int, default=4)
+    ap.add_argument("--lora-rank", type=int, default=64)
+    ap.add_argument("--grad-checkpointing", action="store_true")
+    ap.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    config = M.Qwen2Config(max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-6,
+                           tie_word_embeddings=True, **SHAPES[args.shape])
+    with torch.device(device):
+        model = M.Qwen2(config).to(dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    model.gradient_checkpointing = args.grad_checkpointing
+    params = L.apply_lora(model, r=args.lora_rank, alpha=2 * args.lora_rank)
+    cfg = G.Config(group_size=args.group_size, micro_batch=args.micro_batch, lr=1e-5, grad_clip=0.1,
+                   max_new_tokens=args.new_tokens)
+    optimizer = G.make_optimizer(params, cfg)
+    prompt = torch.randint(0, config.vocab_size, (args.prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
+    rewards = torch.randint(0, 2, (1, args.group_size), generator=torch.Generator().manual_seed(1)).float()
+    rewards[0, :2] = torch.tensor([0.0, 1.0])  # at least one of each
+
+    def step(seed):
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        t0 = time.perf_counter()
+        model.eval()
+        completions = M.generate(model, [prompt], args.new_tokens, num_samples=args.group_size, seed=seed)
+        sync()
+        t1 = time.perf_counter()
+        ro = G.Rollouts([None], [prompt], completions, [""] * len(completions), rewards)
+        loss, stats = G.update(model, params, optimizer, ro, G.group_advantages(rewards, "std"), cfg, config.vocab_size)
+        sync()
+        t2 = time.perf_counter()
+        return t1 - t0, t2 - t1, sum(len(c) for c in completions)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    step(0)
+    times = [step(s) for s in range(1, args.steps + 1)]
+    sample_t = sum(t[0] for t in times) / len(times)
+    update_t = sum(t[1] for t in times) / len(times)
+    tokens = times[-1][2]
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 1e9
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"# {time.strftime('%Y-%m-%d')} | {name} | torch {torch.__version__} | shape {args.shape} {str(dtype)[6:]} | "
+          f"1 prompt ({args.prompt_len} tokens) x {args.group_size} x {args.new_tokens} new tokens | LoRA r={args.lora_rank} "
+          f"({sum(p.numel() for p in params):,} params) | micro-batch {args.micro_batch} | "
+          f"grad checkpointing {args.grad_checkpointing}")
+    print("| sampling s | update s | step s | generated tok/s | peak memory GB |")
+    print("|---:|---:|---:|---:|---:|")
+    print(f"| {sample_t:.2f} | {update_t:.2f} | {sample_t + update_t:.2f} | {tokens / sample_t:,.0f} | {peak:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
