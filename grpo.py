@@ -108,7 +108,7 @@ PRESETS = {
                   steps=350, template="qwen-chat", micro_batch=4),
     # The embedded demo: a 0.8M-parameter model pretrained on synthetic word problems; laptop CPU, no downloads.
     "demo": dict(model=str(DEMO_MODEL), lora_rank=16, lora_alpha=32.0, data="demo", group_size=8,
-                 prompts_per_step=16, lr=1e-3, grad_clip=1.0, max_new_tokens=64, temperature=1.0, kl_coef=0.0,
+                 prompts_per_step=16, lr=2e-3, grad_clip=1.0, max_new_tokens=64, temperature=1.0, kl_coef=0.0,
                  steps=150, template="plain", micro_batch=128, save_every=50, log_samples_every=25,
                  device="cpu"),
 }
