@@ -2,9 +2,14 @@
 Build the demo model: a tiny Qwen2 (0.8M parameters) pretrained on synthetic arithmetic word problems whose
 worked solutions slip (each step result wrong with probability SLIP, carried forward). It "knows but slips":
 greedy decoding is mostly right, sampling at temperature 1 often is not, which puts GRPO in the paper's regime
-(sampled accuracy about 50% on easy problems, 10-25% on hard ones) on a laptop CPU.
+on a laptop CPU. The committed demo/model (defaults below, seed 0) measures on the 1,000 held-out problems
+(python eval.py --model demo/model --data demo --max-new-tokens 64): greedy 98.6% easy / 96.6% hard, sampled
+46.4% easy / 19.4% hard.
 
-    python demo/make_demo_model.py            # writes demo/model/ (config, safetensors, tokenizer), ~15 min on 2 cores
+    python demo/make_demo_model.py            # writes demo/model/ (config, safetensors, tokenizer): ~50 min on 2 cores
+
+The tokenizer is word-level (tokenizers' WordLevel over the generator's words, single digits, punctuation); spaces
+attach to the following word as "▁", so decoding restores the exact text.
 """
 import argparse
 import json
@@ -21,14 +26,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
 import model as M  # noqa: E402
 
-PLAIN = "Question: {question}\nAnswer:"
 EOS = "<|endoftext|>"
 SPACE = "\u2581"  # spaces become this symbol and stick to the word after them
 PRETOKENIZE = rf"{SPACE}?[A-Za-z]+|{SPACE}?[^\sA-Za-z\d{SPACE}]+|\d|\n|{SPACE}"
 
 
+# -----------------------------------------------------------------------------
+# Tokenizer: one token per word (with its leading space), digit, punctuation mark
+
+
 def build_tokenizer(texts):
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     pre = pre_tokenizers.Split(Regex(PRETOKENIZE), behavior="isolated")
     norm = normalizers.Replace(" ", SPACE)
     words = sorted({w for t in texts for w, _ in pre.pre_tokenize_str(norm.normalize_str(t))})
@@ -37,9 +45,12 @@ def build_tokenizer(texts):
     tok.normalizer = norm
     tok.pre_tokenizer = pre
     tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.Fuse()])
-    from tokenizers import AddedToken
     tok.add_special_tokens([AddedToken(EOS, special=True, normalized=False)])
     return tok
+
+
+# -----------------------------------------------------------------------------
+# Pretraining: next-token loss on the worked solution only (the prompt is context), cosine LR
 
 
 def main():
@@ -58,7 +69,7 @@ def main():
 
     # Vocabulary: every pre-token the generator and the template can produce.
     sample = data.synthetic_problems(4000, seed=12345)
-    texts = [PLAIN.format(question=p.question) + " " + p.solution for p in sample]
+    texts = [data.format_prompt(p, "plain") + " " + p.solution for p in sample]
     tok = build_tokenizer(texts + [" ".join(str(i) for i in range(10))])
     V = tok.get_vocab_size()
     print(f"vocab {V}")
@@ -82,7 +93,7 @@ def main():
         for _ in range(n):
             tier = "easy" if rng.random() < 0.5 else "hard"
             p = data.synthetic_problem(rng, tier, slip=args.slip)
-            prompt = tok.encode(PLAIN.format(question=p.question), add_special_tokens=False).ids
+            prompt = tok.encode(data.format_prompt(p, "plain"), add_special_tokens=False).ids
             sol = tok.encode(" " + p.solution, add_special_tokens=False).ids + [eos]
             seqs.append(prompt + sol)
             starts.append(len(prompt))
