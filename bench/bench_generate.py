@@ -113,7 +113,7 @@ M.token_logprobs(small, weight[:10], torch.zeros(1, 4, dtype=torch.long), chunk_
 torch.log_softmax(small @ weight[:10].T, -1).sum().backward()
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if {chunked}:
-    lp, _ = M.token_logprobs(hidden, weight, targets)
+    lp, _ = M.token_logprobs(hidden, weight, targets, chunk_size={chunk_size})
 else:
     lp = torch.log_softmax((hidden @ weight.T).float(), -1).gather(-1, targets[..., None]).squeeze(-1)
 lp.sum().backward()
@@ -121,8 +121,10 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
 """
 
 
-def logprob_peak_memory(device, dtype, B=8, T=512, H=1536, V=151936):
-    """Peak memory of forward + backward of the log-probs of B x T targets (beyond the inputs)."""
+def logprob_peak_memory(device, dtype, B=8, T=512, H=1536, V=151936, chunk_size=1024):
+    """Peak memory of forward + backward of the log-probs of B x T targets, full logits vs chunked (beyond the
+    inputs). On the CPU: peak RSS growth of a fresh process, with a fixed mmap threshold so that glibc returns
+    freed blocks to the OS and the peak tracks live tensors rather than the allocator's heap."""
     if device.type == "cuda":
         out = {}
         for chunked in (False, True):
@@ -133,7 +135,7 @@ def logprob_peak_memory(device, dtype, B=8, T=512, H=1536, V=151936):
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
             if chunked:
-                lp, _ = M.token_logprobs(hidden, weight, targets)
+                lp, _ = M.token_logprobs(hidden, weight, targets, chunk_size=chunk_size)
             else:
                 lp = torch.log_softmax((hidden @ weight.T).float(), -1).gather(-1, targets[..., None]).squeeze(-1)
             lp.sum().backward()
@@ -141,10 +143,10 @@ def logprob_peak_memory(device, dtype, B=8, T=512, H=1536, V=151936):
             out[chunked] = torch.cuda.max_memory_allocated() - base
             del hidden, weight, targets, lp
         return out[False], out[True]
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")  # RSS then tracks live tensors (see tests)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     peaks = []
     for chunked in (False, True):
-        code = PEAK_CPU.format(root=str(ROOT), B=B, T=T, H=H, V=V, chunked=chunked)
+        code = PEAK_CPU.format(root=str(ROOT), B=B, T=T, H=H, V=V, chunked=chunked, chunk_size=chunk_size)
         peaks.append(int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                         env=env).stdout.strip()))
     return tuple(peaks)

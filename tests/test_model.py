@@ -313,40 +313,12 @@ def test_chunked_logprob_gradients_equal_full(pair):
     torch.testing.assert_close(g_chunked[1], weight.grad)
 
 
-PEAK_SCRIPT = r"""
-import resource, sys, torch
-sys.path.insert(0, {root!r})
-import model as M
-torch.manual_seed(0)
-B, T, H, V = 4, 256, 64, 32000
-hidden = torch.randn(B, T, H, requires_grad=True)
-weight = torch.randn(V, H) * 0.05
-targets = torch.randint(0, V, (B, T))
-# Warm up both code paths on tiny inputs first: lazy imports inside autograd/checkpoint cost resident memory too.
-small = torch.randn(1, 4, H, requires_grad=True)
-M.token_logprobs(small, weight[:10], torch.zeros(1, 4, dtype=torch.long), chunk_size=2)[0].sum().backward()
-torch.log_softmax(small @ weight[:10].T, -1).sum().backward()
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-if {chunked}:
-    lp, _ = M.token_logprobs(hidden, weight, targets, chunk_size=64)
-else:
-    lp = torch.log_softmax(hidden @ weight.T, -1).gather(-1, targets[..., None]).squeeze(-1)
-lp.sum().backward()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
-"""
-
-
 def test_chunked_logprobs_use_far_less_peak_memory():
-    """Peak resident memory of forward + backward in fresh processes; the full [4, 256, 32000] float32
-    logits alone are 131 MB. A fixed mmap threshold makes glibc return freed blocks to the OS, so the peak
-    RSS measures live tensors rather than the allocator's heap growth."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-
-    def peak(chunked):
-        out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT.format(root=str(ROOT), chunked=chunked)],
-                             capture_output=True, text=True, check=True, env=env)
-        return int(out.stdout.strip())
-    full, chunked = peak(False), peak(True)
+    """Forward + backward of log-probs for [4, 256] targets over V=32000, each in a fresh process (the
+    benchmark's measurement): the full float32 logits alone are 131 MB; chunks of 64 positions, 8 MB."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_generate import logprob_peak_memory
+    full, chunked = logprob_peak_memory(torch.device("cpu"), torch.float32, B=4, T=256, H=64, V=32000, chunk_size=64)
     assert full > 131e6
     assert chunked < full / 4
 
