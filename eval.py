@@ -320,27 +320,90 @@ def compare(argv=None):
         report.append(f"| {c['optimizer']} / lr {c['lr']:g} | {ph['opens']} | {ph['closes']} | "
                       f"{ph['max_gap']:+.3f} ({ph['max_gap_step']}) |")
 
-    # Diagnostics over training (when the runs logged them).
+    # Diagnostics over training (when the runs logged them): the paper's orthogonality and curvature-variance numbers.
     diag_keys = [k for k in ("diag/cos_abs_mean", "diag/cos_abs_p90", "diag/curvature_std_corr") if k in
                  {k for r in runs for m in r["metrics"] for k in m}]
-    if diag_keys:
-        report.append("\n## Diagnostics (mean over the run's diagnostic steps)\n")
-        report.append("| arm | " + " | ".join(diag_keys) + " |")
-        report.append("|---|" + "---:|" * len(diag_keys))
-        for arm, rs in sorted(arms.items()):
-            vals = [np.mean([v for r in rs for v in series(r, k)[1]]) if any(len(series(r, k)[1]) for r in rs)
-                    else float("nan") for k in diag_keys]
-            report.append(f"| {arm} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+    diag = {arm: diagnostic_summary(rs) for arm, rs in sorted(arms.items()) if any(r["diagnostics"] for r in rs)}
+    if diag:
+        report.append("\n## Diagnostics (pooled over each arm's diagnostic steps)\n")
+        report.append("|cos| between per-prompt policy gradients (LoRA weights) of prompts with reward variance; "
+                      "Pearson r between each prompt's curvature proxy (mean squared gradient norm per token) and "
+                      "its reward std, within a diagnostic step, and for a control that pairs curvatures with the "
+                      "reward stds of another step's prompts. The paper: mean |cos| 0.088 (std 0.064), 90% of pairs "
+                      "under 0.15; r = 0.342 within an iteration, -0.028 across iterations.\n")
+        report.append("| arm | pairs | mean |cos| (std) | 90th pct | prompts | r within step | r across steps (control) |")
+        report.append("|---|---:|---:|---:|---:|---:|---:|")
+        for arm, d in diag.items():
+            report.append(f"| {arm} | {d['pairs']} | {d['cos_mean']:.3f} ({d['cos_std']:.3f}) | {d['cos_p90']:.3f} | "
+                          f"{d['prompts']} | {d['r_within']:.3f} | {d['r_across']:.3f} |")
 
-    figures = plot_compare(arms, keys, diag_keys, args.window, out)
+    figures = plot_compare(arms, keys, diag_keys, args.window, out) + plot_diagnostics(arms, diag, out)
     report.append("\n" + ("\n".join(f"![{f.stem}]({f.name})" for f in figures) if figures else
                           "(no figures: matplotlib is not installed; `pip install matplotlib`)"))
     (out / "report.md").write_text("\n".join(report) + "\n")
     (out / "summary.json").write_text(json.dumps({"metric": metric, "arms": summary, "phases": phase_table,
-                                                  "window": args.window}, indent=2) + "\n")
+                                                  "diagnostics": diag, "window": args.window}, indent=2) + "\n")
     print("\n".join(report))
     print(f"\nwrote {out}/report.md, {out}/summary.json" + (f" and {len(figures)} figures" if figures else ""))
     return summary
+
+
+def pearson(x, y) -> float:
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    return float(np.corrcoef(x, y)[0, 1]) if len(x) > 2 and x.std() > 0 and y.std() > 0 else float("nan")
+
+
+def diagnostic_summary(runs) -> dict:
+    """Pool diagnostics.jsonl rows of an arm's runs: |cos| statistics, within-step r(curvature, reward std) (mean
+    over steps), and the across-step control: curvatures of step t against reward stds of step t+1 (other prompts)."""
+    cosines, within, across, prompts = [], [], [], 0
+    for r in runs:
+        by_step = {}
+        for row in r["diagnostics"]:
+            by_step.setdefault(row["step"], []).append(row)
+            cosines += row.get("abs_cosines", [])
+        steps = sorted(by_step)
+        prompts += sum(len(v) for v in by_step.values())
+        for s in steps:
+            within.append(pearson([x["curvature"] for x in by_step[s]], [x["reward_std"] for x in by_step[s]]))
+        for a, b in zip(steps, steps[1:]):
+            n = min(len(by_step[a]), len(by_step[b]))
+            across.append(pearson([x["curvature"] for x in by_step[a][:n]], [x["reward_std"] for x in by_step[b][:n]]))
+    cos = np.array(cosines) if cosines else np.array([np.nan])
+    return {"pairs": len(cosines), "cos_mean": float(cos.mean()), "cos_std": float(cos.std()),
+            "cos_p90": float(np.quantile(cos, 0.9)), "prompts": prompts, "cosines": [float(c) for c in cosines],
+            "r_within": float(np.nanmean(within)) if within else float("nan"),
+            "r_across": float(np.nanmean(across)) if across else float("nan")}
+
+
+def plot_diagnostics(arms, diag: dict, out: Path) -> list[Path]:
+    if not diag:
+        return []
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for arm, d in diag.items():
+        if d["cosines"]:
+            ax1.hist(d["cosines"], bins=30, range=(0, 1), alpha=0.5, label=f"{arm} (mean {d['cos_mean']:.3f})")
+        rows = [row for r in arms[arm] for row in r["diagnostics"]]
+        ax2.scatter([x["reward_std"] for x in rows], [x["curvature"] for x in rows], s=8, alpha=0.5,
+                    label=f"{arm} (r within step {d['r_within']:.2f})")
+    ax1.set_xlabel("|cos| of per-prompt policy gradients")
+    ax1.set_ylabel("prompt pairs")
+    ax1.legend(fontsize=7)
+    ax2.set_xlabel("reward std of the prompt (K samples)")
+    ax2.set_ylabel("curvature proxy (mean |grad|^2 per token)")
+    ax2.set_yscale("log")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "diagnostics.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
 
 
 def plot_compare(arms, keys, diag_keys, window, out: Path) -> list[Path]:

@@ -57,6 +57,14 @@ def write_run(folder: Path, normalize: str, seed: int, slope: float, lr=1e-3, op
             if diag and step % 10 == 0:
                 m |= {"diag/cos_abs_mean": 0.1, "diag/cos_abs_p90": 0.2, "diag/curvature_std_corr": 0.3}
             f.write(json.dumps(m) + "\n")
+    if diag:  # per-prompt rows: curvature = 10 * reward std (perfect within-step correlation), cosines 0.1 / 0.3
+        with (folder / "diagnostics.jsonl").open("w") as f:
+            for step in range(10, steps + 1, 10):
+                for i, std in enumerate([0.1, 0.2, 0.3, 0.4]):
+                    row = {"step": step, "id": str(i), "reward_std": std, "curvature": 10 * std}
+                    if i == 0:
+                        row["abs_cosines"] = [0.1, 0.3]
+                    f.write(json.dumps(row) + "\n")
 
 
 @pytest.fixture()
@@ -74,8 +82,12 @@ def test_compare_writes_report_figure_and_phases(runs, tmp_path):
     report = (tmp_path / "rep/report.md").read_text()
     assert (tmp_path / "rep/curves.png").stat().st_size > 10_000
     assert "Best vs best" in report and "Phases" in report and "Diagnostics" in report
+    assert (tmp_path / "rep/diagnostics.png").is_file()
     assert set(summary) == {"std / adamw / lr 0.001", "none / adamw / lr 0.001", "none / adamw / lr 0.002"}
     data = json.loads((tmp_path / "rep/summary.json").read_text())
+    # 2 seeds x 4 diagnostic steps x 2 cosines (0.1, 0.3); curvature = 10 x reward std in every step
+    d = data["diagnostics"]["std / adamw / lr 0.001"]
+    assert d["pairs"] == 16 and d["cos_mean"] == pytest.approx(0.2) and d["r_within"] == pytest.approx(1.0)
     phase = data["phases"]["adamw / lr 0.001"]
     # std rises 0.006/step faster: the smoothed gap reaches 0.03 after ~5-8 steps and never closes
     assert phase["opens"] is not None and 3 <= phase["opens"] <= 12 and phase["closes"] is None
