@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import math
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -59,15 +61,15 @@ class Config:
     tokenizer: str | None = None             # default: the model folder
     device: str = "auto"                     # auto: cuda when available
     dtype: str = "auto"                      # auto: bfloat16 on cuda, float32 on cpu
-    lora_rank: int = 64
-    lora_alpha: float = 128.0
-    lora_dropout: float = 0.0
-    lora_targets: str = ",".join(L.ALL_PROJECTIONS)
+    lora_rank: int = 64                      # r
+    lora_alpha: float = 128.0                # the update is scaled by alpha / r
+    lora_dropout: float = 0.0                # on the adapter's input (0: sampler and learner see one function)
+    lora_targets: str = ",".join(L.ALL_PROJECTIONS)  # comma-separated projection names
     grad_checkpointing: bool = False         # recompute activations in backward (long completions on a GPU)
     # data
     data: str = "gsm8k"                      # gsm8k | math | demo | a .jsonl file
     data_path: str | None = None             # local file or folder; None: the hub (gsm8k, math)
-    split: str = "train"
+    split: str = "train"                     # train | test (MATH also math500)
     math_levels: str | None = None           # e.g. "2" or "1,2"
     difficulty_file: str | None = None       # per-problem pass rates (see data.assign_tiers; eval.py writes them)
     tier_thresholds: str | None = None       # "easy=1.0,medium=0.9,hard=0.0": tier -> min pass rate (default: paper's)
@@ -77,28 +79,28 @@ class Config:
     prompts_per_step: int = 1
     group_size: int = 8                      # K completions per prompt
     max_new_tokens: int = 1024
-    temperature: float = 1.0
+    temperature: float = 1.0                 # sampling temperature; the learner scores the same distribution
     # the update
     normalize: str = "std"                   # std | none
-    std_eps: float = 1e-6
+    std_eps: float = 1e-6                    # guards the division by the group std (binary rewards: std >= 0.33 or 0)
     loss_agg: str = "seq-sum"                # seq-sum | seq-mean | token-mean
     kl_coef: float = 0.0                     # beta of a k3 KL penalty to the base model (adapter off)
     optimizer: str = "adamw"                 # adamw | sgd
-    lr: float = 1e-5
-    weight_decay: float = 0.0
+    lr: float = 1e-5                         # peak learning rate, decayed linearly to 0
+    weight_decay: float = 0.0                # on the LoRA weights
     grad_clip: float = 0.1                   # max global grad norm; 0 disables
     micro_batch: int = 8                     # sequences per forward/backward (gradient accumulation)
-    steps: int = 350
-    seed: int = 0
+    steps: int = 350                         # optimizer steps (one batch of rollouts each)
+    seed: int = 0                            # data order, sampling, LoRA init
     # logging, checkpoints, diagnostics
     out: str | None = None                   # run folder; default runs/<preset>-<normalize>-<optimizer>-s<seed>
-    log_samples_every: int = 10
-    save_every: int = 50
-    keep_checkpoints: int = 3
+    log_samples_every: int = 10              # steps between completions written to samples.jsonl
+    save_every: int = 50                     # steps between checkpoints
+    keep_checkpoints: int = 3                # the newest N are kept
     diag_every: int = 0                      # 0: off. Per-prompt gradient cosines and curvature vs reward std
-    diag_prompts: int = 16
+    diag_prompts: int = 16                   # fresh prompts per diagnostic step (K samples each)
     max_bad_steps: int = 5                   # stop after this many non-finite losses in a row
-    preset: str = "paper"
+    preset: str = "paper"                    # paper | demo: the defaults that other flags override
 
 
 PRESETS = {
@@ -119,15 +121,24 @@ CHOICES = dict(preset=list(PRESETS), normalize=["std", "none"], optimizer=["adam
 TIMING_PREFIXES = ("time/", "perf/")
 
 
+def field_help() -> dict[str, str]:
+    """The comment after each Config field is its --help text (one source for both)."""
+    pattern = re.compile(r"\s+(\w+): [^#]*#\s*(.*)")
+    return {m[1]: m[2] for m in map(pattern.match, inspect.getsource(Config).splitlines()) if m}
+
+
 def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    helps = field_help()
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
+        defaults = ", ".join(f"{p}: {PRESETS[p].get(f.name, f.default)}" for p in PRESETS)
+        text = f"{helps.get(f.name, '')} ({defaults})".strip()
         if f.type == "bool":
-            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             kind = {"int": int, "float": float}.get(f.type, str)
-            ap.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name))
+            ap.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name), help=text)
     ap.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
     ap.add_argument("--dry-run", action="store_true", help="one step end to end in a temporary folder")
     args = ap.parse_args(argv)
