@@ -160,10 +160,6 @@ def print_results(results: dict):
 # -----------------------------------------------------------------------------
 # Comparing runs: curves, diagnostics, phases, best-vs-best
 
-# t quantiles (two-sided 95%) for the confidence band of a mean over n seeds (n - 1 degrees of freedom).
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
 def read_run(run_dir: Path) -> dict:
     config = json.loads((run_dir / "config.json").read_text())
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -194,18 +190,15 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def arm_curve(runs: list[dict], key: str, window: int):
-    """Mean over seeds of the smoothed curve and its 95% t-interval half-width, on the common steps."""
+    """Mean over seeds of the smoothed curve, and the seeds' lowest and highest values (the band), on the
+    steps all seeds reached."""
     curves = [series(r, key) for r in runs]
     curves = [(s, v) for s, v in curves if len(s)]
     if not curves:
         return None
     n = min(len(s) for s, _ in curves)
-    steps = curves[0][0][:n]
     stacked = np.stack([smooth(v[:n], window) for _, v in curves])
-    mean = stacked.mean(0)
-    half = (T95.get(len(curves) - 1, 1.96) * stacked.std(0, ddof=1) / math.sqrt(len(curves))
-            if len(curves) > 1 else np.zeros(n))
-    return steps, mean, half, len(curves)
+    return curves[0][0][:n], stacked.mean(0), stacked.min(0), stacked.max(0), len(curves)
 
 
 def final_value(runs, key, frac=0.1):
@@ -264,8 +257,9 @@ def compare(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = [f"# Run comparison\n", f"{len(runs)} runs in {len(arms)} arms (an arm = normalize / optimizer / lr; "
-              f"its seeds give the mean and the 95% t-interval band). Curves are trailing {args.window}-step moving "
-              f"averages of the training-rollout accuracy. Headline metric: `{metric}`.\n"]
+              f"figures show the mean over its seeds and a band from the lowest to the highest seed). Curves are "
+              f"trailing {args.window}-step moving averages of the training-rollout accuracy. Final = mean over the "
+              f"last 10% of steps; gain = final minus the mean over the first 10%. Headline metric: `{metric}`.\n"]
 
     # Each arm: final value (last 10% of steps) and gain (last 10% minus first 10%), per seed.
     report.append("| arm | seeds | " + " | ".join(f"final {k}" for k in keys) + f" | gain {metric} (per seed) |")
@@ -385,13 +379,15 @@ def plot_diagnostics(arms, diag: dict, out: Path) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         return []
+    colors = {arm: f"C{i}" for i, arm in enumerate(sorted(arms))}  # as in curves.png
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
     for arm, d in diag.items():
         if d["cosines"]:
-            ax1.hist(d["cosines"], bins=30, range=(0, 1), alpha=0.5, label=f"{arm} (mean {d['cos_mean']:.3f})")
+            ax1.hist(d["cosines"], bins=40, range=(0, 0.5), alpha=0.5, color=colors[arm],
+                     label=f"{arm} (mean {d['cos_mean']:.3f})")
         rows = [row for r in arms[arm] for row in r["diagnostics"]]
         ax2.scatter([x["reward_std"] for x in rows], [x["curvature"] for x in rows], s=8, alpha=0.5,
-                    label=f"{arm} (r within step {d['r_within']:.2f})")
+                    color=colors[arm], label=f"{arm} (r within step {d['r_within']:.2f})")
     ax1.set_xlabel("|cos| of per-prompt policy gradients")
     ax1.set_ylabel("prompt pairs")
     ax1.legend(fontsize=7)
@@ -415,6 +411,7 @@ def plot_compare(arms, keys, diag_keys, window, out: Path) -> list[Path]:
         print("matplotlib is not installed: writing numbers only (pip install matplotlib for the figures)")
         return []
     figures = []
+    colors = {arm: f"C{i}" for i, arm in enumerate(sorted(arms))}
     panels = [k for k in keys] + ["reward_std"] + diag_keys
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
@@ -424,17 +421,17 @@ def plot_compare(arms, keys, diag_keys, window, out: Path) -> list[Path]:
             curve = arm_curve(rs, key, 1 if key.startswith("diag/") else window)
             if curve is None:
                 continue
-            steps, mean, half, n = curve
+            steps, mean, low, high, n = curve
             style = "-" if arm.startswith("std") else "--"
-            line, = ax.plot(steps, mean, style, label=f"{arm} (n={n})")
-            ax.fill_between(steps, mean - half, mean + half, color=line.get_color(), alpha=0.15)
+            ax.plot(steps, mean, style, color=colors[arm], label=f"{arm} (n={n})")
+            ax.fill_between(steps, low, high, color=colors[arm], alpha=0.15)
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"training-rollout metrics, {window}-step moving average, mean and 95% band over seeds")
+    fig.suptitle(f"training-rollout metrics, {window}-step moving average: mean over seeds, band from lowest to highest")
     fig.tight_layout()
     path = out / "curves.png"
     fig.savefig(path, dpi=110)
