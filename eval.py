@@ -465,6 +465,12 @@ def sweep(argv=None):
                 if (run_dir / "metrics.jsonl").is_file() and latest_complete(run_dir):
                     print(f"skip {run_dir} (complete)")
                     continue
+                if run_dir.exists() and grpo.latest_checkpoint(run_dir) is None:
+                    # Stopped before its first checkpoint: nothing to resume. Keep it aside, start over.
+                    aside = out / "interrupted" / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+                    aside.parent.mkdir(parents=True, exist_ok=True)
+                    run_dir.rename(aside)
+                    print(f"{run_dir} stopped before its first checkpoint; moved to {aside}, starting over")
                 flags = ["--resume", str(run_dir)] if run_dir.exists() else \
                     ["--preset", args.preset, "--optimizer", args.optimizer, "--lr", lr, "--normalize", normalize,
                      "--seed", seed, "--out", str(run_dir), *extra]

@@ -137,3 +137,24 @@ def test_evaluate_the_demo_model_with_and_without_an_adapter(tmp_path):
     grpo.main(["--preset", "demo", "--steps", "1", "--prompts-per-step", "2", "--group-size", "4", "--out", str(run)])
     res = E.main(args + ["--adapter", str(run / "checkpoints/step_000001"), "--out", str(tmp_path / "adapted")])
     assert res["adapter"].endswith("step_000001") and (tmp_path / "adapted/results.json").is_file()
+
+
+def test_sweep_runs_every_arm_skips_complete_runs_and_restarts_interrupted_ones(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    tiny = ["--", "--steps", "2", "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "24",
+            "--save-every", "2", "--log-samples-every", "100"]
+    # an arm stopped before its first checkpoint: a config and one metrics line, nothing to resume from
+    stopped = out / "none-sgd-lr0.1-s0"
+    stopped.mkdir(parents=True)
+    (stopped / "config.json").write_text(json.dumps({"steps": 2}))
+    (stopped / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n")
+    E.sweep(["--optimizer", "sgd", "--lrs", "0.1", "--seeds", "0", "--out", str(out), *tiny])
+    for arm in ("std", "none"):
+        rows = [json.loads(x) for x in (out / f"{arm}-sgd-lr0.1-s0/metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [1, 2]
+    (aside,) = (out / "interrupted").iterdir()
+    assert aside.name.startswith("none-sgd-lr0.1-s0-") and (aside / "metrics.jsonl").read_text().count("\n") == 1
+    assert (out / "report/report.md").is_file()
+    capsys.readouterr()
+    E.sweep(["--optimizer", "sgd", "--lrs", "0.1", "--seeds", "0", "--out", str(out), *tiny])
+    assert capsys.readouterr().out.count("(complete)") == 2
