@@ -222,6 +222,24 @@ def gain(runs, key, frac=0.1):
     return out
 
 
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal's 1.96).
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def difference_interval(a: list[float], b: list[float]) -> tuple[float, float] | None:
+    """95% confidence interval of mean(a) - mean(b) over seeds: the two-sample t-interval with pooled variance
+    (df = n_a + n_b - 2). None with fewer than two seeds in either arm."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    na, nb = len(a), len(b)
+    pooled = ((na - 1) * np.var(a, ddof=1) + (nb - 1) * np.var(b, ddof=1)) / (na + nb - 2)
+    df = na + nb - 2
+    half = (T975[df - 1] if df <= len(T975) else 1.96) * math.sqrt(pooled * (1 / na + 1 / nb))
+    d = float(np.mean(a) - np.mean(b))
+    return d - half, d + half
+
+
 def phases(steps, gap, threshold):
     """The documented rule: the gap (std minus none, smoothed, mean over seeds) *opens* at the first step where it
     reaches `threshold`, *holds* while it stays at or above threshold / 2, and *closes* at the first later step
@@ -269,6 +287,7 @@ def compare(argv=None):
         finals = {k: final_value(rs, k) for k in keys}
         g = gain(rs, metric)
         summary[arm] = {"seeds": len(rs), "final": {k: v[0] for k, v in finals.items()}, "gain": g,
+                        "final_per_seed": {k: v[1] for k, v in finals.items()},
                         "config": {k: rs[0]["config"][k] for k in ("normalize", "optimizer", "lr")}}
         report.append(f"| {arm} | {len(rs)} | " + " | ".join(f"{finals[k][0]:.3f}" for k in keys) +
                       f" | {', '.join(f'{x:+.3f}' for x in g)} |")
@@ -281,22 +300,25 @@ def compare(argv=None):
         if key not in best or s["final"][metric] > summary[best[key]]["final"][metric]:
             best[key] = arm
     report.append("\n## Best vs best (each estimator at its own best learning rate)\n")
-    report.append("| optimizer | std: best lr, final | none: best lr, final | difference (std - none) |")
-    report.append("|---|---|---|---:|")
+    report.append("The interval is the 95% two-sample t-interval over seeds (pooled variance); it does not account "
+                  "for picking the best rate on the same seeds.\n")
+    report.append("| optimizer | std: best lr, final | none: best lr, final | difference (std - none) | 95% interval |")
+    report.append("|---|---|---|---:|---|")
     for opt in sorted({o for _, o in best}):
         s, n = best.get(("std", opt)), best.get(("none", opt))
         if s and n:
             fs, fn = summary[s]["final"][metric], summary[n]["final"][metric]
+            ci = difference_interval(summary[s]["final_per_seed"][metric], summary[n]["final_per_seed"][metric])
             report.append(f"| {opt} | {summary[s]['config']['lr']:g}: {fs:.3f} | {summary[n]['config']['lr']:g}: "
-                          f"{fn:.3f} | {fs - fn:+.3f} |")
+                          f"{fn:.3f} | {fs - fn:+.3f} | " + (f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "n/a") + " |")
 
     # Phases of the std-vs-none gap, for each optimizer and lr where both estimators ran.
     report.append(f"\n## Phases of the gap in `{metric}` (std minus none)\n")
     report.append(f"Rule: the smoothed, seed-averaged gap *opens* at the first step where it reaches "
                   f"{args.gap_threshold:.2f}, *holds* while it stays at or above {args.gap_threshold / 2:.3f}, and "
                   f"*closes* at the first later step below that.\n")
-    report.append("| optimizer / lr | opens at step | closes at step | largest gap (step) |")
-    report.append("|---|---:|---:|---:|")
+    report.append("| optimizer / lr | opens at step | closes at step | largest gap (step) | final gap (95% interval) |")
+    report.append("|---|---:|---:|---:|---|")
     phase_table = {}
     for arm_s, rs_s in sorted(arms.items()):
         c = rs_s[0]["config"]
@@ -310,9 +332,14 @@ def compare(argv=None):
             continue
         n = min(len(cs[0]), len(cn[0]))
         ph = phases(cs[0][:n], cs[1][:n] - cn[1][:n], args.gap_threshold)
+        fs, fn = summary[arm_s], summary[arm_n]
+        ph["final_gap"] = fs["final"][metric] - fn["final"][metric]
+        ph["final_gap_interval"] = difference_interval(fs["final_per_seed"][metric], fn["final_per_seed"][metric])
         phase_table[f"{c['optimizer']} / lr {c['lr']:g}"] = ph
+        ci = ph["final_gap_interval"]
         report.append(f"| {c['optimizer']} / lr {c['lr']:g} | {ph['opens']} | {ph['closes']} | "
-                      f"{ph['max_gap']:+.3f} ({ph['max_gap_step']}) |")
+                      f"{ph['max_gap']:+.3f} ({ph['max_gap_step']}) | {ph['final_gap']:+.3f} " +
+                      (f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "") + " |")
 
     # Diagnostics over training (when the runs logged them): the paper's orthogonality and curvature-variance numbers.
     diag_keys = [k for k in ("diag/cos_abs_mean", "diag/cos_abs_p90", "diag/curvature_std_corr") if k in

@@ -93,6 +93,9 @@ def test_compare_writes_report_figure_and_phases(runs, tmp_path):
     assert phase["opens"] is not None and 3 <= phase["opens"] <= 12 and phase["closes"] is None
     # best vs best picks none's faster learning rate
     assert "| adamw | 0.001: " in report and "| 0.002: " in report
+    # two seeds per arm: each final gap comes with a t-interval around it
+    lo, hi = phase["final_gap_interval"]
+    assert lo < phase["final_gap"] < hi
 
 
 def test_compare_without_matplotlib_still_writes_numbers(runs, tmp_path, monkeypatch, capsys):
@@ -158,3 +161,12 @@ def test_sweep_runs_every_arm_skips_complete_runs_and_restarts_interrupted_ones(
     capsys.readouterr()
     E.sweep(["--optimizer", "sgd", "--lrs", "0.1", "--seeds", "0", "--out", str(out), *tiny])
     assert capsys.readouterr().out.count("(complete)") == 2
+
+
+def test_difference_interval_by_hand():
+    # a = [1, 2, 3], b = [0, 0, 3]: means 2 and 1; sample variances 1 and 3, pooled 2; se = sqrt(2 * 2/3);
+    # t(0.975, df 4) = 2.776 (tables)
+    lo, hi = E.difference_interval([1, 2, 3], [0, 0, 3])
+    half = 2.776 * (2 * 2 / 3) ** 0.5
+    assert lo == pytest.approx(1 - half, abs=1e-3) and hi == pytest.approx(1 + half, abs=1e-3)
+    assert E.difference_interval([1.0], [0.0, 1.0]) is None
