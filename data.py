@@ -11,7 +11,8 @@ Data
     ``\\boxed{...}`` of the solution, brace-matched. MATH may also be the per-problem json tree of the original
     tarball (``{split}/<subject>/<n>.json``). A MATH solution without a usable box (two train problems have an empty
     ``\\boxed{}``) cannot be scored and is skipped. With no local path, the pinned Hugging Face Hub copy is fetched
-    (``HUB_SOURCES``); offline that fails with a one-line ConnectionError that says to pass a local path.
+    (``HUB_SOURCES``; GSM8K and MATH are parquet there, read with the optional pyarrow); offline that fails with a
+    one-line ConnectionError that says to pass a local path.
     ``assign_tiers`` sets each problem's difficulty tier from a file of measured per-problem pass rates.
 
 Prompts (exact text: the ``*_TEMPLATE`` and ``PAPER_EXEMPLARS`` constants below; placeholders are filled
@@ -89,41 +90,53 @@ class Problem:
 
 # --- Loading -------------------------------------------------------------------------------------------------------
 
-# Pinned Hub copies (repo, revision, file), used when no local path is given. GSM8K and full MATH exist on the Hub
-# only as parquet (MATH: one file per subject; algebra's is fetched), which this module does not read (no parquet
-# dependency): the file is fetched, which checks the pin, then a jsonl path is asked for. MATH-500's test.jsonl at
-# this revision has the sha256 of ../shared/data/math/math500_test.jsonl (35dc4108...), so it is read as is.
-HUB_SOURCES: dict[tuple[str, str], tuple[str, str, str]] = {
-    ("gsm8k", "train"): ("openai/gsm8k", "cc7b047b6e5bb11b4f1af84efc572db110a51b3c",
-                         "main/train-00000-of-00001.parquet"),
-    ("gsm8k", "test"): ("openai/gsm8k", "cc7b047b6e5bb11b4f1af84efc572db110a51b3c",
-                        "main/test-00000-of-00001.parquet"),
-    ("math", "train"): ("EleutherAI/hendrycks_math", "21a5633873b6a120296cce3e2df9d5550074f4a3",
-                        "algebra/train-00000-of-00001.parquet"),
-    ("math", "test"): ("EleutherAI/hendrycks_math", "21a5633873b6a120296cce3e2df9d5550074f4a3",
-                       "algebra/test-00000-of-00001.parquet"),
-    ("math", "math500"): ("HuggingFaceH4/MATH-500", "6e4ed1a2a79af7d8630a6b768ec859cb5af4d3be", "test.jsonl"),
+# Pinned Hub copies (repo, revision, files), used when no local path is given. GSM8K and full MATH exist on the Hub
+# only as parquet (MATH: one file per subject), read with pyarrow when it is installed (an optional dependency;
+# without it the error says to install it or pass a local path). MATH-500's test.jsonl at this revision has the
+# sha256 of ../shared/data/math/math500_test.jsonl (35dc4108...), so it is read as is.
+MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+                 "prealgebra", "precalculus")
+_GSM8K_REPO = ("openai/gsm8k", "cc7b047b6e5bb11b4f1af84efc572db110a51b3c")
+_MATH_REPO = ("EleutherAI/hendrycks_math", "21a5633873b6a120296cce3e2df9d5550074f4a3")
+HUB_SOURCES: dict[tuple[str, str], tuple[str, str, tuple[str, ...]]] = {
+    ("gsm8k", "train"): (*_GSM8K_REPO, ("main/train-00000-of-00001.parquet",)),
+    ("gsm8k", "test"): (*_GSM8K_REPO, ("main/test-00000-of-00001.parquet",)),
+    ("math", "train"): (*_MATH_REPO, tuple(f"{s}/train-00000-of-00001.parquet" for s in MATH_SUBJECTS)),
+    ("math", "test"): (*_MATH_REPO, tuple(f"{s}/test-00000-of-00001.parquet" for s in MATH_SUBJECTS)),
+    ("math", "math500"): ("HuggingFaceH4/MATH-500", "6e4ed1a2a79af7d8630a6b768ec859cb5af4d3be", ("test.jsonl",)),
 }
 _LOCAL_FILE = {"math500": "math500_test.jsonl"}  # file name of a split inside a local data folder
 
 
-def _hub_file(dataset: str, split: str) -> Path:
+def _hub_rows(dataset: str, split: str) -> list[tuple[str, dict]]:
+    """(where, record) for every record of the pinned hub copy; where = 'file:row' for messages."""
     if (dataset, split) not in HUB_SOURCES:
         raise ValueError(f"no hub source for {dataset} split {split!r}; pass a local path")
-    repo, revision, file = HUB_SOURCES[(dataset, split)]
+    repo, revision, files = HUB_SOURCES[(dataset, split)]
     hint = f"pass a local path instead, e.g. --data-path ../shared/data/{dataset}"
-    try:
-        from huggingface_hub import hf_hub_download
+    rows = []
+    for file in files:
+        try:
+            from huggingface_hub import hf_hub_download
 
-        local = Path(hf_hub_download(repo, file, repo_type="dataset", revision=revision))
-    except Exception as e:  # any failure here (offline, DNS, HTTP, missing package) means the same to the user
-        raise ConnectionError(f"cannot fetch {dataset}/{split} from the Hugging Face Hub ({repo}@{revision[:7]}): "
-                           f"hub unreachable or offline ({type(e).__name__}); {hint}") from None
-    if local.suffix != ".jsonl":
-        raise ValueError(f"the pinned hub copy of {dataset}/{split} ({repo}@{revision[:7]}, fetched to {local}) "
-                           f"is parquet, which data.py does not read (no parquet dependency); convert it to jsonl "
-                           f"or {hint}")
-    return local
+            local = Path(hf_hub_download(repo, file, repo_type="dataset", revision=revision))
+        except Exception as e:  # any failure here (offline, DNS, HTTP, missing package) means the same to the user
+            raise ConnectionError(f"cannot fetch {dataset}/{split} from the Hugging Face Hub ({repo}@{revision[:7]}): "
+                                  f"hub unreachable or offline ({type(e).__name__}); {hint}") from None
+        if local.suffix == ".jsonl":
+            rows += [(f"{local}:{n}", r) for n, r in _read_jsonl(local)]
+        else:
+            rows += [(f"{local}:row {n}", r) for n, r in enumerate(_read_parquet(local, hint), 1)]
+    return rows
+
+
+def _read_parquet(path: Path, hint: str) -> list[dict]:
+    try:
+        import pyarrow.parquet
+    except ImportError:
+        raise ImportError(f"{path} is parquet (the Hub's only copy); reading it needs pyarrow "
+                          f"(pip install pyarrow), or {hint}") from None
+    return pyarrow.parquet.read_table(path).to_pylist()
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
@@ -146,10 +159,10 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
-def _field(record: dict, key: str, path: Path, lineno: int) -> str:
+def _field(record: dict, key: str, where: str) -> str:
     value = record.get(key)
     if not isinstance(value, str):
-        raise ValueError(f"{path}:{lineno}: missing or non-string field {key!r}")
+        raise ValueError(f"{where}: missing or non-string field {key!r}")
     return value
 
 
@@ -160,22 +173,25 @@ def _split_file(path: PathLike, split: str) -> Path:
     return path
 
 
-def _gsm8k_problems(rows: list[tuple[int, dict]], path: Path, split: str) -> list[Problem]:
+def _gsm8k_problems(rows: list[tuple[str, dict]], split: str) -> list[Problem]:
+    """rows: (where, record) with where = 'file:line' for messages."""
     problems = []
-    for index, (lineno, record) in enumerate(rows):
-        question = _field(record, "question", path, lineno)
-        reasoning, marker, final = _field(record, "answer", path, lineno).rpartition("####")
+    for index, (where, record) in enumerate(rows):
+        question = _field(record, "question", where)
+        reasoning, marker, final = _field(record, "answer", where).rpartition("####")
         gold = final.strip().replace(",", "")
         if not marker or not gold:
-            raise ValueError(f"{path}:{lineno}: GSM8K answer has no '#### <final answer>' line")
+            raise ValueError(f"{where}: GSM8K answer has no '#### <final answer>' line")
         problems.append(Problem(question, gold, reasoning.strip(), f"gsm8k/{split}/{index}"))
     return problems
 
 
 def load_gsm8k(split: str = "train", path: PathLike | None = None) -> list[Problem]:
     """GSM8K problems. path: a jsonl file, or a folder holding {split}.jsonl; None fetches the pinned hub copy."""
-    file = _hub_file("gsm8k", split) if path is None else _split_file(path, split)
-    return _gsm8k_problems(_read_jsonl(file), file, split)
+    if path is None:
+        return _gsm8k_problems(_hub_rows("gsm8k", split), split)
+    file = _split_file(path, split)
+    return _gsm8k_problems([(f"{file}:{n}", r) for n, r in _read_jsonl(file)], split)
 
 
 def _math_level(value: object) -> int | None:
@@ -218,8 +234,7 @@ def load_math(split: str = "train", path: PathLike | None = None, levels: Iterab
     "math500"); or the original release tree holding {split}/<subject>/<n>.json. None fetches the pinned hub copy.
     """
     if path is None:
-        file = _hub_file("math", split)
-        rows = [(f"{file}:{n}", r) for n, r in _read_jsonl(file)]
+        rows = _hub_rows("math", split)
     elif Path(path).is_dir() and (Path(path) / split).is_dir():
         root = Path(path)
         rows = []

@@ -512,6 +512,55 @@ def test_hub_fetch_fails_clearly_offline(tmp_path):
         assert "hub unreachable or offline" in last and "pass a local path" in last
 
 
+
+def _fake_hub(tmp_path, monkeypatch, tables: dict[str, list[dict]]):
+    """hf_hub_download answered from local parquet files written here: {repo file name: rows}."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    import huggingface_hub
+    import pyarrow
+    fetched = []
+    def download(repo, file, repo_type=None, revision=None):
+        assert repo_type == "dataset" and len(revision) == 40  # a pinned commit, never a moving branch
+        fetched.append((repo, file))
+        local = tmp_path / "hub" / repo / file
+        local.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pyarrow.Table.from_pylist(tables[file]), local)
+        return str(local)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    return fetched
+
+
+def test_hub_parquet_copies_load_like_the_jsonl_release(tmp_path, monkeypatch):
+    gsm = [{"question": "Tom has 2 apples and buys 1,200 more. How many?", "answer": "2 + 1200 = 1202\n#### 1,202"}]
+    subjects = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+                "prealgebra", "precalculus")
+    math_rows = {f"{s}/train-00000-of-00001.parquet": [
+        {"problem": f"{s} problem", "level": f"Level {1 + i % 2}", "type": s.title(),
+         "solution": f"so it is $\\boxed{{\\frac{{{i}}}{{7}}}}$."}] for i, s in enumerate(subjects)}
+    fetched = _fake_hub(tmp_path, monkeypatch, {"main/train-00000-of-00001.parquet": gsm, **math_rows})
+    (p,) = load_gsm8k("train")
+    assert (p.question, p.answer, p.solution) == (gsm[0]["question"], "1202", "2 + 1200 = 1202")
+    level2 = data.load_math("train", levels=[2])
+    # every subject file is fetched; subjects 1, 3, 5 (0-based) are Level 2 here
+    assert [f for _, f in fetched[1:]] == list(math_rows)
+    assert [q.question for q in level2] == [f"{s} problem" for s in subjects[1::2]]
+    assert [q.answer for q in level2] == ["\\frac{1}{7}", "\\frac{3}{7}", "\\frac{5}{7}"]
+
+
+def test_hub_parquet_without_pyarrow_is_one_clear_message(tmp_path, monkeypatch):
+    _fake_hub(tmp_path, monkeypatch, {"main/test-00000-of-00001.parquet": [{"question": "q", "answer": "#### 1"}]})
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(ImportError, match=r"test-00000-of-00001\.parquet is parquet.*pip install pyarrow.*local path"):
+        load_gsm8k("test")
+
+
+def test_hub_record_errors_name_the_file_and_row(tmp_path, monkeypatch):
+    _fake_hub(tmp_path, monkeypatch, {"main/test-00000-of-00001.parquet": [
+        {"question": "q", "answer": "#### 1"}, {"question": "q2", "answer": "no final line"}]})
+    with pytest.raises(ValueError, match=r"test-00000-of-00001\.parquet:row 2: GSM8K answer has no"):
+        load_gsm8k("test")
+
 # --- Difficulty tiers -----------------------------------------------------------------------------------------------
 
 def test_assign_tiers(tmp_path):
