@@ -293,13 +293,17 @@ def compare(argv=None):
                       f" | {', '.join(f'{x:+.3f}' for x in g)} |")
 
     # Best-vs-best: each (normalize, optimizer) at its own best learning rate, by the headline metric.
-    best = {}
+    best, rates = {}, {}
     for arm, s in summary.items():
         c = s["config"]
         key = (c["normalize"], c["optimizer"])
+        rates.setdefault(key, set()).add(c["lr"])
         if key not in best or s["final"][metric] > summary[best[key]]["final"][metric]:
             best[key] = arm
+    best = {key: arm for key, arm in best.items() if len(rates[key]) > 1}  # a best needs a sweep to be picked from
     report.append("\n## Best vs best (each estimator at its own best learning rate)\n")
+    if not best:
+        report.append("Needs runs at two or more learning rates per estimator (`python eval.py sweep`).\n")
     report.append("The interval is the 95% two-sample t-interval over seeds (pooled variance); it does not account "
                   "for picking the best rate on the same seeds.\n")
     report.append("| optimizer | std: best lr, final | none: best lr, final | difference (std - none) | 95% interval |")

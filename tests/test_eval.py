@@ -73,6 +73,7 @@ def runs(tmp_path):
         write_run(tmp_path / "runs" / f"std-s{seed}", "std", seed, slope=0.012, diag=True)
         write_run(tmp_path / "runs" / f"none-s{seed}", "none", seed, slope=0.006, diag=True)
         write_run(tmp_path / "runs" / f"none-lr2-s{seed}", "none", seed, slope=0.011, lr=2e-3)
+        write_run(tmp_path / "runs" / f"std-lr2-s{seed}", "std", seed, slope=0.010, lr=2e-3)
     return tmp_path / "runs"
 
 
@@ -83,7 +84,8 @@ def test_compare_writes_report_figure_and_phases(runs, tmp_path):
     assert (tmp_path / "rep/curves.png").stat().st_size > 10_000
     assert "Best vs best" in report and "Phases" in report and "Diagnostics" in report
     assert (tmp_path / "rep/diagnostics.png").is_file()
-    assert set(summary) == {"std / adamw / lr 0.001", "none / adamw / lr 0.001", "none / adamw / lr 0.002"}
+    assert set(summary) == {"std / adamw / lr 0.001", "none / adamw / lr 0.001", "none / adamw / lr 0.002",
+                            "std / adamw / lr 0.002"}
     data = json.loads((tmp_path / "rep/summary.json").read_text())
     # 2 seeds x 4 diagnostic steps x 2 cosines (0.1, 0.3); curvature = 10 x reward std in every step
     d = data["diagnostics"]["std / adamw / lr 0.001"]
@@ -91,7 +93,7 @@ def test_compare_writes_report_figure_and_phases(runs, tmp_path):
     phase = data["phases"]["adamw / lr 0.001"]
     # std rises 0.006/step faster: the smoothed gap reaches 0.03 after ~5-8 steps and never closes
     assert phase["opens"] is not None and 3 <= phase["opens"] <= 12 and phase["closes"] is None
-    # best vs best picks none's faster learning rate
+    # best vs best: std at its lr 0.001 (slope 0.012), none at its lr 0.002 (slope 0.011)
     assert "| adamw | 0.001: " in report and "| 0.002: " in report
     # two seeds per arm: each final gap comes with a t-interval around it
     lo, hi = phase["final_gap_interval"]
@@ -170,3 +172,9 @@ def test_difference_interval_by_hand():
     half = 2.776 * (2 * 2 / 3) ** 0.5
     assert lo == pytest.approx(1 - half, abs=1e-3) and hi == pytest.approx(1 + half, abs=1e-3)
     assert E.difference_interval([1.0], [0.0, 1.0]) is None
+
+
+def test_best_vs_best_needs_a_sweep(runs, tmp_path):
+    E.compare([str(runs / "std-s0"), str(runs / "none-s0"), "--out", str(tmp_path / "rep")])
+    report = (tmp_path / "rep/report.md").read_text()
+    assert "Needs runs at two or more learning rates" in report and "| adamw | 0.001: " not in report
