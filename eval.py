@@ -351,12 +351,12 @@ def compare(argv=None):
     diag = {arm: diagnostic_summary(rs) for arm, rs in sorted(arms.items()) if any(r["diagnostics"] for r in rs)}
     if diag:
         report.append("\n## Diagnostics (pooled over each arm's diagnostic steps)\n")
-        report.append("|cos| between per-prompt policy gradients (LoRA weights) of prompts with reward variance; "
+        report.append("The |cos| between per-prompt policy gradients (LoRA weights) of prompts with reward variance; "
                       "Pearson r between each prompt's curvature proxy (mean squared gradient norm per token) and "
                       "its reward std, within a diagnostic step, and for a control that pairs curvatures with the "
                       "reward stds of another step's prompts. The paper: mean |cos| 0.088 (std 0.064), 90% of pairs "
                       "under 0.15; r = 0.342 within an iteration, -0.028 across iterations.\n")
-        report.append("| arm | pairs | mean |cos| (std) | 90th pct | prompts | r within step | r across steps (control) |")
+        report.append("| arm | pairs | mean \\|cos\\| (std) | 90th pct | prompts | r within step | r across steps (control) |")
         report.append("|---|---:|---:|---:|---:|---:|---:|")
         for arm, d in diag.items():
             report.append(f"| {arm} | {d['pairs']} | {d['cos_mean']:.3f} ({d['cos_std']:.3f}) | {d['cos_p90']:.3f} | "
