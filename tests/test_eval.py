@@ -90,6 +90,7 @@ def test_compare_writes_report_figure_and_phases(runs, tmp_path):
     # 2 seeds x 4 diagnostic steps x 2 cosines (0.1, 0.3); curvature = 10 x reward std in every step
     d = data["diagnostics"]["std / adamw / lr 0.001"]
     assert d["pairs"] == 16 and d["cos_mean"] == pytest.approx(0.2) and d["r_within"] == pytest.approx(1.0)
+    assert d["r_within_signal"] == pytest.approx(1.0)
     phase = data["phases"]["adamw / lr 0.001"]
     # std rises 0.006/step faster: the smoothed gap reaches 0.03 after ~5-8 steps and never closes
     assert phase["opens"] is not None and 3 <= phase["opens"] <= 12 and phase["closes"] is None
@@ -178,3 +179,13 @@ def test_best_vs_best_needs_a_sweep(runs, tmp_path):
     E.compare([str(runs / "std-s0"), str(runs / "none-s0"), "--out", str(tmp_path / "rep")])
     report = (tmp_path / "rep/report.md").read_text()
     assert "Needs runs at two or more learning rates" in report and "| adamw | 0.001: " not in report
+
+
+def test_curvature_correlation_with_and_without_zero_std_prompts():
+    # two all-right/all-wrong prompts (std 0, tiny gradients) and three with reward variance
+    rows = [{"step": 10, "id": str(i), "reward_std": s, "curvature": c}
+            for i, (s, c) in enumerate([(0, 0.01), (0, 0.02), (0.2, 3), (0.4, 1), (0.5, 2)])]
+    d = E.diagnostic_summary([{"diagnostics": rows}])
+    # by hand over the last three: dx = (-1/6, 1/30, 2/15), dy = (1, -1, 0): r = -0.2 / sqrt(0.04667 * 2)
+    assert d["r_within_signal"] == pytest.approx(-0.2 / (0.0466667 * 2) ** 0.5, abs=1e-4)
+    assert d["r_within"] > 0.5  # the std-0 cluster alone makes the pooled correlation positive
