@@ -106,7 +106,7 @@ import model as M
 torch.manual_seed(0)
 B, T, H, V = {B}, {T}, {H}, {V}
 hidden = torch.randn(B, T, H, requires_grad=True)
-weight = torch.randn(V, H) * 0.02
+weight = torch.empty(V, H).normal_(0, 0.02)  # in place: no temporary to raise the high-water mark before `base`
 targets = torch.randint(0, V, (B, T))
 small = torch.randn(1, 4, H, requires_grad=True)
 M.token_logprobs(small, weight[:10], torch.zeros(1, 4, dtype=torch.long), chunk_size=2)[0].sum().backward()
@@ -121,13 +121,15 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
 """
 
 
-def logprob_peak_memory(device, dtype, B=8, T=512, H=1536, V=151936, chunk_size=1024):
-    """Peak memory of forward + backward of the log-probs of B x T targets, full logits vs chunked (beyond the
-    inputs). On the CPU: peak RSS growth of a fresh process, with a fixed mmap threshold so that glibc returns
-    freed blocks to the OS and the peak tracks live tensors rather than the allocator's heap."""
+def logprob_peak_memory(device, dtype, chunk_sizes, B=8, T=512, H=1536, V=151936):
+    """Peak memory of forward + backward of the log-probs of B x T targets, full logits and chunked with each of
+    chunk_sizes (beyond the inputs): {None: full, chunk_size: chunked}. On the CPU: peak RSS growth of a fresh
+    process, with a fixed mmap threshold so that glibc returns freed blocks to the OS and the peak tracks live
+    tensors rather than the allocator's heap."""
     if device.type == "cuda":
         out = {}
-        for chunked in (False, True):
+        for chunk_size in (None, *chunk_sizes):
+            chunked = chunk_size is not None
             hidden = torch.randn(B, T, H, device=device, dtype=dtype, requires_grad=True)
             weight = (torch.randn(V, H, device=device) * 0.02).to(dtype)
             targets = torch.randint(0, V, (B, T), device=device)
@@ -140,16 +142,17 @@ def logprob_peak_memory(device, dtype, B=8, T=512, H=1536, V=151936, chunk_size=
                 lp = torch.log_softmax((hidden @ weight.T).float(), -1).gather(-1, targets[..., None]).squeeze(-1)
             lp.sum().backward()
             torch.cuda.synchronize()
-            out[chunked] = torch.cuda.max_memory_allocated() - base
+            out[chunk_size] = torch.cuda.max_memory_allocated() - base
             del hidden, weight, targets, lp
-        return out[False], out[True]
+        return out
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    peaks = []
-    for chunked in (False, True):
-        code = PEAK_CPU.format(root=str(ROOT), B=B, T=T, H=H, V=V, chunked=chunked, chunk_size=chunk_size)
-        peaks.append(int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                        env=env).stdout.strip()))
-    return tuple(peaks)
+    out = {}
+    for chunk_size in (None, *chunk_sizes):
+        code = PEAK_CPU.format(root=str(ROOT), B=B, T=T, H=H, V=V, chunked=chunk_size is not None,
+                               chunk_size=chunk_size)
+        out[chunk_size] = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                             check=True, env=env).stdout.strip())
+    return out
 
 
 def main():
@@ -164,6 +167,8 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-generate", action="store_true", help="only the log-prob memory table")
+    ap.add_argument("--chunk-sizes", type=int, nargs="+", default=[1024, 256], help="positions per log-prob chunk")
     args = ap.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     import transformers
@@ -171,6 +176,20 @@ def main():
     print(f"# {time.strftime('%Y-%m-%d')} | {device} ({name}, {os.cpu_count()} CPUs, torch threads "
           f"{torch.get_num_threads()}) | torch {torch.__version__} | transformers {transformers.__version__} | "
           f"shape {args.shape} {args.dtype} | prompt {args.prompt_len} + {args.new_tokens} new tokens, greedy, no EOS")
+    if not args.skip_generate:
+        report_generate(args, device, dtype)
+    if not args.skip_memory:
+        what = "peak CUDA memory allocated" if device.type == "cuda" else "peak RSS growth"
+        print(f"\nLog-probs of 8 x 512 targets, V=151936, H=1536, forward + backward ({what}):")
+        print("| full logits | chunked: positions per chunk | chunked | full / chunked |")
+        print("|---:|---:|---:|---:|")
+        peaks = logprob_peak_memory(device, dtype, args.chunk_sizes)
+        for chunk_size in args.chunk_sizes:
+            print(f"| {peaks[None] / 1e9:.2f} GB | {chunk_size} | {peaks[chunk_size] / 1e9:.3f} GB | "
+                  f"{peaks[None] / peaks[chunk_size]:.1f}x |")
+
+
+def report_generate(args, device, dtype):
     rows, (shared, repeated, shared_long, repeated_long) = bench_generate(args, device, dtype)
     print("\n| vocab | batch | ours tok/s | transformers tok/s | ours / transformers |")
     print("|---:|---:|---:|---:|---:|")
@@ -181,13 +200,6 @@ def main():
     print("|---|---:|---:|---:|")
     print(f"| {args.prompt_len} + {args.new_tokens} | {shared:.3f} s | {repeated:.3f} s | {repeated / shared:.2f}x |")
     print(f"| {args.long_prompt_len} + 32 | {shared_long:.3f} s | {repeated_long:.3f} s | {repeated_long / shared_long:.2f}x |")
-    if not args.skip_memory:
-        full, chunked = logprob_peak_memory(device, dtype)
-        what = "peak CUDA memory allocated" if device.type == "cuda" else "peak RSS growth"
-        print(f"\nLog-probs of 8 x 512 targets, V=151936, H=1536, forward + backward ({what}):")
-        print("| full logits | chunked (1024 positions) | ratio |")
-        print("|---:|---:|---:|")
-        print(f"| {full / 1e9:.2f} GB | {chunked / 1e9:.3f} GB | {full / chunked:.0f}x |")
 
 
 if __name__ == "__main__":
