@@ -296,6 +296,23 @@ class PrefixCache:
         return new
 
 
+def left_pad(prompts: list[list[int]], device, width: int | None = None):
+    """Left-pad prompts to the longest, P: (ids [B, P], lengths [B], key_valid [B, width or P], positions [B, P]).
+
+    Padding is tracked by length (key_valid: False on a row's padding columns), never by token id; columns past P
+    (room for generated tokens) are valid. Positions count from each row's first real token.
+    """
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    P = int(lengths.max())
+    ids = torch.zeros(len(prompts), P, dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
+    pad = P - lengths
+    key_valid = torch.arange(width or P, device=device)[None, :] >= pad[:, None]
+    positions = (torch.arange(P, device=device)[None, :] - pad[:, None]).clamp(min=0)
+    return ids, lengths, key_valid, positions
+
+
 def causal_mask(key_valid: torch.Tensor, T: int) -> torch.Tensor:
     """bool [B, 1, T, S] for T new queries at columns S-T .. S-1 over keys 0 .. S-1.
 
@@ -339,14 +356,7 @@ def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temper
     eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or []),
                        dtype=torch.long, device=device)
 
-    # Left-pad to a common length; padding is tracked by length (key_valid), never by id.
-    lengths = torch.tensor([len(p) for p in prompts], device=device)
-    ids = torch.zeros(len(prompts), P, dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
-    pad = P - lengths
-    key_valid = torch.arange(P + max_new_tokens, device=device)[None, :] >= pad[:, None]
-    positions = (torch.arange(P, device=device)[None, :] - pad[:, None]).clamp(min=0)
+    ids, lengths, key_valid, positions = left_pad(prompts, device, width=P + max_new_tokens)
 
     # Prefill each prompt once, then fan its cache out to its samples.
     cache = KVCache(config, len(prompts), P, dtype, device)
@@ -469,14 +479,8 @@ def completion_logprobs(model: Qwen2, prompts: list[list[int]], completions: lis
     C = the longest completion: position j scores completion token j.
     """
     device = model.lm_head.weight.device
-    lengths = torch.tensor([len(p) for p in prompts], device=device)
-    P = int(lengths.max())
-    ids = torch.zeros(len(prompts), P, dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
-    pad = P - lengths
-    key_valid = torch.arange(P, device=device)[None, :] >= pad[:, None]
-    positions = (torch.arange(P, device=device)[None, :] - pad[:, None]).clamp(min=0)
+    ids, lengths, key_valid, positions = left_pad(prompts, device)
+    P = ids.shape[1]
     cache = PrefixCache()
     last = model.hidden_states(ids, positions, causal_mask(key_valid, P), cache)[:, -1]  # predicts token 0
 
