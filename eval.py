@@ -240,6 +240,10 @@ def difference_interval(a: list[float], b: list[float]) -> tuple[float, float] |
     return d - half, d + half
 
 
+def interval_text(ci: tuple[float, float] | None) -> str:
+    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "(one seed)"
+
+
 def phases(steps, gap, threshold):
     """The documented rule: the gap (std minus none, smoothed, mean over seeds) *opens* at the first step where it
     reaches `threshold`, *holds* while it stays at or above threshold / 2, and *closes* at the first later step
@@ -314,7 +318,7 @@ def compare(argv=None):
             fs, fn = summary[s]["final"][metric], summary[n]["final"][metric]
             ci = difference_interval(summary[s]["final_per_seed"][metric], summary[n]["final_per_seed"][metric])
             report.append(f"| {opt} | {summary[s]['config']['lr']:g}: {fs:.3f} | {summary[n]['config']['lr']:g}: "
-                          f"{fn:.3f} | {fs - fn:+.3f} | " + (f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "n/a") + " |")
+                          f"{fn:.3f} | {fs - fn:+.3f} | {interval_text(ci)} |")
 
     # Phases of the std-vs-none gap, for each optimizer and lr where both estimators ran.
     report.append(f"\n## Phases of the gap in `{metric}` (std minus none)\n")
@@ -342,8 +346,7 @@ def compare(argv=None):
         phase_table[f"{c['optimizer']} / lr {c['lr']:g}"] = ph
         ci = ph["final_gap_interval"]
         report.append(f"| {c['optimizer']} / lr {c['lr']:g} | {ph['opens']} | {ph['closes']} | "
-                      f"{ph['max_gap']:+.3f} ({ph['max_gap_step']}) | {ph['final_gap']:+.3f} " +
-                      (f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "") + " |")
+                      f"{ph['max_gap']:+.3f} ({ph['max_gap_step']}) | {ph['final_gap']:+.3f} {interval_text(ci)} |")
 
     # Diagnostics over training (when the runs logged them): the paper's orthogonality and curvature-variance numbers.
     diag_keys = [k for k in ("diag/cos_abs_mean", "diag/cos_abs_p90", "diag/curvature_std_corr") if k in
@@ -363,7 +366,11 @@ def compare(argv=None):
             report.append(f"| {arm} | {d['pairs']} | {d['cos_mean']:.3f} ({d['cos_std']:.3f}) | {d['cos_p90']:.3f} | "
                           f"{d['prompts']} | {d['r_within']:.3f} | {d['r_within_signal']:.3f} | {d['r_across']:.3f} |")
 
-    figures = plot_compare(arms, keys, diag_keys, args.window, out) + plot_diagnostics(arms, diag, out)
+    plt = pyplot()
+    colors = {arm: f"C{i}" for i, arm in enumerate(sorted(arms))}  # one color per arm in every figure
+    figures = [plot_compare(plt, arms, colors, keys, diag_keys, args.window, out)] if plt else []
+    if plt and diag:
+        figures.append(plot_diagnostics(plt, arms, colors, diag, out))
     report.append("\n" + ("\n".join(f"![{f.stem}]({f.name})" for f in figures) if figures else
                           "(no figures: matplotlib is not installed; `pip install matplotlib`)"))
     (out / "report.md").write_text("\n".join(report) + "\n")
@@ -407,16 +414,19 @@ def diagnostic_summary(runs) -> dict:
             "r_across": float(np.nanmean(across)) if across else float("nan")}
 
 
-def plot_diagnostics(arms, diag: dict, out: Path) -> list[Path]:
-    if not diag:
-        return []
+def pyplot():
+    """matplotlib.pyplot (headless), or None when matplotlib is not installed: the numbers are written anyway."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return []
-    colors = {arm: f"C{i}" for i, arm in enumerate(sorted(arms))}  # as in curves.png
+        print("matplotlib is not installed: writing numbers only (pip install matplotlib for the figures)")
+        return None
+    return plt
+
+
+def plot_diagnostics(plt, arms, colors, diag: dict, out: Path) -> Path:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
     for arm, d in diag.items():
         if d["cosines"]:
@@ -436,19 +446,10 @@ def plot_diagnostics(arms, diag: dict, out: Path) -> list[Path]:
     path = out / "diagnostics.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return [path]
+    return path
 
 
-def plot_compare(arms, keys, diag_keys, window, out: Path) -> list[Path]:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: writing numbers only (pip install matplotlib for the figures)")
-        return []
-    figures = []
-    colors = {arm: f"C{i}" for i, arm in enumerate(sorted(arms))}
+def plot_compare(plt, arms, colors, keys, diag_keys, window, out: Path) -> Path:
     panels = [k for k in keys] + ["reward_std"] + diag_keys
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
@@ -473,8 +474,7 @@ def plot_compare(arms, keys, diag_keys, window, out: Path) -> list[Path]:
     path = out / "curves.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    figures.append(path)
-    return figures
+    return path
 
 
 # -----------------------------------------------------------------------------
