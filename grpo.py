@@ -107,7 +107,8 @@ PRESETS = {
     # The paper's setup (authors' code: TRL GRPOTrainer, one prompt x 8 per step, lr 1e-5 linear decay, clip 0.1).
     "paper": dict(model="Qwen/Qwen2.5-Math-1.5B", lora_rank=64, lora_alpha=128.0, data="gsm8k", group_size=8,
                   prompts_per_step=1, lr=1e-5, grad_clip=0.1, max_new_tokens=1024, temperature=1.0, kl_coef=0.0,
-                  steps=350, template="qwen-chat", micro_batch=4),
+                  steps=350, template="qwen-chat", micro_batch=4,
+                  grad_checkpointing=True),  # measured on an H100: peak 27.2 -> 8.9 GB for +5% update time
     # The embedded demo: a 0.8M-parameter model pretrained on synthetic word problems; laptop CPU, no downloads.
     "demo": dict(model=str(DEMO_MODEL), lora_rank=16, lora_alpha=32.0, data="demo", group_size=8,
                  prompts_per_step=16, lr=2e-3, grad_clip=1.0, max_new_tokens=64, temperature=1.0, kl_coef=0.0,

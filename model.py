@@ -11,7 +11,9 @@ Design
 - Sampling (`generate`): prompts are left-padded to a common length and padding is tracked by length, never
   by token id (Qwen's pad token is also its EOS). Each prompt is prefilled once and its cache fanned out to its
   K samples. Each row draws from its own pre-generated uniforms (inverse-CDF sampling), so a row's tokens
-  depend only on the seed, the row index and its own logits, never on what else is in the batch.
+  depend only on the seed, the row index and its own logits, never on what else is in the batch. On a GPU a
+  decode step is bound by kernel launches, not arithmetic, so there every step has fixed shapes and is replayed
+  as one CUDA graph; on a CPU the batch sheds rows that have ended instead.
 
     model = load_model("Qwen/Qwen2.5-Math-1.5B")          # or a local folder; safetensors only
     tok = load_tokenizer("Qwen/Qwen2.5-Math-1.5B")
@@ -244,8 +246,13 @@ class KVCache:
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
         self.length = 0
+        self.write_at = None  # fixed shapes: a [T] tensor of columns to write; attention then sees every column
 
     def update(self, layer: int, k, v):
+        if self.write_at is not None:  # no Python int depends on the step, so a CUDA graph can replay it
+            self.k[layer].index_copy_(2, self.write_at, k)
+            self.v[layer].index_copy_(2, self.write_at, v)
+            return self.k[layer], self.v[layer]
         start, end = self.length, self.length + k.shape[2]
         if end > self.k.shape[3]:
             raise RuntimeError(f"KV cache overflow: {end} > {self.k.shape[3]} columns")
@@ -256,16 +263,17 @@ class KVCache:
     def select(self, rows: torch.Tensor) -> KVCache:
         """A cache holding only these rows (drops finished sequences)."""
         new = object.__new__(KVCache)
-        new.k, new.v, new.length = self.k[:, rows], self.v[:, rows], self.length
+        new.k, new.v, new.length, new.write_at = self.k[:, rows], self.v[:, rows], self.length, self.write_at
         return new
 
     def fan_out(self, copies: int, max_len: int) -> KVCache:
         """A new cache with each row repeated `copies` times (row b -> rows b*copies .. b*copies+copies-1)."""
         new = object.__new__(KVCache)
         L, B, H, _, D = self.k.shape
-        new.k = self.k.new_empty((L, B * copies, H, max_len, D))
-        new.v = self.v.new_empty((L, B * copies, H, max_len, D))
-        new.length = self.length
+        # Zeros, not garbage: fixed-shape decoding attends over unwritten columns with weight 0, and 0 * NaN = NaN.
+        new.k = self.k.new_zeros((L, B * copies, H, max_len, D))
+        new.v = self.v.new_zeros((L, B * copies, H, max_len, D))
+        new.length, new.write_at = self.length, None
         new.k[:, :, :, :self.length] = self.k[:, :, :, :self.length].repeat_interleave(copies, dim=1)
         new.v[:, :, :, :self.length] = self.v[:, :, :, :self.length].repeat_interleave(copies, dim=1)
         return new
@@ -334,12 +342,17 @@ def causal_mask(key_valid: torch.Tensor, T: int) -> torch.Tensor:
 @torch.no_grad()
 def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, eos_token_id: int | list[int] | None = None, seed: int | None = None,
-             num_samples: int = 1, vocab_size: int | None = None) -> list[list[int]]:
+             num_samples: int = 1, vocab_size: int | None = None, fixed_shapes: bool | None = None) -> list[list[int]]:
     """Sample `num_samples` completions for each prompt; returns len(prompts) * num_samples token lists,
     prompt-major (the samples of prompt i are rows i*num_samples ... i*num_samples + num_samples - 1), each cut
     after its first EOS (the EOS is kept: it is a sampled action the learner must train).
 
     temperature 0 is greedy. vocab_size: ids >= it (embedding rows the tokenizer does not have) are never drawn.
+    fixed_shapes (default: on CUDA): every decode step has the same shapes (the whole batch to the end, attention
+    over the whole preallocated cache), so on CUDA it is captured once as a CUDA graph and replayed: one launch
+    per step instead of one per operation (some 80 per layer), which is what bounds a GPU decode step. Otherwise
+    rows that have ended are dropped from the batch as it goes, which is what pays on a CPU. Both draw the same
+    tokens.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt and no empty prompt")
@@ -372,6 +385,27 @@ def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temper
     generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
     uniforms = torch.rand(B, max_new_tokens, generator=generator, dtype=torch.float64).to(device)
 
+    if fixed_shapes is None:
+        fixed_shapes = device.type == "cuda"
+    if fixed_shapes:
+        out, n_steps = _decode_fixed_shapes(model, h, cache, key_valid, next_position, uniforms, P, temperature,
+                                            top_p, vocab_size, eos)
+    else:
+        out, n_steps = _decode_shrinking(model, h, cache, key_valid, next_position, uniforms, P, temperature,
+                                         top_p, vocab_size, eos)
+
+    # Cut each row after its first EOS.
+    stop, result = set(eos.tolist()), []
+    for row in out[:, :n_steps].tolist():
+        end = next((j + 1 for j, tok in enumerate(row) if tok in stop), len(row))
+        result.append(row[:end])
+    return result
+
+
+def _decode_shrinking(model, h, cache, key_valid, next_position, uniforms, P, temperature, top_p, vocab_size, eos):
+    """The decode loop with rows that have ended dropped from the batch as it goes -> (tokens [B, N], steps run)."""
+    B, max_new_tokens = uniforms.shape
+    device = uniforms.device
     out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     rows = torch.arange(B, device=device)  # the output row of each row still in the batch
@@ -396,13 +430,58 @@ def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temper
                 rows, token, cache = rows[keep], token[keep], cache.select(keep)
                 key_valid, next_position = key_valid[keep], next_position[keep]
         h = model.hidden_states(token[:, None], next_position + t, causal_mask(key_valid[:, :P + t + 1], 1), cache)[:, -1]
+    return out, n_steps
 
-    # Cut each row after its first EOS.
-    stop, result = set(eos.tolist()), []
-    for row in out[:, :n_steps].tolist():
-        end = next((j + 1 for j, tok in enumerate(row) if tok in stop), len(row))
-        result.append(row[:end])
-    return result
+
+def _decode_fixed_shapes(model, h, cache, key_valid, next_position, uniforms, P, temperature, top_p, vocab_size, eos):
+    """The decode loop with one fixed-shape step, a CUDA graph on CUDA -> (tokens [B, N], steps run).
+
+    Step t feeds token t at cache column P + t and draws token t + 1. Its inputs live in fixed buffers (token,
+    t, uniform) that the loop refills before each replay; the mask is built inside the step from t.
+    """
+    B, max_new_tokens = uniforms.shape
+    device, W = uniforms.device, key_valid.shape[1]
+    out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
+    out[:, 0] = sample_token(model.lm_head(h).float(), temperature, top_p, uniforms[:, 0], vocab_size)
+    if max_new_tokens == 1:
+        return out, 1
+    token_in, t_in, uniform_in = out[:, 0].clone(), torch.zeros(1, dtype=torch.long, device=device), uniforms[:, 1].clone()
+    columns = torch.arange(W, device=device)
+
+    def step():
+        cache.write_at = P + t_in
+        mask = (key_valid & (columns <= P + t_in))[:, None, None, :]
+        h = model.hidden_states(token_in[:, None], next_position + t_in, mask, cache)[:, -1]
+        return sample_token(model.lm_head(h).float(), temperature, top_p, uniform_in, vocab_size)
+
+    run = step
+    if device.type == "cuda":
+        # Warm up on a side stream (cuBLAS handles, allocator), then capture. The warm-up is the real step 0:
+        # it writes column P, which the first replay writes again with the same values.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            token_out = step()
+        run = lambda: (graph.replay(), token_out)[1]
+
+    done = torch.isin(out[:, 0], eos)
+    n_steps = max_new_tokens
+    for t in range(max_new_tokens - 1):
+        if eos.numel() and t % 16 == 15 and bool(done.all()):  # a GPU sync, so only every 16 steps
+            n_steps = t + 1
+            break
+        t_in.fill_(t)
+        uniform_in.copy_(uniforms[:, t + 1])
+        token = run()
+        out[:, t + 1] = token
+        token_in.copy_(token)
+        if eos.numel():
+            done |= torch.isin(token, eos)
+    return out, n_steps
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor,

@@ -72,8 +72,8 @@ def bench_generate(args, device, dtype):
                 ids = torch.randint(0, vocab, (batch, args.prompt_len), generator=g)
                 prompts = ids.tolist()
 
-                def run_ours():
-                    M.generate(ours, prompts, args.new_tokens, temperature=0)
+                def run_ours(fixed_shapes=None):
+                    M.generate(ours, prompts, args.new_tokens, temperature=0, fixed_shapes=fixed_shapes)
 
                 def run_hf():
                     with torch.no_grad():
@@ -82,10 +82,13 @@ def bench_generate(args, device, dtype):
                                     do_sample=False, use_cache=True, eos_token_id=None, pad_token_id=0)
 
                 t_ours, t_hf = time_it(run_ours, device, args.repeats), time_it(run_hf, device, args.repeats)
+                # On CUDA the default is the CUDA-graph decode; also time the eager shrinking-batch loop.
+                t_eager = time_it(lambda: run_ours(False), device, args.repeats) if device.type == "cuda" else None
                 n = batch * args.new_tokens
-                rows.append((vocab, batch, n / t_ours, n / t_hf, t_hf / t_ours))
+                rows.append((vocab, batch, n / t_ours, n / t_hf, t_hf / t_ours, t_eager and n / t_eager))
                 print(f"  vocab {vocab:>6} batch {batch:>3}: ours {n / t_ours:9.0f} tok/s  transformers "
-                      f"{n / t_hf:9.0f} tok/s  ratio {t_hf / t_ours:5.2f}x", flush=True)
+                      f"{n / t_hf:9.0f} tok/s  ratio {t_hf / t_ours:5.2f}x"
+                      + (f"  (ours without CUDA graph {n / t_eager:9.0f} tok/s)" if t_eager else ""), flush=True)
             if vocab == args.vocab[-1]:
                 prompts = torch.randint(0, vocab, (8, args.prompt_len), generator=torch.Generator().manual_seed(1)).tolist()
                 shared = time_it(lambda: M.generate(ours, prompts, args.new_tokens, num_samples=8, seed=0), device, args.repeats)
@@ -191,10 +194,12 @@ def main():
 
 def report_generate(args, device, dtype):
     rows, (shared, repeated, shared_long, repeated_long) = bench_generate(args, device, dtype)
-    print("\n| vocab | batch | ours tok/s | transformers tok/s | ours / transformers |")
-    print("|---:|---:|---:|---:|---:|")
-    for vocab, batch, ours, hf, ratio in rows:
-        print(f"| {vocab} | {batch} | {ours:,.0f} | {hf:,.0f} | {ratio:.2f}x |")
+    graphs = device.type == "cuda"
+    print("\n| vocab | batch | ours tok/s | transformers tok/s | ours / transformers |"
+          + (" ours without CUDA graph, tok/s |" if graphs else ""))
+    print("|---:|---:|---:|---:|---:|" + ("---:|" if graphs else ""))
+    for vocab, batch, ours, hf, ratio, eager in rows:
+        print(f"| {vocab} | {batch} | {ours:,.0f} | {hf:,.0f} | {ratio:.2f}x |" + (f" {eager:,.0f} |" if graphs else ""))
     print(f"\nPrefix sharing, 8 prompts x 8 samples, vocab {args.vocab[-1]}:")
     print("| prompt + new tokens | one prefill per prompt (num_samples=8) | 64 prefills | gain |")
     print("|---|---:|---:|---:|")

@@ -1,6 +1,7 @@
 """
 One paper-config GRPO step on a random model: 1 prompt x K=8 samples x up to 1024 new tokens, LoRA r=64 on all
-seven projections, AdamW; reports the time split and peak memory (target: fits in 24 GB on a GPU).
+seven projections, AdamW, activation checkpointing as in the paper preset; reports the time split and peak
+memory (target: fits in 24 GB on a GPU).
 
     python bench/bench_paper_step.py --device cuda                        # Qwen2.5-Math-1.5B shape, bf16
     python bench/bench_paper_step.py --device cpu --shape small --new-tokens 128   # a smoke run on a laptop
@@ -39,7 +40,8 @@ def main():
     ap.add_argument("--group-size", type=int, default=8)
     ap.add_argument("--micro-batch", type=int, default=4)
     ap.add_argument("--lora-rank", type=int, default=64)
-    ap.add_argument("--grad-checkpointing", action="store_true")
+    ap.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction,
+                    default=G.PRESETS["paper"]["grad_checkpointing"], help="default: the paper preset's")
     ap.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
     args = ap.parse_args()
     device = torch.device(args.device)

@@ -109,11 +109,12 @@ def test_chunked_prefill_onto_a_filled_cache(pair):
     torch.testing.assert_close(torch.cat([first, second], 1), full, atol=1e-5, rtol=1e-5)
 
 
-def test_greedy_generate_matches_transformers(pair):
+@pytest.mark.parametrize("fixed_shapes", [False, True], ids=["shrinking-batch", "fixed-shapes"])
+def test_greedy_generate_matches_transformers(pair, fixed_shapes):
     ours, hf = pair
     g = torch.Generator().manual_seed(5)
     prompts = [torch.randint(0, 97, (n,), generator=g).tolist() for n in (9, 1, 4)]
-    got = M.generate(ours, prompts, max_new_tokens=40, temperature=0)
+    got = M.generate(ours, prompts, max_new_tokens=40, temperature=0, fixed_shapes=fixed_shapes)
     for prompt, tokens in zip(prompts, got):
         with torch.no_grad():
             out = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
@@ -122,10 +123,11 @@ def test_greedy_generate_matches_transformers(pair):
         assert len(tokens) == 40
 
 
-def test_greedy_generate_equals_full_recompute(pair):
+@pytest.mark.parametrize("fixed_shapes", [False, True], ids=["shrinking-batch", "fixed-shapes"])
+def test_greedy_generate_equals_full_recompute(pair, fixed_shapes):
     ours, _ = pair
     prompts = [[5, 6, 7, 8, 9, 10], [42]]
-    got = M.generate(ours, prompts, max_new_tokens=33, temperature=0)
+    got = M.generate(ours, prompts, max_new_tokens=33, temperature=0, fixed_shapes=fixed_shapes)
     for prompt, tokens in zip(prompts, got):
         assert tokens == full_recompute_greedy(ours, prompt, 33)[0]
 
@@ -181,6 +183,36 @@ def test_eos_stops_each_row_and_is_kept(pair, monkeypatch):
             assert row == (row_free[:stops[0] + 1] if stops else row_free)
         assert got[0][-1] in eos and len(got[0]) <= 4 and len(got[1]) <= 6
     assert dropped  # the batch did shrink
+
+
+@pytest.mark.parametrize("case", [
+    dict(temperature=0), dict(temperature=1.0), dict(temperature=0.7, top_p=0.8), dict(temperature=1.0, vocab_size=90),
+    dict(temperature=1.0, eos_token_id=[3, 17]), dict(temperature=0, eos_token_id=[3, 17]), dict(max_new_tokens=1),
+], ids=["greedy", "sampled", "top-p", "vocab-size", "eos-sampled", "eos-greedy", "one-token"])
+def test_fixed_shape_decoding_draws_what_the_shrinking_batch_draws(pair, case):
+    """The CUDA-graph path (fixed shapes: whole batch to the end, attention over every cache column with the
+    unwritten ones masked) must draw exactly the tokens of the shrinking-batch path, which the tests above check
+    against transformers and a full recompute. On a CPU the same fixed-shape step runs without capture."""
+    ours, _ = pair
+    kwargs = dict(max_new_tokens=40, seed=5, num_samples=3) | case
+    prompts = [[1, 2, 3], [4, 5, 6, 7], [8], [9, 9, 9, 9, 9, 9, 9]]
+    shrinking = M.generate(ours, prompts, fixed_shapes=False, **kwargs)
+    fixed = M.generate(ours, prompts, fixed_shapes=True, **kwargs)
+    assert fixed == shrinking
+    if "eos_token_id" in case:  # rows did end early, at different steps
+        assert len({len(row) for row in fixed}) > 1 and min(len(row) for row in fixed) < 40
+
+
+def test_fixed_shape_decoding_stops_when_every_row_has_ended(pair, monkeypatch):
+    ours, _ = pair
+    prompts = [[1, 2, 3], [4, 5]]
+    first = [row[0] for row in M.generate(ours, prompts, max_new_tokens=1, temperature=0)]
+    steps = []
+    sample = M.sample_token
+    monkeypatch.setattr(M, "sample_token", lambda *a, **k: steps.append(1) or sample(*a, **k))
+    out = M.generate(ours, prompts, max_new_tokens=200, temperature=0, eos_token_id=first, fixed_shapes=True)
+    assert out == [[first[0]], [first[1]]]
+    assert len(steps) == 16  # the first token, then 15 steps until the every-16-steps check sees all rows ended
 
 
 def test_tokens_the_tokenizer_lacks_are_never_drawn(pair):

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one call of at most nine minutes (about seven on an H100): the CUDA correctness checks first (timings are
+# worth nothing if they fail), then the benchmarks, most important first. Each step has its own time limit, so
+# one that hangs cannot take the others with it. Logs go to OUT_DIR (default $OUT, else bench/gpu-out).
+#
+#     bash bench/run_gpu.sh [OUT_DIR]
+set -u
+out=${1:-${OUT:-bench/gpu-out}}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+cd "$(dirname "$0")/.."
+
+step() {  # step NAME SECONDS COMMAND...
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name: $* (limit ${limit}s)"
+    local t0=$SECONDS
+    timeout "$limit" "$@" > "$out/$name.txt" 2>&1
+    local rc=$?
+    grep -v "Writing model shards\|Loading weights" "$out/$name.txt" | tail -n 40
+    echo "=== $name: exit $rc after $((SECONDS - t0)) s"
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+  python3 -c "import torch, transformers, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__)"
+} 2>&1 | tee "$out/machine.txt"
+
+step cuda_checks 60 python3 bench/cuda_checks.py
+step generate 220 python3 bench/bench_generate.py --device cuda --dtype bfloat16 --shape qwen2.5-math-1.5b --vocab 151936 --repeats 1
+step paper_step 80 python3 bench/bench_paper_step.py --device cuda
+step paper_step_no_ckpt 60 python3 bench/bench_paper_step.py --device cuda --no-grad-checkpointing
+step demo 60 python3 grpo.py --preset demo --device cuda --steps 20 --diag-every 10 --out /tmp/demo-cuda
+step generate_v1024 60 python3 bench/bench_generate.py --device cuda --dtype bfloat16 --shape qwen2.5-math-1.5b --vocab 1024 --batch 8 64 --repeats 1 --skip-memory
