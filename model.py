@@ -437,7 +437,7 @@ def _decode_fixed_shapes(model, h, cache, key_valid, next_position, uniforms, P,
     """The decode loop with one fixed-shape step, a CUDA graph on CUDA -> (tokens [B, N], steps run).
 
     Step t feeds token t at cache column P + t and draws token t + 1. Its inputs live in fixed buffers (token,
-    t, uniform) that the loop refills before each replay; the mask is built inside the step from t.
+    column, uniform) that the loop refills before each replay; the mask and positions are built inside the step.
     """
     B, max_new_tokens = uniforms.shape
     device, W = uniforms.device, key_valid.shape[1]
@@ -445,13 +445,13 @@ def _decode_fixed_shapes(model, h, cache, key_valid, next_position, uniforms, P,
     out[:, 0] = sample_token(model.lm_head(h).float(), temperature, top_p, uniforms[:, 0], vocab_size)
     if max_new_tokens == 1:
         return out, 1
-    token_in, t_in, uniform_in = out[:, 0].clone(), torch.zeros(1, dtype=torch.long, device=device), uniforms[:, 1].clone()
+    token_in, column, uniform_in = out[:, 0].clone(), torch.full((1,), P, device=device), uniforms[:, 1].clone()
     columns = torch.arange(W, device=device)
+    cache.write_at = column
 
     def step():
-        cache.write_at = P + t_in
-        mask = (key_valid & (columns <= P + t_in))[:, None, None, :]
-        h = model.hidden_states(token_in[:, None], next_position + t_in, mask, cache)[:, -1]
+        mask = (key_valid & (columns <= column))[:, None, None, :]
+        h = model.hidden_states(token_in[:, None], next_position + (column - P), mask, cache)[:, -1]
         return sample_token(model.lm_head(h).float(), temperature, top_p, uniform_in, vocab_size)
 
     run = step
@@ -474,7 +474,7 @@ def _decode_fixed_shapes(model, h, cache, key_valid, next_position, uniforms, P,
         if eos.numel() and t % 16 == 15 and bool(done.all()):  # a GPU sync, so only every 16 steps
             n_steps = t + 1
             break
-        t_in.fill_(t)
+        column.fill_(P + t)
         uniform_in.copy_(uniforms[:, t + 1])
         token = run()
         out[:, t + 1] = token

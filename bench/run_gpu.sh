@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one call of at most nine minutes (about seven on an H100): the CUDA correctness checks first (timings are
-# worth nothing if they fail), then the benchmarks, most important first. Each step has its own time limit, so
-# one that hangs cannot take the others with it. Logs go to OUT_DIR (default $OUT, else bench/gpu-out).
+# Everything that needs a GPU, in one call of at most nine minutes (about seven on an H100): the CUDA correctness
+# checks first (timings are worth nothing if they fail), then the benchmarks, most important first. Each step has
+# its own time limit, so one that hangs cannot take the others with it. Logs go to OUT_DIR (default $OUT, else
+# bench/gpu-out).
 #
 #     bash bench/run_gpu.sh [OUT_DIR]
 set -u
