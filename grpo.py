@@ -5,12 +5,19 @@ One step: take the next prompts, draw K completions each with the KV-cache sampl
 score them with the binary reward, turn rewards into advantages per group of K, and take one policy-gradient
 step on the LoRA weights:
 
-    --normalize std    A_k = (r_k - mean(r)) / (std(r) + eps)     the paper's GRPO (population std, 1/K)
-    --normalize none   A_k =  r_k - mean(r)                       the paper's REINFORCE baseline
+    --normalize std    A_ik = (r_ik - mean_k r_ik) / (std_k r_ik + eps)    the paper's GRPO (population std, 1/K)
+    --normalize batch  A_ik = (r_ik - mean_k r_ik) / (std of the batch + eps)   one step size for the whole batch
+    --normalize none   A_ik =  r_ik - mean_k r_ik                          the paper's REINFORCE baseline
 
-Everything else is identical between the two. The update is on-policy (one gradient step per batch of
+Everything else is identical between the arms. The update is on-policy (one gradient step per batch of
 rollouts), so the PPO ratio is exactly 1 and there is nothing to clip; the loss is -A * log p(completion),
-with log p the sum of the completion's token log-probs (computed in chunks, never the full [B, T, V] logits).
+aggregated over tokens as --loss-agg says (log-probs computed in chunks, never the full [B, T, V] logits).
+The optimizer steps on every step, also on one whose groups carry no signal (zero gradient: AdamW still moves
+by its momentum, as in the authors' TRL runs).
+
+With one prompt per step (the paper's design) the three rules differ only by one positive scalar per step,
+1/std, which changes the size of the update and never its direction; AdamW divides most of such a scale out and
+gradient clipping removes it whenever it fires. The per-prompt reweighting needs several prompts per step.
 
     python grpo.py --preset demo --normalize std       # the embedded demo: tiny model, CPU, < 5 minutes
     python grpo.py --normalize std                     # the paper's setup: Qwen2.5-Math-1.5B, LoRA r=64, GSM8K
@@ -81,9 +88,9 @@ class Config:
     max_new_tokens: int = 1024
     temperature: float = 1.0                 # sampling temperature; the learner scores the same distribution
     # the update
-    normalize: str = "std"                   # std | none
+    normalize: str = "std"                   # std | batch | none (see group_advantages)
     std_eps: float = 1e-6                    # guards the division by the group std (binary rewards: std >= 0.33 or 0)
-    loss_agg: str = "seq-sum"                # seq-sum | seq-mean | token-mean
+    loss_agg: str = "seq-sum"                # token-mean (TRL's dapo) | seq-sum | seq-mean (see policy_loss)
     kl_coef: float = 0.0                     # beta of a k3 KL penalty to the base model (adapter off)
     optimizer: str = "adamw"                 # adamw | sgd
     lr: float = 1e-5                         # peak learning rate, decayed linearly to 0
@@ -104,18 +111,21 @@ class Config:
 
 
 PRESETS = {
-    # The paper's setup (authors' code: TRL GRPOTrainer, one prompt x 8 per step, lr 1e-5 linear decay, clip 0.1).
+    # What the authors' training computed (Caitlyn-Yin/grpo_norm train_difficulty.py on TRL git main of Sept 2025;
+    # README "The paper preset"): one prompt x 8 per step, TRL's default loss_type "dapo" (token-level sum over
+    # the step's completions / their number of tokens = our token-mean), beta 0.02, lr 1e-5 linear decay, clip 0.1,
+    # their prompt with the gold reasoning in it. LoRA r=64, alpha=128 is this project's spec (they ran 16/32).
     "paper": dict(model="Qwen/Qwen2.5-Math-1.5B", lora_rank=64, lora_alpha=128.0, data="gsm8k", group_size=8,
-                  prompts_per_step=1, lr=1e-5, grad_clip=0.1, max_new_tokens=1024, temperature=1.0, kl_coef=0.0,
-                  steps=350, template="qwen-chat", micro_batch=4,
+                  prompts_per_step=1, lr=1e-5, grad_clip=0.1, max_new_tokens=1024, temperature=1.0, kl_coef=0.02,
+                  loss_agg="token-mean", steps=350, template="paper-gold", micro_batch=4,
                   grad_checkpointing=True),  # measured on an H100: peak 27.2 -> 8.9 GB for +5% update time
     # The embedded demo: a 0.8M-parameter model pretrained on synthetic word problems; laptop CPU, no downloads.
     "demo": dict(model=str(DEMO_MODEL), lora_rank=16, lora_alpha=32.0, data="demo", group_size=8,
                  prompts_per_step=16, lr=2e-3, grad_clip=1.0, max_new_tokens=64, temperature=1.0, kl_coef=0.0,
-                 steps=150, template="plain", micro_batch=128, save_every=50, log_samples_every=25,
+                 loss_agg="seq-sum", steps=150, template="plain", micro_batch=128, save_every=50, log_samples_every=25,
                  device="cpu"),
 }
-CHOICES = dict(preset=list(PRESETS), normalize=["std", "none"], optimizer=["adamw", "sgd"],
+CHOICES = dict(preset=list(PRESETS), normalize=["std", "batch", "none"], optimizer=["adamw", "sgd"],
                loss_agg=["seq-sum", "seq-mean", "token-mean"], template=list(D.PROMPT_TEMPLATES),
                device=["auto", "cpu", "cuda"], dtype=["auto", "float32", "bfloat16"])
 # Keys whose values depend on the machine, not on the computation: excluded from exact-resume comparisons.
@@ -182,18 +192,25 @@ def validate(cfg: Config) -> list[str]:
 
 
 def group_advantages(rewards: torch.Tensor, normalize: str, eps: float = 1e-6) -> torch.Tensor:
-    """rewards [groups, K] -> advantages [groups, K].
+    """rewards [prompts, K] -> advantages [prompts, K]; every std is the population std (1/K), as in the paper.
 
-    REINFORCE (none): A_k = r_k - mean(r).   GRPO (std): A_k = (r_k - mean(r)) / (std(r) + eps), with the
-    population std sqrt(mean((r - mean r)^2)) as the paper defines it. eps only guards the division: a group
-    whose rewards are all equal has r_k - mean(r) = 0, hence zero advantage under both rules.
+        none   (REINFORCE)     A_ik = r_ik - mean_k r_ik
+        std    (GRPO)          A_ik = (r_ik - mean_k r_ik) / (std_k r_ik + eps)        per-prompt step size
+        batch  (batch std)     A_ik = (r_ik - mean_k r_ik) / (std_jk r_jk + eps)       one step size per batch
+
+    batch is the authors' `batch_std` arm (TRL's scale_rewards="batch"): the global scale that dividing by a std
+    gives, without the per-prompt reweighting. So std - batch measures the per-prompt effect and batch - none the
+    step-size effect. With one prompt per step batch and std are the same rule. eps only guards the division: a
+    group whose rewards are all equal has r_ik - mean = 0, hence zero advantage under every rule.
     """
     centered = rewards - rewards.mean(dim=-1, keepdim=True)
     if normalize == "none":
         return centered
     if normalize == "std":
         return centered / (rewards.std(dim=-1, unbiased=False, keepdim=True) + eps)
-    raise ValueError(f"normalize must be 'std' or 'none', got {normalize!r}")
+    if normalize == "batch":
+        return centered / (rewards.std(unbiased=False) + eps)
+    raise ValueError(f"normalize must be 'std', 'batch' or 'none', got {normalize!r}")
 
 
 # -----------------------------------------------------------------------------
@@ -206,7 +223,7 @@ def policy_loss(token_logprobs, mask, advantages, loss_agg: str, normalizer: flo
     token_logprobs, mask [B, T]; advantages [B]. Aggregation rules (normalizer is batch-wide):
       seq-sum     sum_i A_i * sum_t log p_it / (number of completions)   the paper: sequence log-prob, constant scale
       seq-mean    sum_i A_i * mean_t log p_it / (number of completions)  per-sequence mean (GRPO paper; length-biased)
-      token-mean  sum_i A_i * sum_t log p_it / (number of tokens)        DAPO's token mean
+      token-mean  sum_i A_i * sum_t log p_it / (number of tokens)        DAPO's token mean = TRL's "dapo"
     An optional KL penalty (per token, same aggregation) is added with weight kl_coef.
     """
     mask = mask.to(token_logprobs.dtype)
@@ -314,21 +331,21 @@ def rollout(model, tok, problems, cfg: Config, seed: int) -> Rollouts:
 
 
 def update(model, params, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: Config, vocab_size: int):
-    """Accumulate the policy gradient over micro-batches; returns (loss, stats) or (nan, stats) when non-finite.
+    """Accumulate the policy gradient over micro-batches, clip, and take one optimizer step -> (loss, stats).
 
-    Completions with zero advantage contribute nothing to the policy-gradient term, so without KL they are
-    not even forwarded (all-equal groups cost no learner compute, in both arms alike).
+    Completions with zero advantage contribute nothing to the policy-gradient term, so without KL they are not
+    even forwarded; a step with no signal at all then has an exactly zero gradient, and the optimizer still
+    steps on it (AdamW moves by its momentum, as it did in the authors' runs). Entropy is logged only when
+    something was forwarded. A non-finite loss or gradient skips the step: (nan, {}).
     """
     K = cfg.group_size
     adv = advantages.flatten()
-    rows = [i for i in range(len(ro.completions)) if adv[i] != 0 or cfg.kl_coef > 0]
-    rows = [i for i in rows if ro.completions[i]]
-    n_completions = len(ro.completions)
+    rows = [i for i in range(len(ro.completions)) if (adv[i] != 0 or cfg.kl_coef > 0) and ro.completions[i]]
     n_tokens = sum(len(c) for c in ro.completions)
-    normalizer = n_tokens if cfg.loss_agg == "token-mean" else n_completions
+    normalizer = n_tokens if cfg.loss_agg == "token-mean" else len(ro.completions)
     optimizer.zero_grad(set_to_none=True)
     model.train()
-    total_loss, entropy_sum, entropy_n, kl_sum = 0.0, 0.0, 0, 0.0
+    total_loss, entropy_sum, n_forwarded, kl_sum = 0.0, 0.0, 0, 0.0
     device = params[0].device
     for start in range(0, len(rows), cfg.micro_batch):
         batch = rows[start:start + cfg.micro_batch]
@@ -349,18 +366,20 @@ def update(model, params, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg
         loss.backward()
         total_loss += loss.item()
         entropy_sum += float((ent * mask).sum())
-        entropy_n += int(mask.sum())
-    stats = {"entropy": entropy_sum / max(entropy_n, 1), "learner_tokens": entropy_n}
-    if cfg.kl_coef > 0:
-        stats["kl"] = kl_sum / max(entropy_n, 1)
-    if not rows:
-        return 0.0, stats | {"grad_norm": 0.0}
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-    if not torch.isfinite(grad_norm):
+        n_forwarded += int(mask.sum())
+    for p in params:  # a parameter no loss reached has a zero gradient, not a missing one (AdamW skips None)
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
+    if not math.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)
         return float("nan"), {}
     optimizer.step()
-    return total_loss, stats | {"grad_norm": float(grad_norm)}
+    stats = {"grad_norm_preclip": grad_norm, "grad_clipped": bool(cfg.grad_clip > 0 and grad_norm > cfg.grad_clip),
+             "learner_tokens": n_forwarded, "entropy": entropy_sum / n_forwarded if n_forwarded else None}
+    if cfg.kl_coef > 0:
+        stats["kl"] = kl_sum / n_forwarded if n_forwarded else None
+    return total_loss, stats
 
 
 def make_optimizer(params, cfg: Config):
@@ -547,7 +566,18 @@ class StopFlag:
         signal.signal(signal.SIGINT, self.previous)
 
 
-def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
+def design_note(cfg: Config) -> str | None:
+    """One plain line when this configuration cannot let --normalize change the direction of the update."""
+    if cfg.prompts_per_step > 1:
+        return None
+    return ("note: one prompt per step, so --normalize cannot change the direction of the update: std and batch "
+            "are none times one positive scalar per step (1/std of the group), which AdamW largely divides out "
+            "and gradient clipping removes whenever it fires; the per-prompt reweighting needs "
+            "--prompts-per-step > 1")
+
+
+def setup(cfg: Config):
+    """Seeded model, tokenizer, LoRA parameters, optimizer and training problems: a run's state at step 0."""
     device, dtype = resolve_device(cfg)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -556,9 +586,16 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
     tok = M.load_tokenizer(cfg.tokenizer or cfg.model)
     model.gradient_checkpointing = cfg.grad_checkpointing
     problems = load_training_problems(cfg)
+    if cfg.prompts_per_step > len(problems):
+        raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} exceeds the {len(problems)} training problems "
+                         f"(--data {cfg.data}, --tiers {cfg.tiers}): a step would repeat a prompt")
     params = L.apply_lora(model, r=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                           targets=tuple(cfg.lora_targets.split(",")))
-    optimizer = make_optimizer(params, cfg)
+    return model, tok, params, make_optimizer(params, cfg), problems, device, dtype
+
+
+def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
+    model, tok, params, optimizer, problems, device, dtype = setup(cfg)
     stream = PromptStream(problems, cfg.seed)
     start, bad_streak = 0, 0
     metrics_path = run_dir / "metrics.jsonl"
@@ -577,6 +614,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     print(f"{len(problems)} problems, {sum(p.numel() for p in params):,} trainable LoRA parameters, "
           f"{device} {str(dtype).removeprefix('torch.')}, run folder {run_dir}")
+    if design_note(cfg):
+        print(design_note(cfg))
 
     extra = lambda: {"model": cfg.model, "bad_streak": bad_streak}  # noqa: E731
     t_run, steps_timed = time.time(), 0
@@ -601,7 +640,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
                 "step": step + 1, "reward": float(ro.rewards.mean()), "accuracy": float(ro.rewards.mean()),
                 **tier_accuracy(ro),
                 "reward_std": float(group_std.mean()), "zero_std_frac": float((group_std == 0).float().mean()),
-                "adv_abs_mean": float(advantages.abs().mean()), "loss": None if skipped else loss, **stats, "lr": lr_at(step, cfg),
+                "adv_abs_mean": float(advantages.abs().mean()), "loss": None if skipped else loss, **stats,
+                "lr": lr_at(step, cfg),
                 "completion_len": float(np.mean(lengths)), "completion_len_max": max(lengths),
                 "truncated_frac": float(np.mean(ro.truncated)), "skipped": skipped,
                 "time/sample": t1 - t0, "time/reward": t2 - t1, "time/update": t3 - t2,
@@ -618,25 +658,44 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
             metrics_file.flush()
             steps_timed += 1
             eta = (time.time() - t_run) / steps_timed * (cfg.steps - step - 1)
-            tiers = " ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in record.items() if k.startswith("accuracy/"))
-            print(f"step {step + 1}/{cfg.steps} | reward {record['reward']:.3f} | acc {record['accuracy']:.3f}"
-                  f"{' (' + tiers + ')' if tiers else ''} | loss {loss:.4f} | |A| {record['adv_abs_mean']:.3f} | "
-                  f"len {record['completion_len']:.0f} | {record['perf/tokens_per_s']:.0f} tok/s | "
-                  f"{record['time/step']:.2f}s/step | ETA {format_seconds(eta)}" + (" | SKIPPED (non-finite)" if skipped else ""),
-                  flush=True)
+            print(progress_line(record, cfg.steps, eta), flush=True)
             if (step + 1) % cfg.log_samples_every == 0 or step == start:
                 log_samples(run_dir, step + 1, ro, tok)
             if bad_streak >= cfg.max_bad_steps:
                 save_checkpoint(run_dir, step + 1, model, optimizer, stream, extra(), cfg.keep_checkpoints)
                 raise TrainingStopped(f"{bad_streak} steps in a row had a non-finite loss or gradient; stopped at step "
-                                   f"{step + 1} (checkpoint saved). Lower --lr or check the data.")
+                                      f"{step + 1} (checkpoint saved). Lower --lr or check the data.")
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or stop.requested:
                 save_checkpoint(run_dir, step + 1, model, optimizer, stream, extra(), cfg.keep_checkpoints)
             if stop.requested:
                 print(f"stopped after step {step + 1}; resume with: python grpo.py --resume {run_dir}")
                 return run_dir
-    print(f"done: {cfg.steps} steps in {format_seconds(time.time() - t_run)}; run folder {run_dir}")
+    print(f"done: {cfg.steps} steps in {format_seconds(time.time() - t_run)}; {clipping_summary(metrics_path, cfg)}; "
+          f"run folder {run_dir}")
     return run_dir
+
+
+def progress_line(record: dict, steps: int, eta: float) -> str:
+    tiers = " ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in record.items() if k.startswith("accuracy/"))
+    line = (f"step {record['step']}/{steps} | reward {record['reward']:.3f} | acc {record['accuracy']:.3f}"
+            f"{' (' + tiers + ')' if tiers else ''}")
+    if record["skipped"]:
+        return line + f" | SKIPPED (non-finite) | ETA {format_seconds(eta)}"
+    return (line + f" | loss {record['loss']:.4f} | |A| {record['adv_abs_mean']:.3f} | "
+            f"|g| {record['grad_norm_preclip']:.3g}{' clipped' if record['grad_clipped'] else ''} | "
+            f"len {record['completion_len']:.0f} | {record['perf/tokens_per_s']:.0f} tok/s | "
+            f"{record['time/step']:.2f}s/step | ETA {format_seconds(eta)}")
+
+
+def clipping_summary(metrics_path: Path, cfg: Config) -> str:
+    """The share of steps whose gradient was clipped, over the whole run (resumed parts included)."""
+    if cfg.grad_clip <= 0:
+        return "gradient clipping off"
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    taken = [r for r in rows if not r["skipped"]]
+    clipped = sum(r.get("grad_clipped", False) for r in taken)
+    return (f"gradient clipped (pre-clip norm > {cfg.grad_clip:g}) on {clipped} of {len(taken)} steps "
+            f"({clipped / max(len(taken), 1):.0%})")
 
 
 def keep_metrics_until(path: Path, step: int):

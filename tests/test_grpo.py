@@ -50,9 +50,31 @@ def test_zero_std_groups_get_zero_advantage_in_both():
         assert torch.equal(G.group_advantages(r, mode), torch.zeros(2, 8))
 
 
+def test_batch_std_by_hand():
+    """[1,0,0,0] and [1,1,1,0]: group means .25 and .75; all eight rewards: mean .5, population std .5.
+    batch divides each group's centred rewards by that one std: +-.25 -> +-.5, .75 -> 1.5."""
+    r = torch.tensor([[1.0, 0, 0, 0], [1, 1, 1, 0]])
+    expected = torch.tensor([[.75, -.25, -.25, -.25], [.25, .25, .25, -.75]]) / (0.5 + 1e-6)
+    torch.testing.assert_close(G.group_advantages(r, "batch"), expected, atol=1e-6, rtol=0)
+    # std instead divides each group by its own std, sqrt(3)/4 for both here: the same set of weights
+    torch.testing.assert_close(G.group_advantages(r, "std"), expected * 0.5 / (math.sqrt(3) / 4), atol=1e-5, rtol=0)
+
+
+def test_batch_equals_std_with_one_prompt():
+    for row in ([0, 0, 1, 0, 0, 0, 0, 0], [1, 1, 0, 1, 0, 1, 1, 1], [1, 0]):
+        r = torch.tensor([row], dtype=torch.float32)
+        assert torch.equal(G.group_advantages(r, "batch"), G.group_advantages(r, "std"))
+
+
+def test_batch_with_all_rewards_equal_is_zero_not_nan():
+    for value in (0.0, 1.0):
+        a = G.group_advantages(torch.full((3, 8), value), "batch")
+        assert torch.equal(a, torch.zeros(3, 8))
+
+
 def test_unknown_normalisation_is_an_error():
     with pytest.raises(ValueError, match="normalize must be"):
-        G.group_advantages(torch.zeros(1, 4), "batch")
+        G.group_advantages(torch.zeros(1, 4), "median")
 
 
 # --- the loss ------------------------------------------------------------------------------------------------------
@@ -106,7 +128,7 @@ def test_a_step_raises_the_logprob_of_a_positive_advantage_completion(tmp_path):
     loss, stats = G.update(model, params, opt, ro, G.group_advantages(ro.rewards, "std"), cfg, vocab_size=97)
     after = logp(good), logp(bad)
     assert after[0] > before[0] and after[1] < before[1]
-    assert stats["grad_norm"] > 0 and math.isfinite(loss)
+    assert stats["grad_norm_preclip"] > 0 and math.isfinite(loss)
 
 
 def test_micro_batching_gives_the_same_gradient(tmp_path):
@@ -128,6 +150,153 @@ def test_micro_batching_gives_the_same_gradient(tmp_path):
     torch.testing.assert_close(grads[2], grads[3], atol=1e-7, rtol=1e-5)
 
 
+# --- the switch changes the update exactly as the formulas say ------------------------------------------------------
+
+PROMPTS = [[5, 6, 7], [8, 9]]
+COMPLETIONS = [[10, 11, 12, 13], [20, 21, 22], [30], [31, 32], [40, 41], [42], [43, 44, 45], [46]]
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return save_hf_model(make_hf_model(seed=4), tmp_path_factory.mktemp("tiny"))
+
+
+def fresh_lora(folder):
+    model = M.load_model(folder)
+    params = L.apply_lora(model, r=4, alpha=8)
+    torch.manual_seed(0)
+    for p in params:  # B = 0 makes A's gradient zero; start both off zero so every LoRA weight moves
+        torch.nn.init.normal_(p, std=0.02)
+    return model, params
+
+
+def rollouts(rewards):
+    rewards = torch.tensor(rewards)
+    n = rewards.shape[0]
+    return G.Rollouts(problems=[None] * n, prompts=PROMPTS[:n], completions=COMPLETIONS[:n * 4],
+                      texts=[""] * (n * 4), rewards=rewards)
+
+
+def update_delta(folder, ro, normalize, **overrides):
+    """The change of the LoRA weights (flat) after one update from the same initial adapter."""
+    model, params = fresh_lora(folder)
+    cfg = G.Config(group_size=4, micro_batch=3, **({"optimizer": "sgd", "lr": 0.5, "grad_clip": 0.0,
+                                                     "loss_agg": "token-mean"} | overrides))
+    before = torch.cat([p.detach().flatten().clone() for p in params])
+    opt = G.make_optimizer(params, cfg)
+    _, stats = G.update(model, params, opt, ro, G.group_advantages(ro.rewards, normalize, cfg.std_eps), cfg, 97)
+    return torch.cat([p.detach().flatten() for p in params]) - before, stats
+
+
+def policy_gradient(folder, ro, weights):
+    """Independent: grad of -sum_ik w_ik log p(o_ik) / (number of tokens), by autograd on full forwards."""
+    model, params = fresh_lora(folder)
+    n_tokens = sum(len(c) for c in ro.completions)
+    loss = 0.0
+    for i, prompt in enumerate(ro.prompts):
+        for k in range(4):
+            c = ro.completions[i * 4 + k]
+            full = torch.log_softmax(model(torch.tensor([prompt + c])), -1)[0]
+            loss = loss - weights[i][k] * sum(full[len(prompt) - 1 + j, t] for j, t in enumerate(c)) / n_tokens
+    return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+
+
+def assert_same_vector(a, b, rel=1e-5):
+    """Equal up to float32 rounding, as vectors: |a - b| <= rel |b| (elementwise tolerances would be dominated
+    by the rounding of theta + delta - theta in the smallest entries)."""
+    assert float((a - b).norm()) <= rel * float(b.norm()), float((a - b).norm() / b.norm())
+
+
+def test_one_prompt_sgd_std_is_none_times_one_over_sigma(tiny_folder):
+    ro = rollouts([[1.0, 0, 0, 0]])
+    sigma = math.sqrt(3) / 4
+    none, _ = update_delta(tiny_folder, ro, "none")
+    std, _ = update_delta(tiny_folder, ro, "std")
+    batch, _ = update_delta(tiny_folder, ro, "batch")
+    assert_same_vector(std, none / (sigma + 1e-6))
+    assert torch.equal(batch, std)
+    # and none itself is -lr times the independent policy gradient of r - mean
+    g = policy_gradient(tiny_folder, ro, [[.75, -.25, -.25, -.25]])
+    assert_same_vector(none, -0.5 * g)
+
+
+def test_with_clipping_active_both_arms_take_the_same_update(tiny_folder):
+    ro = rollouts([[1.0, 0, 0, 0]])
+    none, s_none = update_delta(tiny_folder, ro, "none", grad_clip=1e-3, lr=100.0)
+    std, s_std = update_delta(tiny_folder, ro, "std", grad_clip=1e-3, lr=100.0)
+    assert s_none["grad_clipped"] and s_std["grad_clipped"]
+    assert s_std["grad_norm_preclip"] == pytest.approx(s_none["grad_norm_preclip"] / (math.sqrt(3) / 4), rel=1e-4)
+    assert_same_vector(std, none)
+    assert float(none.norm()) == pytest.approx(100 * 1e-3, rel=1e-4)  # lr x clip
+
+
+def test_two_prompts_of_different_sigma_reweight_the_direction(tiny_folder):
+    """std's update is -lr sum_i g_i / sigma_i, none's -lr sum_i g_i: the directions differ by the weights."""
+    ro = rollouts([[1.0, 0, 0, 0], [1, 1, 0, 0]])
+    sigmas = [math.sqrt(3) / 4 + 1e-6, 0.5 + 1e-6]
+    centered = [[.75, -.25, -.25, -.25], [.5, .5, -.5, -.5]]
+    g = [policy_gradient(tiny_folder, ro, [centered[0], [0] * 4]),
+         policy_gradient(tiny_folder, ro, [[0] * 4, centered[1]])]
+    none, _ = update_delta(tiny_folder, ro, "none")
+    std, _ = update_delta(tiny_folder, ro, "std")
+    assert_same_vector(none, -0.5 * (g[0] + g[1]))
+    assert_same_vector(std, -0.5 * (g[0] / sigmas[0] + g[1] / sigmas[1]))
+    cos = torch.nn.functional.cosine_similarity(std, none, dim=0)
+    assert cos < 0.999  # not one scalar apart
+
+
+def test_batch_update_is_none_times_one_over_the_batch_std(tiny_folder):
+    ro = rollouts([[1.0, 0, 0, 0], [1, 1, 0, 0]])
+    batch_std = float(ro.rewards.std(unbiased=False))  # 3 of 8 correct: sqrt(3/8 * 5/8)
+    assert batch_std == pytest.approx(math.sqrt(15) / 8)
+    none, _ = update_delta(tiny_folder, ro, "none")
+    batch, _ = update_delta(tiny_folder, ro, "batch")
+    assert_same_vector(batch, none / (batch_std + 1e-6))
+
+
+def test_token_mean_is_trls_dapo_loss(tiny_folder):
+    """TRL (git main, Sept 2025) loss_type="dapo", one completion per micro-batch, beta 0.02, written out as TRL
+    computes it: per token -exp(lp - lp.detach()) * A + beta * k3, summed, divided by the number of completion
+    tokens of the whole generation batch, micro-batch losses summed (no division by accumulation steps)."""
+    ro = rollouts([[1.0, 0, 0, 0]])
+    adv = G.group_advantages(ro.rewards, "std").flatten()
+    model, params = fresh_lora(tiny_folder)
+    num_items = sum(len(c) for c in ro.completions)
+    total = 0.0
+    for k, c in enumerate(ro.completions):
+        full = torch.log_softmax(model(torch.tensor([ro.prompts[0] + c])), -1)[0]
+        lp = torch.stack([full[len(ro.prompts[0]) - 1 + j, t] for j, t in enumerate(c)])
+        with torch.no_grad(), L.lora_disabled(model):
+            ref_full = torch.log_softmax(model(torch.tensor([ro.prompts[0] + c])), -1)[0]
+            ref = torch.stack([ref_full[len(ro.prompts[0]) - 1 + j, t] for j, t in enumerate(c)])
+        per_token = -torch.exp(lp - lp.detach()) * adv[k] + 0.02 * (torch.exp(ref - lp) - (ref - lp) - 1)
+        total = total + per_token.sum() / num_items
+    trl = torch.cat([g.flatten() for g in torch.autograd.grad(total, params)])
+    ours, _ = update_delta(tiny_folder, ro, "std", lr=1.0, kl_coef=0.02)
+    assert_same_vector(ours, -trl)
+
+
+def test_the_optimizer_steps_on_a_step_without_signal(tiny_folder):
+    """All-equal rewards, no KL: nothing is forwarded, the gradient is exactly zero, and AdamW still moves the
+    weights by its momentum: theta -= lr * m_hat / (sqrt(v_hat) + eps) with m = b1 m, v = b2 v (by hand)."""
+    model, params = fresh_lora(tiny_folder)
+    cfg = G.Config(group_size=4, micro_batch=8, optimizer="adamw", lr=1e-2, grad_clip=0.0)
+    opt = G.make_optimizer(params, cfg)
+    signal, none_at_all = rollouts([[1.0, 0, 0, 0]]), rollouts([[1.0, 1, 1, 1]])
+    G.update(model, params, opt, signal, G.group_advantages(signal.rewards, "std"), cfg, 97)
+    before = [p.detach().clone() for p in params]
+    state = [{k: v.clone() for k, v in opt.state[p].items()} for p in params]
+    loss, stats = G.update(model, params, opt, none_at_all, G.group_advantages(none_at_all.rewards, "std"), cfg, 97)
+    assert loss == 0.0 and stats["grad_norm_preclip"] == 0.0 and not stats["grad_clipped"]
+    assert stats["learner_tokens"] == 0 and stats["entropy"] is None  # nothing measured, so nothing claimed
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    for p, p0, s in zip(params, before, state):
+        m, v = b1 * s["exp_avg"], b2 * s["exp_avg_sq"]
+        expected = p0 - 1e-2 * (m / (1 - b1 ** 2)) / ((v / (1 - b2 ** 2)).sqrt() + eps)
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-8)
+    assert any(not torch.equal(p, p0) for p, p0 in zip(params, before))
+
+
 # --- CLI and bad input ---------------------------------------------------------------------------------------------
 
 
@@ -135,14 +304,15 @@ def test_presets_and_flags_resolve():
     cfg, _ = G.parse_args(["--normalize", "none", "--lr", "3e-5"])
     assert cfg.preset == "paper" and cfg.normalize == "none" and cfg.lr == 3e-5
     assert (cfg.lora_rank, cfg.lora_alpha, cfg.group_size, cfg.prompts_per_step, cfg.grad_clip,
-            cfg.max_new_tokens, cfg.temperature, cfg.kl_coef) == (64, 128.0, 8, 1, 0.1, 1024, 1.0, 0.0)
+            cfg.max_new_tokens, cfg.temperature, cfg.kl_coef) == (64, 128.0, 8, 1, 0.1, 1024, 1.0, 0.02)
+    assert (cfg.loss_agg, cfg.template) == ("token-mean", "paper-gold")
     demo, _ = G.parse_args(["--preset", "demo", "--steps", "7"])
     assert demo.data == "demo" and demo.steps == 7 and Path(demo.model) == DEMO
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--preset", "huge"], "invalid choice: 'huge'"),
-    (["--normalize", "batch"], "invalid choice: 'batch'"),
+    (["--normalize", "median"], "invalid choice: 'median'"),
     (["--group-size", "1"], "--group-size must be >= 2"),
     (["--optimizer", "lion"], "invalid choice: 'lion'"),
 ])
@@ -182,7 +352,7 @@ def test_resume_is_exact(tmp_path):
     a, b = adapter_tensors(straight / "checkpoints/step_000006"), adapter_tensors(split / "checkpoints/step_000006")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert run_metrics(straight) == run_metrics(split)
-    assert any(r["grad_norm"] > 0 for r in run_metrics(straight))  # the adapter did move
+    assert any(r["grad_norm_preclip"] > 0 for r in run_metrics(straight))  # the adapter did move
     first = adapter_tensors(straight / "checkpoints/step_000003")
     assert any(not torch.equal(first[k], a[k]) for k in a)
 
@@ -228,6 +398,46 @@ def data_file(tmp_path):
     path.write_text("".join(json.dumps({"question": f"Tom has {i} apples and buys 2 more. How many now?",
                                         "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}"}) + "\n" for i in range(5)))
     return path
+
+
+@pytest.fixture()
+def one_hard_problem(tmp_path):
+    """Three GSM8K-format problems, pass rates that leave one of them in the hard tier."""
+    data = tmp_path / "three.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Tom has {i} apples and buys 2 more. How many now?",
+                                        "answer": f"#### {i + 2}"}) + "\n" for i in range(3)))
+    rates = tmp_path / "rates.jsonl"
+    rates.write_text("".join(json.dumps({"id": f"gsm8k/train/{i}", "pass_rate": r}) + "\n"
+                             for i, r in enumerate([1.0, 0.3, 1.0])))
+    return ["--data", str(data), "--difficulty-file", str(rates), "--tiers", "hard", "--template", "plain"]
+
+
+def test_a_tier_with_one_problem_trains_one_prompt_per_step(tmp_path, one_hard_problem, capsys):
+    run = tmp_path / "run"
+    G.main(SMALL + one_hard_problem + ["--prompts-per-step", "1", "--steps", "2", "--normalize", "batch",
+                                       "--out", str(run)])
+    out = capsys.readouterr().out
+    assert "1 problems" in out and "note: one prompt per step, so --normalize cannot change the direction" in out
+    rows = run_metrics(run)
+    assert len(rows) == 2 and all(r["accuracy/hard"] == r["accuracy"] for r in rows)
+
+
+def test_more_prompts_per_step_than_problems_is_one_clear_message(tmp_path, one_hard_problem):
+    with pytest.raises(SystemExit, match=r"--prompts-per-step 4 exceeds the 1 training problems .*--tiers hard"):
+        G.main(SMALL + one_hard_problem + ["--steps", "1", "--out", str(tmp_path / "run")])
+
+
+def test_every_step_logs_its_preclip_norm_and_the_run_its_clipped_share(tmp_path, capsys):
+    run = tmp_path / "run"
+    G.main(SMALL + ["--steps", "4", "--grad-clip", "0.05", "--out", str(run)])
+    rows = run_metrics(run)
+    for r in rows:
+        assert r["grad_clipped"] == (r["grad_norm_preclip"] > 0.05)
+        assert (r["entropy"] is None) == (r["learner_tokens"] == 0)
+    clipped = sum(r["grad_clipped"] for r in rows)
+    out = capsys.readouterr().out
+    assert f"gradient clipped (pre-clip norm > 0.05) on {clipped} of 4 steps ({clipped / 4:.0%})" in out
+    assert "note: one prompt per step" not in out  # 4 prompts per step
 
 
 def test_existing_run_folder_without_resume(tmp_path, capsys):
