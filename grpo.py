@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 import data as D
+import diagnostics as diag
 import lora as L
 import model as M
 
@@ -104,8 +105,11 @@ class Config:
     log_samples_every: int = 10              # steps between completions written to samples.jsonl
     save_every: int = 50                     # steps between checkpoints
     keep_checkpoints: int = 3                # the newest N are kept
-    diag_every: int = 0                      # 0: off. Per-prompt gradient cosines and curvature vs reward std
-    diag_prompts: int = 16                   # fresh prompts per diagnostic step (K samples each)
+    diag_every: int = 0                      # 0: off. Gradient cosines with noise floors, curvature vs reward std
+    diag_prompts: int = 16                   # the fixed diagnostic prompts (2K fresh samples each per diag step)
+    eval_every: int = 0                      # 0: off. Held-out accuracy at step 0, every N steps and at the end
+    eval_problems: int = 128                 # the fixed held-out set (test split); demo: ~10% of a run's time
+    eval_samples: int = 4                    # samples per held-out problem (sampled accuracy, pass@k), besides greedy
     max_bad_steps: int = 5                   # stop after this many non-finite losses in a row
     preset: str = "paper"                    # paper | demo: the defaults that other flags override
 
@@ -123,7 +127,7 @@ PRESETS = {
     "demo": dict(model=str(DEMO_MODEL), lora_rank=16, lora_alpha=32.0, data="demo", group_size=8,
                  prompts_per_step=16, lr=2e-3, grad_clip=1.0, max_new_tokens=64, temperature=1.0, kl_coef=0.0,
                  loss_agg="seq-sum", steps=150, template="plain", micro_batch=128, save_every=50, log_samples_every=25,
-                 device="cpu"),
+                 eval_every=25, device="cpu"),
 }
 CHOICES = dict(preset=list(PRESETS), normalize=["std", "batch", "none"], optimizer=["adamw", "sgd"],
                loss_agg=["seq-sum", "seq-mean", "token-mean"], template=list(D.PROMPT_TEMPLATES),
@@ -183,7 +187,13 @@ def validate(cfg: Config) -> list[str]:
     if cfg.lr <= 0 or cfg.temperature <= 0:
         problems.append("--lr and --temperature must be > 0 (the learner scores the sampler's distribution)")
     if cfg.diag_every and cfg.diag_prompts < 2:
-        problems.append("--diag-prompts must be >= 2 to compare gradients of different prompts")
+        problems.append(f"--diag-prompts must be >= 2 to compare gradients of different prompts "
+                        f"(got {cfg.diag_prompts})")
+    for name in ("eval_every", "diag_every", "eval_samples"):
+        if getattr(cfg, name) < 0:
+            problems.append(f"--{name.replace('_', '-')} must be >= 0")
+    if cfg.eval_every and cfg.eval_problems < 1:
+        problems.append("--eval-problems must be >= 1")
     return problems
 
 
@@ -264,6 +274,36 @@ def load_training_problems(cfg: Config) -> list[D.Problem]:
     if not problems:
         raise ValueError(f"no training problems left for --data {cfg.data} (after --tiers {cfg.tiers})")
     return problems
+
+
+def load_heldout_problems(cfg: Config) -> list[D.Problem]:
+    """The fixed held-out set: `eval_problems` of the test split (the demo's synthetic test set, GSM8K's and MATH's
+    test splits, same MATH levels), drawn with one fixed seed, so every run and every arm sees the same problems."""
+    if cfg.data == "demo":
+        problems = D.synthetic_problems(D.SYNTHETIC_TEST_SIZE, seed=D.SYNTHETIC_TEST_SEED)
+    elif cfg.data in ("gsm8k", "math") and cfg.split == "train":
+        levels = [int(x) for x in cfg.math_levels.split(",")] if cfg.math_levels else None
+        problems = D.load_problems(cfg.data, split="test", path=cfg.data_path, levels=levels)
+    else:
+        raise ValueError(f"--eval-every {cfg.eval_every}: no held-out set for --data {cfg.data} --split {cfg.split} "
+                         "(held-out sets: the test splits of demo, gsm8k and math, when training on train)")
+    if cfg.eval_problems > len(problems):
+        raise ValueError(f"--eval-problems {cfg.eval_problems} exceeds the {len(problems)} problems of the held-out "
+                         f"split of --data {cfg.data}")
+    return random.Random(0).sample(problems, cfg.eval_problems)
+
+
+def heldout_record(model, tok, problems, cfg: Config) -> dict:
+    """Held-out accuracy of the current adapter as metrics.jsonl keys: eval/<metric> and eval/<tier>/<metric>."""
+    import eval as E
+    t0 = time.time()
+    groups, _ = E.heldout_accuracy(model, tok, problems, cfg.template, cfg.max_new_tokens, cfg.eval_samples,
+                                   cfg.temperature, seed=cfg.seed * 1_000_003 + 999_983)
+    record = {}
+    for group, metrics in groups.items():
+        prefix = "eval/" if group == "all" else f"eval/{group}/"
+        record |= {prefix + k: v for k, v in metrics.items()}
+    return record | {"time/eval": time.time() - t0}
 
 
 class PromptStream:
@@ -395,59 +435,23 @@ def lr_at(step: int, cfg: Config) -> float:
 
 
 # -----------------------------------------------------------------------------
-# The paper's diagnostics: gradient orthogonality and curvature vs reward variance
+# The paper's diagnostics (diagnostics.py): gradient orthogonality and curvature vs reward variance, with controls
 
 
-def diagnostics(model, tok, params, problems, cfg: Config, step: int, device):
-    """On a fresh batch of `diag_prompts` prompts (its own RNG: training is not perturbed):
+def diagnostic_prompts(problems, cfg: Config) -> list:
+    """The fixed diagnostic set: drawn once per run (from the seed), re-scored at every diagnostic step."""
+    return random.Random(f"diag-{cfg.seed}").sample(problems, min(cfg.diag_prompts, len(problems)))
 
-    - g_ik = grad of log p(o_k | q_i) over the LoRA weights, for each of the K samples (one backward each);
-    - the per-prompt policy gradient G_i = sum_k (r_ik - mean_k r_ik) g_ik (std-normalisation only rescales
-      it, so its direction, and every cosine, is the same under both estimators);
-    - |cos(G_i, G_j)| over all prompt pairs with non-zero reward variance (the paper's orthogonality);
-    - the curvature proxy kappa_i = mean_k ||g_ik||^2 / |o_ik| (empirical Fisher trace per token) next to
-      the prompt's reward std, and their Pearson correlation within this step.
-    Exact gradients are kept, one per prompt: diag_prompts x (LoRA parameters) floats of memory.
-    """
-    rng = random.Random(f"diag-{cfg.seed}-{step}")
-    batch = rng.sample(problems, min(cfg.diag_prompts, len(problems)))
-    ro = rollout(model, tok, batch, cfg, seed=rng.randrange(2**62))
-    K = cfg.group_size
-    model.eval()  # no dropout: the gradients of the sampled distribution itself
-    rows, pg = [], []
-    for i, problem in enumerate(batch):
-        r = ro.rewards[i]
-        centered = r - r.mean()
-        G = None
-        kappa = 0.0
-        for k in range(K):
-            completion = ro.completions[i * K + k]
-            if not completion:
-                continue
-            lp, _, mask = M.completion_logprobs(model, [ro.prompts[i]], [completion], [0], cfg.temperature,
-                                                tok.vocab_size)
-            grads = torch.autograd.grad((lp * mask).sum(), params)
-            g = torch.cat([x.flatten().float() for x in grads])
-            kappa += float(g.pow(2).sum()) / len(completion) / K
-            if centered[k] != 0:
-                G = centered[k] * g if G is None else G + centered[k] * g
-        std = float(r.std(unbiased=False))
-        rows.append({"step": step, "id": problem.id, "tier": problem.tier, "pass_rate": float(r.mean()),
-                     "reward_std": std, "curvature": kappa})
-        if G is not None:
-            pg.append(G)
-    summary = {}
-    if len(pg) >= 2:
-        Gm = torch.stack(pg)
-        Gm = Gm / Gm.norm(dim=1, keepdim=True)
-        cos = (Gm @ Gm.T)[torch.triu_indices(len(pg), len(pg), 1).unbind()].abs()
-        summary |= {"diag/cos_abs_mean": float(cos.mean()), "diag/cos_abs_p90": float(cos.quantile(0.9)),
-                    "diag/cos_pairs": int(cos.numel())}
-        rows[0]["abs_cosines"] = [round(float(c), 6) for c in cos]
-    stds, kappas = np.array([r["reward_std"] for r in rows]), np.array([r["curvature"] for r in rows])
-    if stds.std() > 0 and kappas.std() > 0:
-        summary["diag/curvature_std_corr"] = float(np.corrcoef(stds, kappas)[0, 1])
-    summary["diag/prompts_with_signal"] = len(pg)
+
+def run_diagnostics(model, tok, params, prompts, cfg: Config, step: int, previous_rows: list[dict]):
+    """2K fresh samples per diagnostic prompt (own seed: training is not perturbed) -> (summary, rows)."""
+    ro = rollout(model, tok, prompts, dataclasses.replace(cfg, group_size=2 * cfg.group_size),
+                 seed=cfg.seed * 1_000_003 + 500_009 * step + 7)
+    summary, rows = diag.measure(model, params, ro, cfg.group_size, cfg.temperature, tok.vocab_size, step, cfg.seed)
+    if previous_rows:
+        corr = diag.across_steps(previous_rows, rows)
+        if corr is not None:
+            summary["diag/curvature_std_corr_across"] = corr
     return summary, rows
 
 
@@ -477,10 +481,21 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, stream: PromptSt
              "python_rng": random.getstate(), "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
              **{k: v for k, v in extra.items() if k != "model"}}
     (tmp / "trainer_state.json").write_text(json.dumps(state))
+    for path in [*tmp.iterdir(), tmp]:  # on disk before the rename, so a crash cannot leave a torn checkpoint
+        fsync(path)
     os.replace(tmp, final)  # atomic: a checkpoint folder is complete or absent
+    fsync(ckpt_dir)
     for old in sorted(ckpt_dir.glob("step_*"))[:-keep]:
         shutil.rmtree(old)
     return final
+
+
+def fsync(path: Path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(ckpt: Path, model, optimizer) -> dict:
@@ -596,6 +611,8 @@ def setup(cfg: Config):
 
 def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
     model, tok, params, optimizer, problems, device, dtype = setup(cfg)
+    heldout = load_heldout_problems(cfg) if cfg.eval_every else []
+    diag_set = diagnostic_prompts(problems, cfg) if cfg.diag_every else []
     stream = PromptStream(problems, cfg.seed)
     start, bad_streak = 0, 0
     metrics_path = run_dir / "metrics.jsonl"
@@ -603,10 +620,13 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
             raise FileNotFoundError(f"{run_dir}/checkpoints: no checkpoint to resume from")
+        for unfinished in (run_dir / "checkpoints").glob(".tmp-step_*"):  # a crash while writing a checkpoint
+            shutil.rmtree(unfinished)
         state = load_checkpoint(ckpt, model, optimizer)
         start, bad_streak = state["step"], state.get("bad_streak", 0)
         stream = PromptStream(problems, cfg.seed, **state["data"])
-        keep_metrics_until(metrics_path, start)
+        for log in PER_STEP_LOGS:
+            keep_log_until(run_dir / log, start)
         print(f"resumed {run_dir} at step {start} from {ckpt.name}")
     else:
         run_dir.mkdir(parents=True, exist_ok=False)
@@ -616,6 +636,12 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
           f"{device} {str(dtype).removeprefix('torch.')}, run folder {run_dir}")
     if design_note(cfg):
         print(design_note(cfg))
+    diag_rows = last_diagnostics(run_dir / "diagnostics.jsonl")  # the across-step control's previous step
+    if heldout and not resume:
+        record = {"step": 0} | heldout_record(model, tok, heldout, cfg)
+        print(heldout_line(record), flush=True)
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
 
     extra = lambda: {"model": cfg.model, "bad_streak": bad_streak}  # noqa: E731
     t_run, steps_timed = time.time(), 0
@@ -649,16 +675,20 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
             }
             if cfg.diag_every and (step + 1) % cfg.diag_every == 0:
                 t4 = time.time()
-                summary, rows = diagnostics(model, tok, params, problems, cfg, step + 1, device)
+                summary, diag_rows = run_diagnostics(model, tok, params, diag_set, cfg, step + 1, diag_rows)
                 record |= summary | {"time/diagnostics": time.time() - t4}
                 with (run_dir / "diagnostics.jsonl").open("a") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in rows)
+                    f.writelines(json.dumps(r) + "\n" for r in diag_rows)
+            if heldout and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+                record |= heldout_record(model, tok, heldout, cfg)
             record["time/step"] = time.time() - t0
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
             steps_timed += 1
             eta = (time.time() - t_run) / steps_timed * (cfg.steps - step - 1)
             print(progress_line(record, cfg.steps, eta), flush=True)
+            if "eval/problems" in record:
+                print(heldout_line(record), flush=True)
             if (step + 1) % cfg.log_samples_every == 0 or step == start:
                 log_samples(run_dir, step + 1, ro, tok)
             if bad_streak >= cfg.max_bad_steps:
@@ -692,22 +722,43 @@ def clipping_summary(metrics_path: Path, cfg: Config) -> str:
     if cfg.grad_clip <= 0:
         return "gradient clipping off"
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
-    taken = [r for r in rows if not r["skipped"]]
+    taken = [r for r in rows if r["step"] > 0 and not r["skipped"]]
     clipped = sum(r.get("grad_clipped", False) for r in taken)
     return (f"gradient clipped (pre-clip norm > {cfg.grad_clip:g}) on {clipped} of {len(taken)} steps "
             f"({clipped / max(len(taken), 1):.0%})")
 
 
-def keep_metrics_until(path: Path, step: int):
-    """On resume, metrics past the checkpoint are recomputed; move the old ones aside rather than lose them."""
+PER_STEP_LOGS = ("metrics.jsonl", "diagnostics.jsonl", "samples.jsonl")  # each line carries its "step"
+
+
+def keep_log_until(path: Path, step: int):
+    """On resume, lines past the checkpoint are recomputed; move the old ones aside rather than lose them."""
     if not path.is_file():
         return
     lines = path.read_text().splitlines(keepends=True)
     keep = [line for line in lines if json.loads(line)["step"] <= step]
-    dropped = lines[len(keep):]
+    dropped = [line for line in lines if json.loads(line)["step"] > step]
     if dropped:
-        (path.parent / f"metrics.after-step-{step}.jsonl").write_text("".join(dropped))
+        (path.parent / f"{path.stem}.after-step-{step}.jsonl").write_text("".join(dropped))
     path.write_text("".join(keep))
+
+
+def last_diagnostics(path: Path) -> list[dict]:
+    """The rows of the last diagnostic step in diagnostics.jsonl (none yet: [])."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in rows if r["step"] == rows[-1]["step"]] if rows else []
+
+
+def heldout_line(record: dict) -> str:
+    k = max((int(key.rsplit("@", 1)[1]) for key in record if key.startswith("eval/strict/pass@")), default=None)
+    line = (f"  held-out at step {record['step']} ({record['eval/problems']} problems, strict / lenient): greedy "
+            f"{record['eval/greedy/strict/accuracy']:.3f} / {record['eval/greedy/lenient/accuracy']:.3f}")
+    if k:
+        line += (f", sampled {record['eval/samples/strict/accuracy']:.3f} / "
+                 f"{record['eval/samples/lenient/accuracy']:.3f}, pass@{k} {record[f'eval/strict/pass@{k}']:.3f}")
+    return line
 
 
 def log_samples(run_dir: Path, step: int, ro: Rollouts, tok):

@@ -44,18 +44,27 @@ def test_strict_and_lenient_grading(text, gold, strict, lenient):
     assert (g["lenient"]["correct"], g["lenient"]["answer"]) == lenient
 
 
-def write_run(folder: Path, normalize: str, seed: int, slope: float, lr=1e-3, optimizer="adamw", steps=40, diag=False):
+def write_run(folder: Path, normalize: str, seed: int, slope: float, lr=1e-3, optimizer="adamw", steps=40, diag=False,
+              level=None, heldout=None):
+    """A synthetic run folder. level: constant training accuracy (else a noisy line of the given slope);
+    heldout: the held-out accuracy at every evaluation (steps 0, 20, 40)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"normalize": normalize, "optimizer": optimizer, "lr": lr,
                                                     "seed": seed, "steps": steps}))
     with (folder / "metrics.jsonl").open("w") as f:
+        if heldout is not None:
+            f.write(json.dumps({"step": 0, "eval/samples/strict/accuracy": 0.1}) + "\n")
         for step in range(1, steps + 1):
-            hard = min(1.0, 0.15 + slope * step + rng.normal(0, 0.02))
+            hard = level if level is not None else min(1.0, 0.15 + slope * step + rng.normal(0, 0.02))
             m = {"step": step, "reward": hard, "accuracy": hard, "accuracy/easy": min(1.0, 0.5 + slope * step),
                  "accuracy/hard": hard, "reward_std": 0.3, "time/step": 1.0}
             if diag and step % 10 == 0:
                 m |= {"diag/cos_abs_mean": 0.1, "diag/cos_abs_p90": 0.2, "diag/curvature_std_corr": 0.3}
+                if step > 10:
+                    m["diag/curvature_std_corr_across"] = -0.1
+            if heldout is not None and step % 20 == 0:
+                m["eval/samples/strict/accuracy"] = heldout
             f.write(json.dumps(m) + "\n")
     if diag:  # per-prompt rows: curvature = 10 * reward std (perfect within-step correlation), cosines 0.1 / 0.3
         with (folder / "diagnostics.jsonl").open("w") as f:
@@ -63,7 +72,8 @@ def write_run(folder: Path, normalize: str, seed: int, slope: float, lr=1e-3, op
                 for i, std in enumerate([0.1, 0.2, 0.3, 0.4]):
                     row = {"step": step, "id": str(i), "reward_std": std, "curvature": 10 * std}
                     if i == 0:
-                        row["abs_cosines"] = [0.1, 0.3]
+                        row |= {"abs_cosines": [0.1, 0.3], "abs_cosines_same_prompt": [0.5, 0.3, 0.4],
+                                "abs_cosines_debiased": [0.2]}
                     f.write(json.dumps(row) + "\n")
 
 
@@ -82,23 +92,45 @@ def test_compare_writes_report_figure_and_phases(runs, tmp_path):
     summary = E.compare([str(runs), "--out", str(tmp_path / "rep"), "--window", "5"])
     report = (tmp_path / "rep/report.md").read_text()
     assert (tmp_path / "rep/curves.png").stat().st_size > 10_000
-    assert "Best vs best" in report and "Phases" in report and "Diagnostics" in report
+    assert "The effects" in report and "Phases" in report and "Diagnostics" in report
     assert (tmp_path / "rep/diagnostics.png").is_file()
     assert set(summary) == {"std / adamw / lr 0.001", "none / adamw / lr 0.001", "none / adamw / lr 0.002",
                             "std / adamw / lr 0.002"}
     data = json.loads((tmp_path / "rep/summary.json").read_text())
     # 2 seeds x 4 diagnostic steps x 2 cosines (0.1, 0.3); curvature = 10 x reward std in every step
     d = data["diagnostics"]["std / adamw / lr 0.001"]
-    assert d["pairs"] == 16 and d["cos_mean"] == pytest.approx(0.2) and d["r_within"] == pytest.approx(1.0)
+    assert d["cross_pairs"] == 16 and d["cross_mean"] == pytest.approx(0.2) and d["r_within"] == pytest.approx(1.0)
+    assert d["same_prompt_pairs"] == 24 and d["same_prompt_mean"] == pytest.approx(0.4)
+    assert d["debiased_mean"] == pytest.approx(0.2) and d["r_across"] == pytest.approx(-0.1)
     assert d["r_within_signal"] == pytest.approx(1.0)
     phase = data["phases"]["adamw / lr 0.001"]
     # std rises 0.006/step faster: the smoothed gap reaches 0.03 after ~5-8 steps and never closes
     assert phase["opens"] is not None and 3 <= phase["opens"] <= 12 and phase["closes"] is None
     # best vs best: std at its lr 0.001 (slope 0.012), none at its lr 0.002 (slope 0.011)
-    assert "| adamw | 0.001: " in report and "| 0.002: " in report
-    # two seeds per arm: each final gap comes with a t-interval around it
+    best = data["effects"]["adamw / each at its best lr: total"]
+    assert best["rates"] == [0.001, 0.002]
     lo, hi = phase["final_gap_interval"]
     assert lo < phase["final_gap"] < hi
+
+
+def test_the_three_arm_decomposition_by_hand(tmp_path):
+    """Constant accuracies: std 0.60 / 0.62 (seeds 0, 1), batch 0.50 / 0.52, none 0.45 / 0.47, held-out std 0.4,
+    batch 0.3, none 0.3. Per-prompt effect +0.10, step-size +0.05, total +0.15; each pair of arms has pooled
+    variance 0.0002 and se 0.01414, t(0.975, 2) = 4.303, so every training interval is +-0.0609."""
+    for seed in (0, 1):
+        for arm, level, held in (("std", 0.60, 0.4), ("batch", 0.50, 0.3), ("none", 0.45, 0.3)):
+            write_run(tmp_path / "runs" / f"{arm}-s{seed}", arm, seed, 0.0, level=level + 0.02 * seed, heldout=held)
+    E.compare([str(tmp_path / "runs"), "--out", str(tmp_path / "rep")])
+    data = json.loads((tmp_path / "rep/summary.json").read_text())
+    assert data["heldout_metric"] == "eval/samples/strict/accuracy"
+    for name, diff, held in (("per-prompt effect", 0.10, 0.1), ("step-size effect", 0.05, 0.0), ("total", 0.15, 0.1)):
+        e = data["effects"][f"adamw / lr 0.001: {name}"]
+        assert e["train"]["difference"] == pytest.approx(diff)
+        lo, hi = e["train"]["interval"]
+        assert (hi - lo) / 2 == pytest.approx(4.303 * 0.0002 ** 0.5, rel=1e-3)
+        assert e["heldout"]["difference"] == pytest.approx(held)  # the last evaluation, not the step-0 one
+    report = (tmp_path / "rep/report.md").read_text()
+    assert "| adamw / lr 0.001 | per-prompt effect (std - batch) | 0.001 vs 0.001 | +0.100 [+0.039, +0.161] |" in report
 
 
 def test_compare_without_matplotlib_still_writes_numbers(runs, tmp_path, monkeypatch, capsys):
@@ -140,7 +172,8 @@ def test_evaluate_the_demo_model_with_and_without_an_adapter(tmp_path):
     assert all(t.tier in ("solved", "unsolved") for t in tiered)
     # an adapter from a one-step run loads and evaluates
     run = tmp_path / "run"
-    grpo.main(["--preset", "demo", "--steps", "1", "--prompts-per-step", "2", "--group-size", "4", "--out", str(run)])
+    grpo.main(["--preset", "demo", "--steps", "1", "--prompts-per-step", "2", "--group-size", "4", "--out", str(run),
+               "--eval-every", "0"])
     res = E.main(args + ["--adapter", str(run / "checkpoints/step_000001"), "--out", str(tmp_path / "adapted")])
     assert res["adapter"].endswith("step_000001") and (tmp_path / "adapted/results.json").is_file()
 
@@ -148,14 +181,14 @@ def test_evaluate_the_demo_model_with_and_without_an_adapter(tmp_path):
 def test_sweep_runs_every_arm_skips_complete_runs_and_restarts_interrupted_ones(tmp_path, capsys):
     out = tmp_path / "sweep"
     tiny = ["--", "--steps", "2", "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "24",
-            "--save-every", "2", "--log-samples-every", "100"]
+            "--save-every", "2", "--log-samples-every", "100", "--eval-every", "0"]
     # an arm stopped before its first checkpoint: a config and one metrics line, nothing to resume from
     stopped = out / "none-sgd-lr0.1-s0"
     stopped.mkdir(parents=True)
     (stopped / "config.json").write_text(json.dumps({"steps": 2}))
     (stopped / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n")
     E.sweep(["--optimizer", "sgd", "--lrs", "0.1", "--seeds", "0", "--out", str(out), *tiny])
-    for arm in ("std", "none"):
+    for arm in ("std", "batch", "none"):
         rows = [json.loads(x) for x in (out / f"{arm}-sgd-lr0.1-s0/metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows] == [1, 2]
     (aside,) = (out / "interrupted").iterdir()
@@ -163,7 +196,7 @@ def test_sweep_runs_every_arm_skips_complete_runs_and_restarts_interrupted_ones(
     assert (out / "report/report.md").is_file()
     capsys.readouterr()
     E.sweep(["--optimizer", "sgd", "--lrs", "0.1", "--seeds", "0", "--out", str(out), *tiny])
-    assert capsys.readouterr().out.count("(complete)") == 2
+    assert capsys.readouterr().out.count("(complete)") == 3
 
 
 def test_difference_interval_by_hand():
@@ -178,14 +211,35 @@ def test_difference_interval_by_hand():
 def test_best_vs_best_needs_a_sweep(runs, tmp_path):
     E.compare([str(runs / "std-s0"), str(runs / "none-s0"), "--out", str(tmp_path / "rep")])
     report = (tmp_path / "rep/report.md").read_text()
-    assert "Needs runs at two or more learning rates" in report and "| adamw | 0.001: " not in report
+    assert "| adamw / lr 0.001 | total (std - none) |" in report and "each at its best lr" not in report
 
 
 def test_curvature_correlation_with_and_without_zero_std_prompts():
     # two all-right/all-wrong prompts (std 0, tiny gradients) and three with reward variance
     rows = [{"step": 10, "id": str(i), "reward_std": s, "curvature": c}
             for i, (s, c) in enumerate([(0, 0.01), (0, 0.02), (0.2, 3), (0.4, 1), (0.5, 2)])]
-    d = E.diagnostic_summary([{"diagnostics": rows}])
+    d = E.diagnostic_summary([{"diagnostics": rows, "metrics": []}])
     # by hand over the last three: dx = (-1/6, 1/30, 2/15), dy = (1, -1, 0): r = -0.2 / sqrt(0.04667 * 2)
     assert d["r_within_signal"] == pytest.approx(-0.2 / (0.0466667 * 2) ** 0.5, abs=1e-4)
     assert d["r_within"] > 0.5  # the std-0 cluster alone makes the pooled correlation positive
+
+
+def test_an_adapter_inside_a_run_is_evaluated_with_that_runs_prompt(tmp_path, capsys):
+    import grpo
+    run = tmp_path / "run"
+    grpo.main(["--preset", "demo", "--steps", "1", "--prompts-per-step", "2", "--group-size", "4", "--out", str(run),
+               "--eval-every", "0", "--template", "paper", "--max-new-tokens", "20", "--temperature", "0.7"])
+    res = E.main(["--adapter", str(run / "checkpoints/step_000001"), "--data", "demo", "--limit", "4",
+                  "--samples", "1", "--out", str(tmp_path / "ev")])
+    assert (res["template"], res["max_new_tokens"], res["temperature"]) == ("paper", 20, 0.7)
+    assert Path(res["model"]) == DEMO
+    assert "from the run's config.json: model" in capsys.readouterr().out
+    explicit = E.main(["--adapter", str(run / "checkpoints/step_000001"), "--data", "demo", "--limit", "4",
+                       "--samples", "1", "--template", "plain", "--out", str(tmp_path / "ev2")])
+    assert explicit["template"] == "plain"  # a flag given on the command line wins
+
+
+def test_evaluate_without_a_model_or_a_run_is_one_clear_message(capsys):
+    with pytest.raises(SystemExit):
+        E.main(["--data", "demo"])
+    assert "--model is required" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import data as D
+import diagnostics as diag
 import grpo as G
 import lora as L
 import model as M
@@ -315,6 +316,8 @@ def test_presets_and_flags_resolve():
     (["--normalize", "median"], "invalid choice: 'median'"),
     (["--group-size", "1"], "--group-size must be >= 2"),
     (["--optimizer", "lion"], "invalid choice: 'lion'"),
+    (["--diag-every", "5", "--diag-prompts", "1"], "--diag-prompts must be >= 2"),
+    (["--eval-every", "-1"], "--eval-every must be >= 0"),
 ])
 def test_bad_flags_are_one_clear_message(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -326,7 +329,7 @@ def test_bad_flags_are_one_clear_message(argv, message, capsys):
 # --- end to end on the demo model ------------------------------------------------------------------------------------
 
 SMALL = ["--preset", "demo", "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "48",
-         "--save-every", "3", "--log-samples-every", "100"]
+         "--save-every", "3", "--log-samples-every", "100", "--eval-every", "0"]
 
 
 def run_metrics(run_dir: Path, timing=False):
@@ -371,7 +374,7 @@ def test_grpo_improves_reward_on_the_demo_easy_tier(tmp_path):
     """A learnable toy task end to end: the demo model's easy problems, a few dozen steps."""
     run = tmp_path / "run"
     G.main(["--preset", "demo", "--tiers", "easy", "--steps", "40", "--prompts-per-step", "16", "--lr", "3e-3",
-            "--out", str(run), "--save-every", "100"])
+            "--out", str(run), "--save-every", "100", "--eval-every", "0"])
     acc = [r["accuracy"] for r in run_metrics(run)]
     assert sum(acc[-10:]) / 10 > sum(acc[:10]) / 10 + 0.08  # measured: +0.14 (0.57 -> 0.71)
 
@@ -440,6 +443,66 @@ def test_every_step_logs_its_preclip_norm_and_the_run_its_clipped_share(tmp_path
     assert "note: one prompt per step" not in out  # 4 prompts per step
 
 
+EVAL = ["--eval-every", "2", "--eval-problems", "8", "--eval-samples", "2"]
+
+
+def test_heldout_accuracy_is_logged_and_does_not_perturb_training(tmp_path):
+    import eval as E
+    plain, evald = tmp_path / "plain", tmp_path / "eval"
+    G.main(SMALL + ["--steps", "4", "--out", str(plain)])
+    G.main(SMALL + ["--steps", "4", "--out", str(evald)] + EVAL)
+    rows = run_metrics(evald)
+    assert [r["step"] for r in rows if "eval/problems" in r] == [0, 2, 4]
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("eval/")} for r in rs if r["step"]]  # noqa
+    assert strip(rows) == run_metrics(plain)
+    last = rows[-1]
+    for key in ("eval/greedy/strict/accuracy", "eval/greedy/lenient/accuracy", "eval/samples/strict/accuracy",
+                "eval/strict/pass@2", "eval/lenient/pass@1", "eval/hard/greedy/strict/accuracy"):
+        assert 0 <= last[key] <= 1
+    assert last["eval/strict/pass@1"] == pytest.approx(last["eval/samples/strict/accuracy"])
+    # the logged numbers are those of the step-4 adapter on the fixed held-out set
+    cfg = G.Config(**json.loads((evald / "config.json").read_text()))
+    model = M.load_model(cfg.model)
+    L.load_adapter(model, evald / "checkpoints" / "step_000004")
+    groups, _ = E.heldout_accuracy(model, M.load_tokenizer(cfg.model), G.load_heldout_problems(cfg), cfg.template,
+                                   cfg.max_new_tokens, 2, 1.0, seed=cfg.seed * 1_000_003 + 999_983)
+    assert groups["all"]["greedy/strict/accuracy"] == last["eval/greedy/strict/accuracy"]
+    assert groups["all"]["strict/pass@2"] == last["eval/strict/pass@2"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--eval-problems", "5000"], "--eval-problems 5000 exceeds the 1000 problems of the held-out split"),
+    (["--data", "DATA"], "--eval-every 2: no held-out set for --data"),
+])
+def test_heldout_bad_input_is_one_clear_message(tmp_path, data_file, flags, message):
+    flags = [str(data_file) if f == "DATA" else f for f in flags]
+    with pytest.raises(SystemExit, match=message):
+        G.main(SMALL + ["--steps", "1", "--out", str(tmp_path / "run"), "--template", "plain"] + EVAL + flags)
+
+
+def test_resume_keeps_every_log_consistent(tmp_path):
+    """Crash after step 4 was logged but before its checkpoint was complete: the resumed run's metrics, diagnostics
+    and samples equal an uninterrupted run's, the unfinished checkpoint folder is gone, the old lines are kept."""
+    flags = SMALL + ["--steps", "4", "--save-every", "2", "--diag-every", "2", "--diag-prompts", "3",
+                     "--log-samples-every", "1"] + EVAL
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    G.main(flags + ["--out", str(straight)])
+    G.main(flags + ["--out", str(crashed)])
+    shutil.rmtree(crashed / "checkpoints" / "step_000004")
+    (crashed / "checkpoints" / ".tmp-step_000004-abc").mkdir()
+    G.main(["--resume", str(crashed)])
+    assert run_metrics(straight) == run_metrics(crashed)
+    assert "diag/curvature_std_corr_across" not in run_metrics(crashed)[2]  # step 2: no earlier diagnostic step
+    strip = lambda path: [{k: v for k, v in json.loads(x).items()} for x in path.read_text().splitlines()]  # noqa
+    assert strip(straight / "diagnostics.jsonl") == strip(crashed / "diagnostics.jsonl")
+    assert strip(straight / "samples.jsonl") == strip(crashed / "samples.jsonl")
+    assert [r["step"] for r in strip(crashed / "diagnostics.jsonl")] == [2] * 3 + [4] * 3
+    assert not list((crashed / "checkpoints").glob(".tmp-*"))
+    for name in ("metrics", "diagnostics", "samples"):
+        aside = strip(crashed / f"{name}.after-step-2.jsonl")
+        assert aside and all(r["step"] > 2 for r in aside)
+
+
 def test_existing_run_folder_without_resume(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     with pytest.raises(SystemExit, match="already exists; pass --resume"):
@@ -492,42 +555,53 @@ def test_diagnostics_are_logged_and_do_not_perturb_training(tmp_path):
             assert 0 <= r["diag/cos_abs_mean"] <= r["diag/cos_abs_p90"] <= 1
 
 
-def test_per_prompt_gradients_and_curvature_by_hand(tmp_path, monkeypatch):
-    """diagnostics() against an independent computation on a tiny model: per-sample gradients by autograd on
-    a full forward, G_i = sum_k (r_ik - mean) g_ik, kappa_i = mean_k |g_ik|^2 / |o_ik|."""
+def test_per_prompt_gradients_and_curvature_by_hand(tmp_path):
+    """diagnostics.measure against an independent computation on a tiny model: per-sample gradients by autograd
+    on a full forward; G_i^S = sum_{k in S} (r_ik - mean_S) g_ik for the two sets S = A (first K), B (last K);
+    kappa_i = mean_{k in A} |g_ik|^2 / |o_ik|; the three cosine families from those vectors."""
+    import numpy as np
     model = M.load_model(save_hf_model(make_hf_model(seed=6, vocab_size=20), tmp_path))
     params = L.apply_lora(model, r=2, alpha=4)
     torch.manual_seed(1)
     for p in params:
         torch.nn.init.normal_(p, std=0.1)
     problems = [D.Problem(question=f"q{i}", answer="1", id=str(i)) for i in range(3)]
-    prompts = {"0": [1, 2], "1": [3], "2": [4, 5, 6]}
-    comps = [[7, 8], [9], [10, 11, 12], [13], [7], [8, 9], [1, 1], [2], [3, 4], [5], [6, 6], [7]]
-    rewards = torch.tensor([[1.0, 0, 0, 1], [0, 0, 0, 0], [1, 0, 1, 1]])  # the middle group has no signal
-    ro = G.Rollouts(problems, [prompts[p.id] for p in problems], comps, [""] * 12, rewards)
-    monkeypatch.setattr(G, "rollout", lambda *a, **k: ro)
-    monkeypatch.setattr(G.random.Random, "sample", lambda self, pop, n: list(pop)[:n])
-
-    class Tok:
-        vocab_size = 20
-    cfg = G.Config(group_size=4, diag_prompts=3)
-    summary, rows = G.diagnostics(model, Tok(), params, problems, cfg, step=1, device="cpu")
+    prompts = [[1, 2], [3], [4, 5, 6]]
+    g = torch.Generator().manual_seed(0)
+    comps = [torch.randint(1, 20, (int(torch.randint(1, 4, (1,), generator=g)),), generator=g).tolist()
+             for _ in range(3 * 8)]
+    rewards = torch.tensor([[1.0, 0, 0, 1, 0, 1, 1, 1],    # A: std .5; B: signal
+                            [0, 0, 0, 0, 1, 0, 0, 0],      # A: no signal; B: signal
+                            [1, 0, 1, 1, 1, 0, 0, 0]])     # A: std .433; B: signal
+    ro = G.Rollouts(problems, prompts, comps, [""] * 24, rewards)
+    summary, rows = diag.measure(model, params, ro, K=4, temperature=1.0, vocab_size=20, step=1, seed=0)
 
     def grad_of(prompt, completion):
         full = torch.log_softmax(model(torch.tensor([prompt + completion])), -1)[0]
         lp = sum(full[len(prompt) - 1 + j, t] for j, t in enumerate(completion))
-        return torch.cat([g.flatten() for g in torch.autograd.grad(lp, params)])
+        return torch.cat([x.flatten() for x in torch.autograd.grad(lp, params)]).double()
 
-    pg, kappas, stds = [], [], [0.5, 0.0, 0.4330127]  # population std of [1,0,0,1], [0,0,0,0], [1,0,1,1]
-    for i, p in enumerate(problems):
-        gs = [grad_of(prompts[p.id], comps[i * 4 + k]) for k in range(4)]
-        kappas.append(sum(float(g.pow(2).sum()) / len(comps[i * 4 + k]) for k, g in enumerate(gs)) / 4)
+    est, kappas, stds = {}, [], [0.5, 0.0, 0.4330127]
+    for i in range(3):
+        gs = [grad_of(prompts[i], comps[i * 8 + k]) for k in range(8)]
+        kappas.append(sum(float(x.pow(2).sum()) / len(comps[i * 8 + k]) for k, x in enumerate(gs[:4])) / 4)
         assert rows[i]["curvature"] == pytest.approx(kappas[-1], rel=1e-4)
         assert rows[i]["reward_std"] == pytest.approx(stds[i], abs=1e-6)
-        r = rewards[i]
-        if stds[i] > 0:
-            pg.append(sum((r[k] - r.mean()) * gs[k] for k in range(4)))
-    cos = torch.nn.functional.cosine_similarity(pg[0], pg[1], dim=0).abs().item()
-    assert summary["diag/cos_pairs"] == 1 and summary["diag/cos_abs_mean"] == pytest.approx(cos, rel=1e-4)
-    import numpy as np
+        for s, half in (("A", slice(0, 4)), ("B", slice(4, 8))):
+            r = rewards[i, half]
+            est[s, i] = sum(float(r[k] - r.mean()) * gs[half][k] for k in range(4))
+    cos = lambda a, b: float(a @ b / (a.norm() * b.norm()))  # noqa: E731
+    cross = abs(cos(est["A", 0], est["A", 2]))  # prompt 1 has no signal in A
+    assert summary["diag/cos_abs_pairs"] == 1 and summary["diag/cos_abs_mean"] == pytest.approx(cross, rel=1e-4)
+    same = [abs(cos(est["A", i], est["B", i])) for i in (0, 2)]
+    assert summary["diag/cos_same_prompt_abs_pairs"] == 2
+    assert summary["diag/cos_same_prompt_abs_mean"] == pytest.approx(np.mean(same), rel=1e-4)
+    inner = lambda i, j: sum(float(est[s, i] @ est[t, j]) for s in "AB" for t in "AB") / 4  # noqa: E731
+    norm2 = {i: float(est["A", i] @ est["B", i]) for i in range(3)}
+    positive = [i for i in range(3) if norm2[i] > 0]
+    debiased = [abs(inner(i, j)) / math.sqrt(norm2[i] * norm2[j]) for a, i in enumerate(positive)
+                for j in positive[a + 1:]]
+    assert summary["diag/cos_debiased_abs_pairs"] == len(debiased)
+    if debiased:
+        assert summary["diag/cos_debiased_abs_mean"] == pytest.approx(np.mean(debiased), rel=1e-4)
     assert summary["diag/curvature_std_corr"] == pytest.approx(np.corrcoef(stds, kappas)[0, 1], rel=1e-4)
