@@ -55,6 +55,7 @@ import data as D
 import diagnostics as diag
 import lora as L
 import model as M
+from parallel import World
 
 DEMO_MODEL = Path(__file__).resolve().parent / "demo" / "model"
 
@@ -111,6 +112,7 @@ class Config:
     eval_problems: int = 128                 # the fixed held-out set (test split); demo: ~10% of a run's time
     eval_samples: int = 4                    # samples per held-out problem (sampled accuracy, pass@k), besides greedy
     max_bad_steps: int = 5                   # stop after this many non-finite losses in a row
+    dist_timeout_s: float = 1800.0           # torchrun: a rank silent this long (a hang) stops every rank
     preset: str = "paper"                    # paper | demo: the defaults that other flags override
 
 
@@ -194,6 +196,10 @@ def validate(cfg: Config) -> list[str]:
             problems.append(f"--{name.replace('_', '-')} must be >= 0")
     if cfg.eval_every and cfg.eval_problems < 1:
         problems.append("--eval-problems must be >= 1")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.prompts_per_step % world_size:
+        problems.append(f"--prompts-per-step {cfg.prompts_per_step} is not divisible by the {world_size} processes "
+                        "(each process takes whole groups)")
     return problems
 
 
@@ -201,7 +207,8 @@ def validate(cfg: Config) -> list[str]:
 # The two estimators
 
 
-def group_advantages(rewards: torch.Tensor, normalize: str, eps: float = 1e-6) -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, normalize: str, eps: float = 1e-6,
+                     batch_std: float | None = None) -> torch.Tensor:
     """rewards [prompts, K] -> advantages [prompts, K]; every std is the population std (1/K), as in the paper.
 
         none   (REINFORCE)     A_ik = r_ik - mean_k r_ik
@@ -212,6 +219,7 @@ def group_advantages(rewards: torch.Tensor, normalize: str, eps: float = 1e-6) -
     gives, without the per-prompt reweighting. So std - batch measures the per-prompt effect and batch - none the
     step-size effect. With one prompt per step batch and std are the same rule. eps only guards the division: a
     group whose rewards are all equal has r_ik - mean = 0, hence zero advantage under every rule.
+    batch_std: the std of the whole step's rewards when this process holds only its share (data parallel).
     """
     centered = rewards - rewards.mean(dim=-1, keepdim=True)
     if normalize == "none":
@@ -219,7 +227,7 @@ def group_advantages(rewards: torch.Tensor, normalize: str, eps: float = 1e-6) -
     if normalize == "std":
         return centered / (rewards.std(dim=-1, unbiased=False, keepdim=True) + eps)
     if normalize == "batch":
-        return centered / (rewards.std(unbiased=False) + eps)
+        return centered / ((rewards.std(unbiased=False) if batch_std is None else batch_std) + eps)
     raise ValueError(f"normalize must be 'std', 'batch' or 'none', got {normalize!r}")
 
 
@@ -352,12 +360,12 @@ def stop_ids(tok: M.Tokenizer) -> list[int]:
     return sorted({i for i in ids if i is not None})
 
 
-def rollout(model, tok, problems, cfg: Config, seed: int) -> Rollouts:
+def rollout(model, tok, problems, cfg: Config, seed: int, first_row: int = 0) -> Rollouts:
     prompts = [tok.encode(D.format_prompt(p, cfg.template)) for p in problems]
     model.eval()
     completions = M.generate(model, prompts, cfg.max_new_tokens, temperature=cfg.temperature,
                              eos_token_id=stop_ids(tok), seed=seed, num_samples=cfg.group_size,
-                             vocab_size=tok.vocab_size)
+                             vocab_size=tok.vocab_size, first_row=first_row)
     eos = set(stop_ids(tok))
     texts = [tok.decode(c, skip_special_tokens=True) for c in completions]
     golds = [p.answer for p in problems for _ in range(cfg.group_size)]
@@ -370,22 +378,24 @@ def rollout(model, tok, problems, cfg: Config, seed: int) -> Rollouts:
 # One update
 
 
-def update(model, params, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: Config, vocab_size: int):
+def update(model, params, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: Config, vocab_size: int,
+           world: World = World()):
     """Accumulate the policy gradient over micro-batches, clip, and take one optimizer step -> (loss, stats).
 
     Completions with zero advantage contribute nothing to the policy-gradient term, so without KL they are not
     even forwarded; a step with no signal at all then has an exactly zero gradient, and the optimizer still
     steps on it (AdamW moves by its momentum, as it did in the authors' runs). Entropy is logged only when
     something was forwarded. A non-finite loss or gradient skips the step: (nan, {}).
+    Data parallel: ro is this rank's share; the normaliser counts the whole step, so the gradients sum.
     """
     K = cfg.group_size
     adv = advantages.flatten()
     rows = [i for i in range(len(ro.completions)) if (adv[i] != 0 or cfg.kl_coef > 0) and ro.completions[i]]
-    n_tokens = sum(len(c) for c in ro.completions)
-    normalizer = n_tokens if cfg.loss_agg == "token-mean" else len(ro.completions)
+    n_tokens, n_completions = world.sum(sum(len(c) for c in ro.completions), len(ro.completions))
+    normalizer = n_tokens if cfg.loss_agg == "token-mean" else n_completions
     optimizer.zero_grad(set_to_none=True)
     model.train()
-    total_loss, entropy_sum, n_forwarded, kl_sum = 0.0, 0.0, 0, 0.0
+    total_loss, entropy_sum, n_forwarded, kl_sum, finite = 0.0, 0.0, 0, 0.0, True
     device = params[0].device
     for start in range(0, len(rows), cfg.micro_batch):
         batch = rows[start:start + cfg.micro_batch]
@@ -401,8 +411,8 @@ def update(model, params, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg
             kl_sum += float((kl.detach() * mask).sum())
         loss = policy_loss(lp, mask, adv[batch].to(device), cfg.loss_agg, normalizer, kl, cfg.kl_coef)
         if not torch.isfinite(loss):
-            optimizer.zero_grad(set_to_none=True)
-            return float("nan"), {}
+            finite = False
+            break
         loss.backward()
         total_loss += loss.item()
         entropy_sum += float((ent * mask).sum())
@@ -410,16 +420,30 @@ def update(model, params, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg
     for p in params:  # a parameter no loss reached has a zero gradient, not a missing one (AdamW skips None)
         if p.grad is None:
             p.grad = torch.zeros_like(p)
+    if world.size > 1:  # one all-reduce of the flat LoRA gradient (parallel.py says why not DDP)
+        flat = world.sum_(torch.cat([p.grad.flatten() for p in params]))
+        for p, g in zip(params, flat.split([p.numel() for p in params])):
+            p.grad.copy_(g.view_as(p))
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
-    if not math.isfinite(grad_norm):
+    if world.any(not finite or not math.isfinite(grad_norm)):  # every rank skips the same steps
         optimizer.zero_grad(set_to_none=True)
         return float("nan"), {}
     optimizer.step()
+    total_loss, entropy_sum, n_forwarded, kl_sum = world.sum(total_loss, entropy_sum, n_forwarded, kl_sum)
     stats = {"grad_norm_preclip": grad_norm, "grad_clipped": bool(cfg.grad_clip > 0 and grad_norm > cfg.grad_clip),
-             "learner_tokens": n_forwarded, "entropy": entropy_sum / n_forwarded if n_forwarded else None}
+             "learner_tokens": int(n_forwarded), "entropy": entropy_sum / n_forwarded if n_forwarded else None}
     if cfg.kl_coef > 0:
         stats["kl"] = kl_sum / n_forwarded if n_forwarded else None
     return total_loss, stats
+
+
+def global_batch_std(rewards: torch.Tensor, world: World) -> float | None:
+    """The population std of the whole step's rewards from two sums over ranks (None in one process: the batch is
+    all here, and group_advantages computes it)."""
+    if world.size == 1:
+        return None
+    n, total, squares = world.sum(rewards.numel(), float(rewards.sum()), float(rewards.pow(2).sum()))
+    return math.sqrt(max(squares / n - (total / n) ** 2, 0.0))
 
 
 def make_optimizer(params, cfg: Config):
@@ -533,11 +557,14 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 # Training
 
 
-def resolve_device(cfg: Config):
+def resolve_device(cfg: Config, world: World = World()):
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
+    if device.type == "cuda" and world.size > 1:  # torchrun: one GPU per process
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32,
              "float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
     return device, dtype
@@ -591,9 +618,10 @@ def design_note(cfg: Config) -> str | None:
             "--prompts-per-step > 1")
 
 
-def setup(cfg: Config):
-    """Seeded model, tokenizer, LoRA parameters, optimizer and training problems: a run's state at step 0."""
-    device, dtype = resolve_device(cfg)
+def setup(cfg: Config, world: World = World()):
+    """Seeded model, tokenizer, LoRA parameters, optimizer and training problems: a run's state at step 0 (the
+    same on every rank: the seed fixes the adapter's initialisation)."""
+    device, dtype = resolve_device(cfg, world)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -609,8 +637,8 @@ def setup(cfg: Config):
     return model, tok, params, make_optimizer(params, cfg), problems, device, dtype
 
 
-def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
-    model, tok, params, optimizer, problems, device, dtype = setup(cfg)
+def train(cfg: Config, run_dir: Path, resume: bool = False, world: World = World()) -> Path:
+    model, tok, params, optimizer, problems, device, dtype = setup(cfg, world)
     heldout = load_heldout_problems(cfg) if cfg.eval_every else []
     diag_set = diagnostic_prompts(problems, cfg) if cfg.diag_every else []
     stream = PromptStream(problems, cfg.seed)
@@ -620,89 +648,116 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> Path:
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
             raise FileNotFoundError(f"{run_dir}/checkpoints: no checkpoint to resume from")
-        for unfinished in (run_dir / "checkpoints").glob(".tmp-step_*"):  # a crash while writing a checkpoint
-            shutil.rmtree(unfinished)
         state = load_checkpoint(ckpt, model, optimizer)
         start, bad_streak = state["step"], state.get("bad_streak", 0)
         stream = PromptStream(problems, cfg.seed, **state["data"])
-        for log in PER_STEP_LOGS:
-            keep_log_until(run_dir / log, start)
-        print(f"resumed {run_dir} at step {start} from {ckpt.name}")
-    else:
+        if world.main:
+            for unfinished in (run_dir / "checkpoints").glob(".tmp-step_*"):  # a crash while writing one
+                shutil.rmtree(unfinished)
+            for log in PER_STEP_LOGS:
+                keep_log_until(run_dir / log, start)
+            print(f"resumed {run_dir} at step {start} from {ckpt.name}"
+                  + (f" (written by {state['world_size']} processes, now {world.size})"
+                     if state.get("world_size", 1) != world.size else ""))
+    elif world.main:
         run_dir.mkdir(parents=True, exist_ok=False)
         (run_dir / "checkpoints").mkdir()
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    print(f"{len(problems)} problems, {sum(p.numel() for p in params):,} trainable LoRA parameters, "
-          f"{device} {str(dtype).removeprefix('torch.')}, run folder {run_dir}")
+    say = print if world.main else (lambda *a, **k: None)
+    say(f"{len(problems)} problems, {sum(p.numel() for p in params):,} trainable LoRA parameters, "
+        f"{device} {str(dtype).removeprefix('torch.')}, {world.size} process{'es' if world.size > 1 else ''}, "
+        f"run folder {run_dir}")
     if design_note(cfg):
-        print(design_note(cfg))
+        say(design_note(cfg))
     diag_rows = last_diagnostics(run_dir / "diagnostics.jsonl")  # the across-step control's previous step
-    if heldout and not resume:
+    if heldout and not resume and world.main:
         record = {"step": 0} | heldout_record(model, tok, heldout, cfg)
-        print(heldout_line(record), flush=True)
+        say(heldout_line(record), flush=True)
         with metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
-    extra = lambda: {"model": cfg.model, "bad_streak": bad_streak}  # noqa: E731
+    extra = lambda: {"model": cfg.model, "bad_streak": bad_streak, "world_size": world.size}  # noqa: E731
+    save = lambda step: world.main and save_checkpoint(run_dir, step, model, optimizer, stream,  # noqa: E731
+                                                       extra(), cfg.keep_checkpoints)
     t_run, steps_timed = time.time(), 0
-    step = start
-    with StopFlag() as stop, metrics_path.open("a") as metrics_file:
+    with StopFlag() as stop:
         for step in range(start, cfg.steps):
+            # ---- the algorithm: sample, score, advantages, one policy-gradient step -------------------------
             t0 = time.time()
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            batch = stream.take(cfg.prompts_per_step)
-            ro = rollout(model, tok, batch, cfg, seed=cfg.seed * 1_000_003 + step)
+            batch = stream.take(cfg.prompts_per_step)  # the whole step's prompts (the same on every rank)
+            mine = world.shard(batch)  # this rank's whole groups
+            ro = rollout(model, tok, mine, cfg, seed=cfg.seed * 1_000_003 + step,
+                         first_row=world.rank * len(mine) * cfg.group_size)
             t1 = time.time()
-            advantages = group_advantages(ro.rewards, cfg.normalize, cfg.std_eps)
+            advantages = group_advantages(ro.rewards, cfg.normalize, cfg.std_eps,
+                                          batch_std=global_batch_std(ro.rewards, world))
             t2 = time.time()
-            loss, stats = update(model, params, optimizer, ro, advantages, cfg, tok.vocab_size)
+            loss, stats = update(model, params, optimizer, ro, advantages, cfg, tok.vocab_size, world)
             t3 = time.time()
+            # ---- bookkeeping ------------------------------------------------------------------------------
             skipped = not math.isfinite(loss)
             bad_streak = bad_streak + 1 if skipped else 0
-            lengths = [len(c) for c in ro.completions]
-            group_std = ro.rewards.std(dim=1, unbiased=False)
-            record = {
-                "step": step + 1, "reward": float(ro.rewards.mean()), "accuracy": float(ro.rewards.mean()),
-                **tier_accuracy(ro),
-                "reward_std": float(group_std.mean()), "zero_std_frac": float((group_std == 0).float().mean()),
-                "adv_abs_mean": float(advantages.abs().mean()), "loss": None if skipped else loss, **stats,
-                "lr": lr_at(step, cfg),
-                "completion_len": float(np.mean(lengths)), "completion_len_max": max(lengths),
-                "truncated_frac": float(np.mean(ro.truncated)), "skipped": skipped,
-                "time/sample": t1 - t0, "time/reward": t2 - t1, "time/update": t3 - t2,
-                "perf/tokens_per_s": sum(lengths) / max(t1 - t0, 1e-9), "perf/peak_mem_gb": peak_memory_gb(device),
-            }
-            if cfg.diag_every and (step + 1) % cfg.diag_every == 0:
-                t4 = time.time()
-                summary, diag_rows = run_diagnostics(model, tok, params, diag_set, cfg, step + 1, diag_rows)
-                record |= summary | {"time/diagnostics": time.time() - t4}
-                with (run_dir / "diagnostics.jsonl").open("a") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in diag_rows)
-            if heldout and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-                record |= heldout_record(model, tok, heldout, cfg)
-            record["time/step"] = time.time() - t0
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
-            steps_timed += 1
-            eta = (time.time() - t_run) / steps_timed * (cfg.steps - step - 1)
-            print(progress_line(record, cfg.steps, eta), flush=True)
-            if "eval/problems" in record:
-                print(heldout_line(record), flush=True)
-            if (step + 1) % cfg.log_samples_every == 0 or step == start:
-                log_samples(run_dir, step + 1, ro, tok)
+            parts = world.gather({"rewards": ro.rewards, "advantages": advantages, "texts": ro.texts,
+                                  "lengths": [len(c) for c in ro.completions], "truncated": ro.truncated,
+                                  "sample_s": t1 - t0})
+            whole = Rollouts(batch, None, None, [t for p in parts for t in p["texts"]],
+                             torch.cat([p["rewards"] for p in parts]), [t for p in parts for t in p["truncated"]])
+            if world.main:
+                record = step_record(step, cfg, whole, torch.cat([p["advantages"] for p in parts]), parts,
+                                     loss, stats, (t1 - t0, t2 - t1, t3 - t2), device)
+                if cfg.diag_every and (step + 1) % cfg.diag_every == 0:
+                    t4 = time.time()
+                    summary, diag_rows = run_diagnostics(model, tok, params, diag_set, cfg, step + 1, diag_rows)
+                    record |= summary | {"time/diagnostics": time.time() - t4}
+                    with (run_dir / "diagnostics.jsonl").open("a") as f:
+                        f.writelines(json.dumps(r) + "\n" for r in diag_rows)
+                if heldout and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+                    record |= heldout_record(model, tok, heldout, cfg)
+                record["time/step"] = time.time() - t0
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                steps_timed += 1
+                say(progress_line(record, cfg.steps, (time.time() - t_run) / steps_timed * (cfg.steps - step - 1)),
+                    flush=True)
+                if "eval/problems" in record:
+                    say(heldout_line(record), flush=True)
+                if (step + 1) % cfg.log_samples_every == 0 or step == start:
+                    log_samples(run_dir, step + 1, whole, tok)
+            stopping = world.any(stop.requested)  # every rank stops after the same step
             if bad_streak >= cfg.max_bad_steps:
-                save_checkpoint(run_dir, step + 1, model, optimizer, stream, extra(), cfg.keep_checkpoints)
+                save(step + 1)
                 raise TrainingStopped(f"{bad_streak} steps in a row had a non-finite loss or gradient; stopped at step "
                                       f"{step + 1} (checkpoint saved). Lower --lr or check the data.")
-            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or stop.requested:
-                save_checkpoint(run_dir, step + 1, model, optimizer, stream, extra(), cfg.keep_checkpoints)
-            if stop.requested:
-                print(f"stopped after step {step + 1}; resume with: python grpo.py --resume {run_dir}")
+            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or stopping:
+                save(step + 1)
+            if stopping:
+                say(f"stopped after step {step + 1}; resume with: python grpo.py --resume {run_dir}")
                 return run_dir
-    print(f"done: {cfg.steps} steps in {format_seconds(time.time() - t_run)}; {clipping_summary(metrics_path, cfg)}; "
-          f"run folder {run_dir}")
+    say(f"done: {cfg.steps} steps in {format_seconds(time.time() - t_run)}; {clipping_summary(metrics_path, cfg)}; "
+        f"run folder {run_dir}")
     return run_dir
+
+
+def step_record(step: int, cfg: Config, ro: Rollouts, advantages, parts: list[dict], loss: float, stats: dict,
+                times: tuple, device) -> dict:
+    """One metrics.jsonl line: over the whole step's batch (all ranks), names that say what they measure."""
+    skipped = not math.isfinite(loss)
+    lengths = [n for p in parts for n in p["lengths"]]
+    group_std = ro.rewards.std(dim=1, unbiased=False)
+    t_sample, t_adv, t_update = times
+    return {
+        "step": step + 1, "reward": float(ro.rewards.mean()), "accuracy": float(ro.rewards.mean()),
+        **tier_accuracy(ro),
+        "reward_std": float(group_std.mean()), "zero_std_frac": float((group_std == 0).float().mean()),
+        "adv_abs_mean": float(advantages.abs().mean()), "loss": None if skipped else loss, **stats,
+        "lr": lr_at(step, cfg), "completion_len": float(np.mean(lengths)), "completion_len_max": max(lengths),
+        "truncated_frac": float(np.mean(ro.truncated)), "skipped": skipped,
+        "time/sample": t_sample, "time/reward": t_adv, "time/update": t_update,
+        "perf/tokens_per_s": sum(sum(p["lengths"]) / max(p["sample_s"], 1e-9) for p in parts),
+        "perf/peak_mem_gb": peak_memory_gb(device),
+    }
 
 
 def progress_line(record: dict, steps: int, eta: float) -> str:
@@ -781,22 +836,32 @@ def main(argv=None):
     cfg, args = parse_args(argv)
     if args.dry_run:
         cfg = dataclasses.replace(cfg, steps=1, save_every=1, diag_every=0)
+    world = World.from_env("cuda" if resolve_device(cfg)[0].type == "cuda" else "cpu", cfg.dist_timeout_s)
     if args.resume:
         run_dir = Path(args.resume)
     elif args.dry_run and cfg.out is None:
-        run_dir = Path(tempfile.mkdtemp(prefix="grpo-dry-run-")) / "run"
+        run_dir = Path(world.broadcast(tempfile.mkdtemp(prefix="grpo-dry-run-") if world.main else None)) / "run"
     else:
         run_dir = Path(cfg.out or f"runs/{cfg.preset}-{cfg.normalize}-{cfg.optimizer}-s{cfg.seed}")
-        if run_dir.exists():
+        if world.main and run_dir.exists():
             sys.exit(f"error: run folder {run_dir} already exists; pass --resume {run_dir} to continue it, "
                      "or --out NEW_FOLDER")
         cfg = dataclasses.replace(cfg, out=str(run_dir))
-    print(json.dumps(dataclasses.asdict(cfg), indent=2))
+    if world.main:
+        print(json.dumps(dataclasses.asdict(cfg), indent=2))
     try:
-        train(cfg, run_dir, resume=bool(args.resume))
+        train(cfg, run_dir, resume=bool(args.resume), world=world)
     except (FileNotFoundError, ValueError, ConnectionError, TrainingStopped) as e:
         sys.exit(f"error: {e}")
-    if args.dry_run:
+    except (torch.distributed.DistError, RuntimeError) as e:
+        if world.size == 1:
+            raise
+        sys.exit(f"error (rank {world.rank}): another process of this data-parallel run failed or stopped answering "
+                 f"within --dist-timeout-s {cfg.dist_timeout_s:g}; the last checkpoint in {run_dir}/checkpoints is "
+                 f"intact (python grpo.py --resume {run_dir}). Cause: {str(e).splitlines()[0]}")
+    finally:
+        world.close()
+    if args.dry_run and world.main:
         print(f"dry run ok: one step end to end in {run_dir}")
 
 

@@ -342,12 +342,15 @@ def causal_mask(key_valid: torch.Tensor, T: int) -> torch.Tensor:
 @torch.no_grad()
 def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, eos_token_id: int | list[int] | None = None, seed: int | None = None,
-             num_samples: int = 1, vocab_size: int | None = None, fixed_shapes: bool | None = None) -> list[list[int]]:
+             num_samples: int = 1, vocab_size: int | None = None, fixed_shapes: bool | None = None,
+             first_row: int = 0) -> list[list[int]]:
     """Sample `num_samples` completions for each prompt; returns len(prompts) * num_samples token lists,
     prompt-major (the samples of prompt i are rows i*num_samples ... i*num_samples + num_samples - 1), each cut
     after its first EOS (the EOS is kept: it is a sampled action the learner must train).
 
     temperature 0 is greedy. vocab_size: ids >= it (embedding rows the tokenizer does not have) are never drawn.
+    first_row: row r of this call draws from row first_row + r of the seed's stream, so a batch split across
+    processes (each calling with its own share) draws what one call with the whole batch would.
     fixed_shapes (default: on CUDA): every decode step has the same shapes (the whole batch to the end, attention
     over the whole preallocated cache), so on CUDA it is captured once as a CUDA graph and replayed: one launch
     per step instead of one per operation (some 80 per layer), which is what bounds a GPU decode step. Otherwise
@@ -383,7 +386,8 @@ def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temper
     # the batch holds (a CPU generator is reproducible across devices; CUDA's is not across batch shapes).
     B = len(prompts) * num_samples
     generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
-    uniforms = torch.rand(B, max_new_tokens, generator=generator, dtype=torch.float64).to(device)
+    stream = torch.rand(first_row + B, max_new_tokens, generator=generator, dtype=torch.float64)
+    uniforms = stream[first_row:].to(device)
 
     if fixed_shapes is None:
         fixed_shapes = device.type == "cuda"

@@ -1,0 +1,154 @@
+"""Data parallel (torchrun, gloo on the CPU): equal to one process, resume across process counts, faults."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import grpo as G
+
+ROOT = Path(__file__).resolve().parent.parent
+FLAGS = ["--preset", "demo", "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "40",
+         "--steps", "4", "--save-every", "2", "--log-samples-every", "2", "--eval-every", "0", "--normalize", "batch"]
+SGD = ["--optimizer", "sgd", "--lr", "0.125", "--grad-clip", "0"]
+# Tolerance between N processes and one. The samples are the same (per-row streams, same tokens) and so are the
+# metrics to float rounding; the summed gradient differs by rounding only (another summation order, other padding
+# widths per rank). Under SGD the update is linear in it: the two runs' updates (final minus initial LoRA weights)
+# agree to UPDATE_RTOL = 1e-5 relative. AdamW divides by sqrt(v): a weight whose gradient is at rounding level moves
+# by +-lr either way, so there the updates agree to ADAM_RTOL = 1e-3 relative (measured 1.6e-4 on the B matrices).
+UPDATE_RTOL, ADAM_RTOL, RTOL, ATOL = 1e-5, 1e-3, 1e-4, 1e-6
+
+
+def torchrun(args: list[str], n: int = 2, script: str = "grpo.py", timeout: float = 120):
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), script, *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def adapter(ckpt: Path):
+    from safetensors.torch import load_file
+    return load_file(ckpt / "adapter_model.safetensors")
+
+
+def metrics(run: Path):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith(G.TIMING_PREFIXES)} for r in rows]
+
+
+def update_of(run: Path) -> torch.Tensor:
+    """The run's LoRA weights at its last checkpoint minus the seeded initial ones, as one vector."""
+    import lora as L
+    cfg = G.Config(**json.loads((run / "config.json").read_text()))
+    start = L.adapter_state_dict(G.setup(cfg)[0])
+    end = adapter(G.latest_checkpoint(run))
+    assert start.keys() == end.keys()
+    return torch.cat([(end[k] - start[k]).flatten() for k in sorted(end)])
+
+
+def assert_same_run(a: Path, b: Path, rtol: float = UPDATE_RTOL):
+    da, db = update_of(a), update_of(b)
+    assert float((da - db).norm()) <= rtol * float(da.norm()), float((da - db).norm() / da.norm())
+    ma, mb = metrics(a), metrics(b)
+    assert [m["step"] for m in ma] == [m["step"] for m in mb]
+    for x, y in zip(ma, mb):
+        assert (x["reward"], x["accuracy/hard"], x["completion_len"]) == (y["reward"], y["accuracy/hard"],
+                                                                          y["completion_len"])  # same samples
+        for key in ("loss", "grad_norm_preclip", "adv_abs_mean", "entropy"):
+            assert x[key] == pytest.approx(y[key], rel=RTOL, abs=ATOL)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dp")
+    G.main(FLAGS + SGD + ["--out", str(root / "one")])
+    done = torchrun(FLAGS + SGD + ["--out", str(root / "two")])
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return root, done.stdout
+
+
+def test_two_processes_draw_the_same_samples_and_end_with_the_same_adapter(runs):
+    root, out = runs
+    assert "2 processes" in out and out.count("step 4/4") == 1  # rank 0 alone prints and logs
+    assert_same_run(root / "one", root / "two")
+    samples = lambda run: [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]  # noqa: E731
+    assert samples(root / "one") == samples(root / "two")  # every rank's completions, in global order
+    state = json.loads((G.latest_checkpoint(root / "two") / "trainer_state.json").read_text())
+    assert state["world_size"] == 2
+
+
+def test_under_adamw_too(tmp_path):
+    flags = FLAGS + ["--steps", "2", "--save-every", "2"]
+    G.main(flags + ["--out", str(tmp_path / "one")])
+    done = torchrun(flags + ["--out", str(tmp_path / "two")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_run(tmp_path / "one", tmp_path / "two", rtol=ADAM_RTOL)
+
+
+def test_resume_exactly_on_the_same_number_of_processes(runs, tmp_path):
+    root, _ = runs
+    run = tmp_path / "two"
+    shutil.copytree(root / "two", run)
+    shutil.rmtree(run / "checkpoints" / "step_000004")
+    done = torchrun(["--resume", str(run)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = adapter(G.latest_checkpoint(root / "two")), adapter(G.latest_checkpoint(run))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same partition: bit for bit
+    assert metrics(root / "two") == metrics(run)
+
+
+def test_a_checkpoint_of_two_processes_resumes_on_one(runs, tmp_path, capsys):
+    """The stated behaviour: any process count resumes any checkpoint, equal within the float tolerance, since
+    prompts and sampler streams are defined by the global row."""
+    root, _ = runs
+    run = tmp_path / "two"
+    shutil.copytree(root / "two", run)
+    shutil.rmtree(run / "checkpoints" / "step_000004")
+    G.main(["--resume", str(run)])
+    assert "written by 2 processes, now 1" in capsys.readouterr().out
+    assert_same_run(root / "two", run)
+
+
+FAILING = '''
+import os, sys, time
+sys.path.insert(0, os.getcwd())
+import grpo as G
+real, calls = G.rollout, [0]
+def rollout(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == 3 and os.environ["RANK"] == "1":
+        {action}
+    return real(*args, **kwargs)
+G.rollout = rollout
+G.main(sys.argv[1:])
+'''
+
+
+@pytest.mark.parametrize("action, message", [
+    ("raise RuntimeError('rank 1 broke')", "rank 1 broke"),
+    ("time.sleep(600)", "stopped answering within --dist-timeout-s 5"),
+])
+def test_a_failing_or_hanging_rank_stops_every_rank_with_the_checkpoint_intact(tmp_path, action, message):
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING.replace("{action}", action))
+    run = tmp_path / "run"
+    t0 = time.time()
+    done = torchrun(FLAGS + ["--out", str(run), "--save-every", "1", "--dist-timeout-s", "5"], script=str(script))
+    assert done.returncode != 0 and time.time() - t0 < 100
+    assert message in done.stdout + done.stderr
+    last = G.latest_checkpoint(run)
+    assert last.name == "step_000002"  # steps 1 and 2 finished; the third never did
+    json.loads((last / "trainer_state.json").read_text())
+    assert adapter(last)
+
+
+def test_prompts_per_step_not_divisible_by_the_processes_is_refused_before_any_work(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(SystemExit):
+        G.parse_args(["--preset", "demo", "--prompts-per-step", "16"])
+    assert "--prompts-per-step 16 is not divisible by the 3 processes" in capsys.readouterr().err
