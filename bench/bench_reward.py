@@ -36,6 +36,11 @@ ADVERSARIAL = {  # the corpus of tests/test_data.py, scored against gold "81"
     "1 MB of '1a' (lenient scan)": "1a" * 2**19,
     "1 MB of '<|'": "<|" * 2**19,
     "1 MB of mixed markers": "\\boxed{1} #### 2 The answer is 3 " * 30_000,
+    "1 MB of '<answer>'": "<answer>" * (2**20 // 8),
+    "1 MB of 'Final Answer\\n'": "Final Answer\n" * (2**20 // 13),
+    "1 MB of 'The answer is not 5 '": "The answer is not 5 " * (2**20 // 20),
+    "1 MB of '$1$ and '": "$1$ and " * (2**20 // 8),
+    "1 MB of '1+' (lenient scan)": "1+" * 2**19,
     "250-element list": "\\boxed{" + "1," * 250 + "1}",
     "120-element set of \\pi": "\\boxed{\\{" + "\\pi," * 120 + "1\\}}",
 }
