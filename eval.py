@@ -62,7 +62,7 @@ def evaluate(args) -> dict:
 
     import lora as L
     import model as M
-    from grpo import stop_ids
+    from grpo import completion_text, stop_ids
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     model = M.load_model(args.model, device=device)
@@ -84,7 +84,7 @@ def evaluate(args) -> dict:
             print(f"\r  {'greedy' if temperature == 0 else f'{num_samples} samples'}: "
                   f"{min(start + per_call, len(prompts))}/{len(prompts)} problems", end="", flush=True)
         print()
-        return [tok.decode(c, skip_special_tokens=True) for c in outs], outs
+        return [completion_text(tok, c) for c in outs], outs
 
     t0 = time.time()
     greedy_texts, greedy_ids = run(0.0, 1, args.seed)
