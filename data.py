@@ -527,18 +527,24 @@ _MATH_CHAR = re.compile(r"[\d\\$({\[.-]")  # where math may start ("-" and "." o
 _FILLER = re.compile(r"(?:approximately|about|around|roughly|exactly|equal to|equals|given by|simply|just|then|"
                      r"therefore|thus|so|clearly|indeed)\b[\s,:]{0,4}", re.IGNORECASE)
 _NEGATION = re.compile(r"(?<![a-z])(?:n(?:ot|o|ever|either|or)|cannot|wrong|incorrect)(?![a-z])|n't(?![a-z])")
+_TEXT_GROUP = re.compile(r"\\text\{[^{}]{0,64}\}")
 _NOT_AN_ANSWER = {"answer", "here", "below", "above", "follows", "following", "correct", "the", "this", "that",
                   "is", "given", "as"}  # "<answer> answer here </answer>", "The answer is as follows:"
 # \(...\) or $...$ on one line ("$\\$120$" holds an escaped dollar; "$18 and $" is two currency signs)
 _MATH_GROUP = re.compile(r"\\\((.{1,512}?)\\\)|(?<![\\\d])\$((?:[^$\n\\]|\\.){1,512}?)(?<!\s)\$")
 _ARABIC_DIGIT = re.compile(r"[0-9]")  # str.isdigit() is also true of "²"
 _NUMBER_TOKEN = re.compile(r"(?<![\w.,/^])-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?%?(?![\w/^]|[.,]\d)")
-# Where an expression ends in running text: a word, \text{...} with words in it, $ and \( \) \[ \] delimiters,
-# sentence punctuation, a comma that is not a thousands separator, a LaTeX line break, <<calculator>> brackets,
-# any other non-ASCII character than these math ones: − × ÷ · √ π ° ² ³ ≈.
+# Where an expression ends in running text: a word, \text{...} with words in it, $ and \( \) \[ \] delimiters
+# (not \$), sentence punctuation (not the ":" of a ratio, the "!" of a factorial, the "." of a decimal), a comma
+# that is not a thousands separator, a LaTeX line break, <<calculator>> brackets, any other non-ASCII character
+# than these math ones: − × ÷ · √ π ° ² ³ ≈.
 _EXPRESSION_END = re.compile(r"\\(?:text|mbox|mathrm|textrm|textit)\s{0,4}\{[^{}]{0,64}[A-Za-z][^{}]{0,64}\}"
-                             r"|(?<![\\A-Za-z])[A-Za-z]{2,}|\\[$()\[\]]|\\\\|[$\n:;?!&`\"'<>]|\.(?!\d)|,(?!\d)"
+                             r"|(?<![\\A-Za-z])[A-Za-z]{2,}|\\[()\[\]]|(?<!\\)\$|\\\\|[\n;?&`\"'<>]|\.(?!\d)"
+                             r"|(?<!\d):|:(?!\d)|(?<!\\)!(?![})=])|(?<!\{),(?!\d|\s{0,2}\\!|\})"
                              r"|[^\x00-\x7f\u2212\u00d7\u00f7\u00b7\u221a\u03c0\u00b0\u00b2\u00b3\u2248]")
+_EXPRESSION_SPLIT = re.compile(f"({_EXPRESSION_END.pattern})")
+_MATH_DELIMITERS = frozenset(("$", "\\(", "\\)", "\\[", "\\]"))
+_MATRIX_SPAN = re.compile(r"\\begin\{([pb]matrix)\}.{0,512}?\\end\{\1\}")
 _LAST_NUMBER = re.compile(r"(?:(?<![\w)\]}])-)?\d+(?:,\d{3})*(?:\.\d+)?")
 
 
@@ -582,8 +588,7 @@ def _last_side(s: str) -> str:
             return s
         if i > 0 and s[i - 1] in "<>!=" or s.startswith("=", i + 1):
             continue
-        side = s[i + 1:].strip()
-        return side if side else s[:i].strip()
+        return s[i + 1:].strip() or s  # "6 - 7 =" states no value
     return s
 
 
@@ -595,7 +600,7 @@ def _tidy(piece: str) -> str | None:
         return None
     if len(s) >= 3 and s[0].isalpha() and s[1] == " " and s[2] in "0123456789":
         s = s[1:].strip()  # "a 5-pack", "I 3": an article, not a variable
-    if len(s) >= 3 and s[-1].isalpha() and s[-2] == " " and s[-3] in "0123456789})":
+    if len(s) >= 3 and s[-1].isalpha() and s[-2] == " " and s[-3] in "0123456789":
         s = s[:-2]  # "18 a" (day), "5 m": a unit or an article
     if not _balanced(s):
         return None
@@ -614,6 +619,18 @@ def _leading_expression(s: str) -> str | None:
     return _tidy(s[:m.start()] if m else s)
 
 
+_BRACKET = re.compile(r"\\[{}]|[()\[\]]")  # ( [ \{ and their closers; LaTeX argument braces balance on their own
+
+
+def _unmatched(s: str) -> tuple[bool, bool]:
+    """Whether s closes a bracket it did not open, and whether it opens one it does not close."""
+    depth = low = 0
+    for m in _BRACKET.finditer(s):
+        depth += 1 if m.group() in ("(", "[", "\\{") else -1
+        low = min(low, depth)
+    return low < 0, depth > low
+
+
 def _last_expression(text: str) -> str | None:
     """Lenient fallback: the whole number or expression around the last digit of the text: "\\frac{1}{3}", not 3;
     "3\\sqrt{13}", not 13; "1/8", not 8; "x = 5" is 5. An expression is the math between two words, delimiters or
@@ -629,13 +646,34 @@ def _last_expression(text: str) -> str | None:
     line_start = max(text.rfind("\n", 0, end) + 1, end - 2 * MAX_ANSWER_CHARS)
     line_end = text.find("\n", end, end + MAX_ANSWER_CHARS)
     line = text[line_start:line_end if line_end >= 0 else end + MAX_ANSWER_CHARS]
-    pieces = _EXPRESSION_END.split(line)
-    for piece in reversed(pieces[-MAX_ELEMENTS:]):
-        if _ARABIC_DIGIT.search(piece):
-            answer = _tidy(piece)
-            if answer is not None:
-                return answer
+    if "\\begin{" in line:
+        for m in _MATRIX_SPAN.finditer(line):
+            if m.start() <= end - line_start < m.end():
+                return m.group()
+    parts = _EXPRESSION_SPLIT.split(line)  # pieces at even indices, the separators between them at odd ones
+    for i in range(len(parts) - 1, max(-1, len(parts) - 2 * MAX_ELEMENTS), -2):
+        if not _ARABIC_DIGIT.search(parts[i]):
+            continue
+        if parts[i].lstrip().startswith("^") and i and (parts[i - 1][-1:].isalpha() or parts[i - 1][-1:] == "}"):
+            continue  # "440 \\text{ cm}^2", "cm^2": the exponent of a unit
+        j = k = i  # widened over the commas of a tuple, interval or set: "(2, 3)", "[0,\\infty)"
+        while k - j < 2 * MAX_ELEMENTS:
+            left, right = _unmatched("".join(parts[j:k + 1]))
+            if left and j >= 2 and parts[j - 1] == ",":
+                j -= 2
+            elif right and k + 2 < len(parts) and parts[k + 1] == ",":
+                k += 2
+            else:
+                break
+        answer = _tidy("".join(parts[j:k + 1]))
+        if answer is None:
             break
+        while j >= 2 and parts[j - 1] == "," and _ARABIC_DIGIT.search(parts[j - 2]):
+            j -= 2  # a list of values that fills a math group: "$-4, 4$"
+        if (j >= 1 and parts[j - 1] in _MATH_DELIMITERS and k + 1 < len(parts) and parts[k + 1] in _MATH_DELIMITERS
+                and (listed := _tidy("".join(parts[j:k + 1]))) and "=" not in listed):
+            return listed
+        return answer
     last = None  # unbalanced brackets around the number, e.g. "(18": the number alone
     for last in _LAST_NUMBER.finditer(text, max(0, start - 1), end + 1):
         pass
@@ -667,7 +705,7 @@ def _stated_answer(s: str, scope: str, lenient: bool = False) -> str | None:
             content = s[len(open_):end] if end >= 0 else ""
             if content.strip() and (open_ != "$" or ("\n" not in content and not content[-1].isspace())):
                 content = content.strip()
-                return content if len(content) <= MAX_ANSWER_CHARS else None
+                return _checked_answer(content)
             s = s[len(open_):]  # a lone "$" is a currency sign ("$18 a day"); an unclosed \[ is read on
             break
     if scope == "tag":
@@ -675,7 +713,10 @@ def _stated_answer(s: str, scope: str, lenient: bool = False) -> str | None:
     else:
         clause = s.split("\n", 1)[0]
         if scope == "sentence":  # up to ". " or ";" (str.find: a regex scan is 10x slower on long lines)
-            ends = [i for i in (clause.find(". "), clause.find(".\t"), clause.find(";")) if i >= 0]
+            semi = clause.find(";")
+            while semi > 0 and clause[semi - 1] == "\\":  # "10\\;\\text{edges}": a LaTeX space
+                semi = clause.find(";", semi + 1)
+            ends = [i for i in (clause.find(". "), clause.find(".\t"), semi) if i >= 0]
             clause = clause[:min(ends)] if ends else clause
     clause = clause.strip().rstrip(".").strip("* ")
     if (m := _FILLER.match(clause)) and m.end() < len(clause):
@@ -683,26 +724,25 @@ def _stated_answer(s: str, scope: str, lenient: bool = False) -> str | None:
     if not clause or len(clause) > (4 if scope == "tag" else 1) * MAX_ANSWER_CHARS:
         return None
     start = _math_start(clause)
-    if start < 0:  # a word answer, or prose with no number in it
-        if len(clause) > 40 or _NEGATION.search(clause.lower()):
+    if start < 0:  # a word answer ("Friday", "B, C", "p+q-r"), or prose with no number in it
+        if len(clause) > 40 or _negated(clause):
             return None
         words = _WORDS.findall(clause)
-        if (1 <= len(words) <= 3 or len(clause) == 1) and not {w.lower() for w in words} & _NOT_AN_ANSWER:
-            return clause
-        return None
+        if len(words) > 3 or {w.lower() for w in words} & _NOT_AN_ANSWER:
+            return None
+        return _checked_answer(clause)
     short = not _WORDS.search(clause, 0, start) and _count_words(clause, start, 4) <= 3
     if short and scope == "line" and ". " in clause:
         return None  # "#### 1. Count the eggs": a heading
-    if _NEGATION.search(clause.lower()):
+    if _negated(clause):
         return None
     if short:
-        return clause if len(clause) <= MAX_ANSWER_CHARS else None
+        return _checked_answer(clause)
     if scope == "line":
         return None
     groups = list(_MATH_GROUP.finditer(clause))
     if groups:
-        group = groups[-1].group(1) or groups[-1].group(2)
-        return group.strip()
+        return _checked_answer((groups[-1].group(1) or groups[-1].group(2)).strip())
     equals = _last_side(clause)
     if equals is not clause and (answer := _leading_expression(equals)):
         return answer
@@ -730,6 +770,18 @@ def _math_start(s: str) -> int:
         if m.group() not in "-." or s[m.end():m.end() + 1] in _SIGNED:
             return m.start()
     return -1
+
+
+def _checked_answer(s: str) -> str | None:
+    """s, unless it is too long or holds no letter or digit ("$$", "**": what is left of a missing answer)."""
+    return s if len(s) <= MAX_ANSWER_CHARS and any(c.isalnum() for c in s) else None
+
+
+def _negated(clause: str) -> bool:
+    """A negation outside \\text{...} ("not 18", "isn't"; the answer "\\text{neither}" is none)."""
+    if "\\text" in clause:
+        clause = _TEXT_GROUP.sub("", clause)
+    return _NEGATION.search(clause.lower()) is not None
 
 
 def _count_words(s: str, start: int, cap: int) -> int:
@@ -844,6 +896,8 @@ _COMMA_SPACE = re.compile(r",\s+")
 _GROUPED = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _GROUPED_IN_BRACES = re.compile(r"\{([-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?)\}")
 _LHS = re.compile(r"[A-Za-z]=")
+_LHS_LIST = re.compile(r"([A-Za-z])=[^=,]{1,64}(?:, ?\1=[^=,]{1,64}){1,63}")  # one variable's values
+_EACH_LHS = re.compile(r"(^|, ?)[A-Za-z]=")
 _CHOICE = re.compile(r"\(([A-Z])\)")
 _WORD = re.compile(r"[A-Za-z]{2,}")
 _DIGIT = re.compile(r"\d")
@@ -915,6 +969,8 @@ def _normalize(s: str) -> str:
     s = s.rstrip(".;").strip()
     if _LHS.match(s) and s.count("=") == 1:
         s = s[2:]
+    elif s.count("=") > 1 and _LHS_LIST.fullmatch(s):  # "x=2, x=3": the solutions 2 and 3
+        s = _EACH_LHS.sub(r"\1", s)
     if _GROUPED.fullmatch(s):
         s = s.replace(",", "")
     elif "," in s and "{" in s:
@@ -1200,8 +1256,10 @@ class _Parser:
 
 def _evaluate(s: str) -> Value | None:
     """The value of a numeric answer, or None when it is not a bounded numeric expression."""
-    if _SIMPLE.fullmatch(s):  # fast path: most answers are plain numbers
-        return Fraction(s) if len(s) <= MAX_DIGITS + 2 else None
+    if _SIMPLE.fullmatch(s):  # fast path: most answers are plain numbers (int() parses 3x faster than Fraction)
+        if len(s) > MAX_DIGITS + 2:
+            return None
+        return Fraction(s) if "." in s else Fraction(int(s))
     try:
         return _Parser(s).run()
     except (_Unevaluable, ArithmeticError, ValueError):  # ZeroDivisionError, OverflowError, bad literal

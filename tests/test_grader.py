@@ -113,6 +113,8 @@ def test_extracted_answer(text, strict, expected):
     ("\\frac{1}{3} \\approx 0.33", "\\frac{1}{3}", True),
     ("\\frac{1}{3} \\approx 0.33", "0.3", False),
     ("25 cm\u00b2", "25", True),
+    ("x = 2, x = 3", "2, 3", True),     # one variable's values: the solutions
+    ("x = 2, y = 3", "2, 3", False),
     ("18 a day", "18", True),
 ])
 def test_gold_forms_and_stated_values(pred, gold, expected):
