@@ -37,11 +37,12 @@ Extraction (``extract_answer``): the first rule that finds an answer decides, in
        writes the next exemplar's ``####``. A markdown heading ("#### Step 1: ...") states none.
     5. The last "answer is" / "answer:" / "answer to the question is" / "Final Answer" heading that states one. What
        follows the marker: a math group ($...$, \\(...\\), \\[...\\], $$...$$; "$2$ and $-3$" is the list
-       "2, -3"), else the clause up to its sentence end when it is short (no words before its math, at most three
-       after it: "23 + 16 = 39 minutes", "18 square feet"; or a word answer: "Friday"). In prose the answer is the
-       clause's last math group ("the solution, which is $x=11$"), else what follows its last "=", else its only
-       number (strict) or its first (lenient); a clause with a negation ("not 18") states none. Prose with no
-       answer falls through to the marker before it, then to the next rule: prose itself is never an answer.
+       "2, -3"), else the clause up to its sentence end (or a "because", "since", "which", ...) when it is short (no
+       words before its math, at most three after it: "23 + 16 = 39 minutes", "18 square feet"; or a word answer:
+       "Friday"). In prose the answer is the clause's last math group ("the solution, which is $x=11$"), else
+       what follows its last "=", else its only number (strict) or its first (lenient); a clause with a negation
+       ("not 18") states none. Prose with no answer falls through to the marker before it, then to the next
+       rule: prose itself is never an answer.
     6. Lenient only (``strict=False``): the last whole number or expression in the text: the math around its last
        digit, between words, delimiters and sentence ends on one line ("$\\frac{1}{3}$" is 1/3, not 3;
        "3\\sqrt{13}", not 13; "1/8", not 8), an equation read at its last side ("48 + 24 = 72" is 72). The reward
@@ -527,6 +528,7 @@ _MATH_CHAR = re.compile(r"[\d\\$({\[.-]")  # where math may start ("-" and "." o
 _FILLER = re.compile(r"(?:approximately|about|around|roughly|exactly|equal to|equals|given by|simply|just|then|"
                      r"therefore|thus|so|clearly|indeed)\b[\s,:]{0,4}", re.IGNORECASE)
 _NEGATION = re.compile(r"(?<![a-z])(?:n(?:ot|o|ever|either|or)|cannot|wrong|incorrect)(?![a-z])|n't(?![a-z])")
+_REASON = re.compile(r",?\s(?:because|since|as|which|where|so|given|for|when|if)\b", re.IGNORECASE)
 _TEXT_GROUP = re.compile(r"\\text\{[^{}]{0,64}\}")
 _NOT_AN_ANSWER = {"answer", "here", "below", "above", "follows", "following", "correct", "the", "this", "that",
                   "is", "given", "as"}  # "<answer> answer here </answer>", "The answer is as follows:"
@@ -687,7 +689,7 @@ def _stated_answer(s: str, scope: str, lenient: bool = False) -> str | None:
     line, which must be an answer, not a markdown heading), "tag" (the content of <answer> tags). A math group
     ($...$, \\(...\\), \\[...\\], $$...$$) opening s is the answer. Otherwise the clause is the answer when it is
     short: no words before its math and at most three after it ("18", "x = 5", "23 + 16 = 39 minutes", "18 square
-    feet"), or a word answer of up to three words ("Friday"). In prose ("the solution, which is $x=11$") the answer
+    feet", "5" in "5 because 2 + 3 = 5"), or a word answer of up to three words ("Friday"). In prose ("the solution, which is $x=11$") the answer
     is its last math group, else what follows its last "=", else its only number (lenient: its first number);
     never the prose itself, and nothing in a sentence with a negation ("not 5")."""
     if m := _PLAIN_NUMBER.match(s):  # fast path: "#### 72", "The answer is 18."
@@ -736,10 +738,13 @@ def _stated_answer(s: str, scope: str, lenient: bool = False) -> str | None:
         return None  # "#### 1. Count the eggs": a heading
     if _negated(clause):
         return None
+    if scope == "line":
+        return _checked_answer(clause) if short else None
+    if (cut := _REASON.search(clause, start)) and not _WORDS.search(clause, 0, start) \
+            and _count_words(clause, start, 4, cut.start()) <= 3:
+        return _checked_answer(clause[:cut.start()])  # "5 because 2 + 3 = 5", "18 for each of them"
     if short:
         return _checked_answer(clause)
-    if scope == "line":
-        return None
     groups = list(_MATH_GROUP.finditer(clause))
     if groups:
         return _checked_answer((groups[-1].group(1) or groups[-1].group(2)).strip())
@@ -784,9 +789,9 @@ def _negated(clause: str) -> bool:
     return _NEGATION.search(clause.lower()) is not None
 
 
-def _count_words(s: str, start: int, cap: int) -> int:
+def _count_words(s: str, start: int, cap: int, end: int | None = None) -> int:
     n = 0
-    for n, _ in enumerate(_WORDS.finditer(s, start), 1):
+    for n, _ in enumerate(_WORDS.finditer(s, start, len(s) if end is None else end), 1):
         if n >= cap:
             break
     return n
