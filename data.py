@@ -40,9 +40,9 @@ Extraction (``extract_answer``): the first rule that finds an answer decides, in
        "2, -3"), else the clause up to its sentence end (or a "because", "since", "which", ...) when it is short (no
        words before its math, at most three after it: "23 + 16 = 39 minutes", "18 square feet"; or a word answer:
        "Friday"). In prose the answer is the clause's last math group ("the solution, which is $x=11$"), else
-       what follows its last "=", else its only number (strict) or its first (lenient); a clause with a negation
-       ("not 18") states none. Prose with no answer falls through to the marker before it, then to the next
-       rule: prose itself is never an answer.
+       what follows its last "=" or "is" ("half of 36, which is 18"), else its only number (strict) or its first
+       (lenient); a clause with a negation ("not 18") or a bound ("at least 5") states none. Prose with no answer
+       falls through to the marker before it, then to the next rule: prose itself is never an answer.
     6. Lenient only (``strict=False``): the last whole number or expression in the text: the math around its last
        digit, between words, delimiters and sentence ends on one line ("$\\frac{1}{3}$" is 1/3, not 3;
        "3\\sqrt{13}", not 13; "1/8", not 8), an equation read at its last side ("48 + 24 = 72" is 72). The reward
@@ -529,6 +529,8 @@ _FILLER = re.compile(r"(?:approximately|about|around|roughly|exactly|equal to|eq
                      r"therefore|thus|so|clearly|indeed)\b[\s,:]{0,4}", re.IGNORECASE)
 _NEGATION = re.compile(r"(?<![a-z])(?:n(?:ot|o|ever|either|or)|cannot|wrong|incorrect)(?![a-z])|n't(?![a-z])")
 _REASON = re.compile(r",?\s(?:because|since|as|which|where|so|given|for|when|if)\b", re.IGNORECASE)
+_LATER_NUMBER = re.compile(r"(?<![\^{])[0-9]")  # a digit that is no exponent ("cm^2")
+_QUALIFIED = re.compile(r"\b(?:at least|at most|more than|less than|greater than|fewer than|up to|between)\b")
 _TEXT_GROUP = re.compile(r"\\text\{[^{}]{0,64}\}")
 _NOT_AN_ANSWER = {"answer", "here", "below", "above", "follows", "following", "correct", "the", "this", "that",
                   "is", "given", "as"}  # "<answer> answer here </answer>", "The answer is as follows:"
@@ -688,10 +690,10 @@ def _stated_answer(s: str, scope: str, lenient: bool = False) -> str | None:
     scope: "sentence" (after "answer is" / "Answer:": up to the end of its sentence), "line" (after ####: the whole
     line, which must be an answer, not a markdown heading), "tag" (the content of <answer> tags). A math group
     ($...$, \\(...\\), \\[...\\], $$...$$) opening s is the answer. Otherwise the clause is the answer when it is
-    short: no words before its math and at most three after it ("18", "x = 5", "23 + 16 = 39 minutes", "18 square
-    feet", "5" in "5 because 2 + 3 = 5"), or a word answer of up to three words ("Friday"). In prose ("the solution, which is $x=11$") the answer
-    is its last math group, else what follows its last "=", else its only number (lenient: its first number);
-    never the prose itself, and nothing in a sentence with a negation ("not 5")."""
+    short (_is_short: "18", "x = 5", "23 + 16 = 39 minutes", "18 square feet", the "5" of "5 because 2 + 3 = 5"),
+    or a word answer of up to three words ("Friday"). In prose ("the solution, which is $x=11$") the answer is its
+    last math group, else what follows its last "=" or "is", else its only number (lenient: its first number);
+    never the prose itself, and nothing in a sentence with a negation ("not 5") or a bound ("at least 5")."""
     if m := _PLAIN_NUMBER.match(s):  # fast path: "#### 72", "The answer is 18."
         return m.group(1)
     s = s.lstrip(" \t*:")
@@ -733,24 +735,25 @@ def _stated_answer(s: str, scope: str, lenient: bool = False) -> str | None:
         if len(words) > 3 or {w.lower() for w in words} & _NOT_AN_ANSWER:
             return None
         return _checked_answer(clause)
-    short = not _WORDS.search(clause, 0, start) and _count_words(clause, start, 4) <= 3
+    short = _is_short(clause, start, len(clause))
     if short and scope == "line" and ". " in clause:
         return None  # "#### 1. Count the eggs": a heading
     if _negated(clause):
         return None
     if scope == "line":
         return _checked_answer(clause) if short else None
-    if (cut := _REASON.search(clause, start)) and not _WORDS.search(clause, 0, start) \
-            and _count_words(clause, start, 4, cut.start()) <= 3:
+    if (cut := _REASON.search(clause, start)) and _is_short(clause, start, cut.start()):
         return _checked_answer(clause[:cut.start()])  # "5 because 2 + 3 = 5", "18 for each of them"
     if short:
         return _checked_answer(clause)
+    if _QUALIFIED.search(clause.lower()):
+        return None  # "at least 5", "between 10 and 20"
     groups = list(_MATH_GROUP.finditer(clause))
     if groups:
         return _checked_answer((groups[-1].group(1) or groups[-1].group(2)).strip())
-    equals = _last_side(clause)
-    if equals is not clause and (answer := _leading_expression(equals)):
-        return answer
+    at, verb = max((clause.rfind(verb), verb) for verb in (" is ", " are ", " equals ", "="))
+    if at >= 0 and (answer := _leading_expression(clause[at + len(verb):])):
+        return answer  # what follows the last "=" or "is": "she makes 9 * 2 = $18 a day", "..., which is 18"
     numbers = _NUMBER_TOKEN.findall(clause)
     return numbers[0] if len(numbers) == 1 or (lenient and numbers) else None
 
@@ -789,12 +792,18 @@ def _negated(clause: str) -> bool:
     return _NEGATION.search(clause.lower()) is not None
 
 
-def _count_words(s: str, start: int, cap: int, end: int | None = None) -> int:
-    n = 0
-    for n, _ in enumerate(_WORDS.finditer(s, start, len(s) if end is None else end), 1):
-        if n >= cap:
-            break
-    return n
+def _is_short(clause: str, start: int, end: int) -> bool:
+    """clause[:end] is a short answer whose math starts at start: no words before it, at most three after it, and
+    after the first of these (other than "and" / "or") no number: "18 square feet", "2, 3 and 4", not "1/2 of 36"."""
+    if _WORDS.search(clause, 0, start):
+        return False
+    for n, m in enumerate(_WORDS.finditer(clause, start, end), 1):
+        if n > 3:
+            return False
+        prose = clause[m.start() - 1].isspace() and m.group().lower() not in ("and", "or")  # not "3qr", "{June"
+        if prose and _LATER_NUMBER.search(clause, m.end(), end):
+            return False
+    return True
 
 
 def _minerva_answer(text: str) -> str | None:

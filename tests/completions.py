@@ -130,6 +130,8 @@ COMPLETIONS = [
     ("prose", "The answer is 18, because 9 eggs at $2 each make 9 * 2 = 18.", "18", 1, 1),
     ("prose", "The answer is: **39 minutes**", "39", 1, 1),
     ("prose", "The answer is 5 because 2 + 3 = 5.", "5", 1, 1),
+    ("prose", "The answer is half of 36, which is 18.", "18", 1, 1),
+    ("prose", "The answer is 1/2 of 36, which is 18.", "\\frac{1}{2}", 0, 0),
     ("prose", "The answer is $x = 5$ since $2x = 10$.", "5", 1, 1),
     ("prose", "The answer is x = 5 since 2x = 10.", "10", 0, 0),
     ("prose", "The answer is approximately 3.14.", "3.14", 1, 1),
@@ -253,6 +255,8 @@ COMPLETIONS = [
     ("wrong", "The answer is $\\boxed{50\\%}$.", "0.5", 0, 0),
     ("wrong", "Answer: 2x = 10", "5", 0, 0),
     ("wrong", "I think 18 is the answer.", "18", 0, 1),
+    ("wrong", "The answer is at least 5.", "5", 0, 1),  # strict: a bound is no answer; lenient: the last number
+    ("wrong", "The answer is between 10 and 20.", "10", 0, 0),
     ("wrong", "The answer is \\boxed{}. She has 18 apples.", "18", 0, 0),
     ("wrong", "#### 1. Count the eggs\nShe has 16 - 3 - 4 = 9 eggs.", "1", 0, 0),
     ("marker", "#### Step 1: Count the eggs\nShe has 16 - 3 - 4 = 9 eggs.\n#### 9", "9", 1, 1),
