@@ -560,8 +560,8 @@ def _own_turn(text: str) -> str:
     """The completion's last MAX_COMPLETION_CHARS, ended where the model's turn ends: at its first end-of-turn token,
     or at a next turn it invents on a line of its own ("\\n\\nQuestion: ...") after some text of its own."""
     text = text[-MAX_COMPLETION_CHARS:]  # first, so that no scan below reads more than this bound
-    if "<|" in text or "</s>" in text or "<\uff5c" in text:  # (a regex alternation scans 5x slower)
-        for marker in _END_OF_TURN:
+    if "|>" in text or "</s>" in text or "\uff5c>" in text:  # what every _END_OF_TURN token ends with
+        for marker in _END_OF_TURN:  # (str.find: one regex alternation over them all scans 5x slower)
             cut = text.find(marker)
             if cut >= 0:
                 text = text[:cut]
@@ -807,6 +807,7 @@ def _is_short(clause: str, start: int, end: int) -> bool:
 
 
 def _minerva_answer(text: str) -> str | None:
+    """The answer of the last "final answer is ... I hope it is correct" (Minerva's few-shot format)."""
     hope = text.rfind(_MINERVA)
     if hope < 0:
         return None

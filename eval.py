@@ -8,8 +8,9 @@ Evaluation and the paper's comparison: held-out accuracy, run comparison with ph
     python eval.py sweep --preset demo --optimizer sgd --lrs 0.002,0.004,0.008 --seeds 0,1,2 --out runs/sweep-sgd
     python eval.py theory                                                  # the paper's bandit (theory.py)
 
-Accuracy is reported two ways side by side: strict (only a \\boxed{}, "####" or "the answer is" counts: what the
-training reward sees) and lenient (the last number in the text also counts). A completion with no extractable
+Accuracy is reported two ways side by side: strict (only an explicit final answer counts, \\boxed{}, "####", "the
+answer is", <answer> tags: what the training reward sees) and lenient (the last whole number or expression in the
+text also counts; data.py's docstring has the rules). A completion with no extractable
 answer is a parse failure, counted apart from a wrong answer. With K samples per problem we report the mean
 sampled accuracy and the unbiased pass@k of Chen et al. (2021): 1 - C(n-c, k) / C(n, k).
 """
