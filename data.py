@@ -26,7 +26,8 @@ Extraction (``extract_answer``): the first rule that finds an answer decides, in
     0. The text read: its last ``MAX_COMPLETION_CHARS`` characters (more than any 4,096-position completion; verl
        scans only 300), ended where the model's turn ends: at the first end-of-turn token (``<|im_end|>``,
        ``<|im_start|>``, ``<|endoftext|>``, Llama's ``<|eot_id|>``, ``</s>``, ...) or at a turn the model invents
-       on a line of its own after text of its own ("\\n\\nQuestion:", "Problem:", "Q:", "Human:", "User:").
+       on a line of its own after text of its own ("\\n\\nQuestion:", "Problem:", "Q:", "Human:", "User:", or a
+       line "user" left by a ChatML turn decoded with its special tokens skipped).
     1. Minerva's "The final answer is $x$. I hope it is correct." (the last one).
     2. The last ``<answer>...</answer>`` (the r1 template; an unclosed tag reads to the end): a box in it, else an
        "answer is" in it, else its content read as in 5 ("72", "$x = 5$", a sentence stating the answer).
@@ -452,7 +453,8 @@ _NO_BOX = object()  # sentinel: the text has no \boxed at all (None means a malf
 # its few-shot prompt, or a chat model writing the user's next message).
 _END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|im_start|>", "<|eot_id|>", "<|end_of_text|>",
                 "<|start_header_id|>", "</s>", "<\uff5cend\u2581of\u2581sentence\uff5c>", "<|user|>")
-_INVENTED_TURN = re.compile(r"\n[ \t]{0,8}(?:Human|User|USER|Question|Problem|Q)[ \t]{0,3}:")
+_INVENTED_TURN = re.compile(r"\n[ \t]{0,8}(?:Human|User|USER|Question|Problem|Q)[ \t]{0,3}:"
+                            r"|\n(?:user|assistant)[ \t]{0,3}\n")  # ChatML decoded with its special tokens skipped
 _BRACE = re.compile(r"[{}]")
 
 

@@ -196,6 +196,10 @@ COMPLETIONS = [
              "sold them for $3 each?<|im_end|>\n<|im_start|>assistant\nThen she makes \\(\\boxed{27}\\).", "18", 1, 1),
     ("turn", QWEN_COT_JANET + "Therefore, the answer is \\(\\boxed{18}\\).<|im_end|>\n<|im_start|>user\nWhat if she "
              "sold them for $3 each?<|im_end|>\n<|im_start|>assistant\nThen she makes \\(\\boxed{27}\\).", "27", 0, 0),
+    ("turn", "Janet makes \\(\\boxed{18}\\) dollars.\nuser\nWhat if she sold them for $3 each?\nassistant\nThen "
+             "she makes \\(\\boxed{27}\\).", "18", 1, 1),  # ChatML decoded with its special tokens skipped
+    ("turn", "Janet makes \\(\\boxed{18}\\) dollars.\nuser\nWhat if she sold them for $3 each?\nassistant\nThen "
+             "she makes \\(\\boxed{27}\\).", "27", 0, 0),
     ("turn", "Therefore, the answer is \\(\\boxed{18}\\).<|im_start|>user\nAnd with 20 eggs?<|im_start|>assistant\n"
              "\\(\\boxed{26}\\)", "26", 0, 0),
     ("turn", "She makes 9 * 2 = 18 dollars. The answer is 18.\n\nQuestion: A robe takes 2 bolts of blue fiber and half "
