@@ -196,8 +196,8 @@ def test_evaluation_grades_only_the_turn_the_model_ended(tmp_path, monkeypatch):
     import model as M
     from tiny import ChatTokenizer
     tok = ChatTokenizer()
-    completion = tok.encode("9 * 2 = \\boxed{18} dollars.<|im_start|>user\nAnd for 10 eggs?<|im_end|>\n"
-                            "<|im_start|>assistant\nThen \\boxed{20}.")
+    completion = tok.encode("9 * 2 = \\boxed{18} dollars.<|im_start|>user\nAnd for 10 eggs?<|im_end|>"
+                            "<|im_start|>assistant\nThen \\boxed{20}.")  # only the stop token ends this turn
     assert E.grade(tok.decode(completion, skip_special_tokens=True), "20")["strict"]["correct"]  # decoded whole
     data = tmp_path / "test.jsonl"
     data.write_text("".join(json.dumps({"question": f"Janet sells 9 eggs at $2 ({i}). How much?",

@@ -325,7 +325,9 @@ def test_per_prompt_gradients_and_curvature_by_hand(tmp_path, monkeypatch):
 
 # --- the text graded ends where the model's turn ended ---------------------------------------------------------
 
-INVENTED_TURN = ("So she makes 9 * 2 = \\boxed{18} dollars.<|im_start|>user\nAnd for 10 eggs?<|im_end|>\n"
+# No line of its own for "user" or "assistant" once special tokens are skipped: the grader's text-level cut does
+# not see this turn end, only the stop token does.
+INVENTED_TURN = ("So she makes 9 * 2 = \\boxed{18} dollars.<|im_start|>user\nAnd for 10 eggs?<|im_end|>"
                  "<|im_start|>assistant\nThen she makes \\boxed{20} dollars.")
 
 
