@@ -8,8 +8,9 @@ Evaluation and the paper's comparison: held-out accuracy, run comparison with ph
     python eval.py sweep --preset demo --optimizer sgd --lrs 0.002,0.004,0.008 --seeds 0,1,2 --out runs/sweep-sgd
     python eval.py theory                                                  # the paper's bandit (theory.py)
 
-Accuracy is reported two ways side by side: strict (only a \\boxed{}, "####" or "the answer is" counts: what the
-training reward sees) and lenient (the last number in the text also counts). A completion with no extractable
+Accuracy is reported two ways side by side: strict (only an explicit final answer counts, \\boxed{}, "####", "the
+answer is", <answer> tags: what the training reward sees) and lenient (the last whole number or expression in the
+text also counts; data.py's docstring has the rules). A completion with no extractable
 answer is a parse failure, counted apart from a wrong answer. With K samples per problem we report the mean
 sampled accuracy and the unbiased pass@k of Chen et al. (2021): 1 - C(n-c, k) / C(n, k).
 """
@@ -65,7 +66,7 @@ def heldout_accuracy(model, tok, problems, template: str, max_new_tokens: int, s
     same weights give the same numbers, and no global random state is touched (training is not perturbed).
     """
     import model as M
-    from grpo import stop_ids
+    from grpo import completion_text, stop_ids
     prompts = [tok.encode(D.format_prompt(p, template)) for p in problems]
     stops = stop_ids(tok)
     was_training = model.training
@@ -83,7 +84,7 @@ def heldout_accuracy(model, tok, problems, template: str, max_new_tokens: int, s
                       f"{min(start + per_call, len(prompts))}/{len(prompts)} problems", end="", flush=True)
         if progress:
             print()
-        return [tok.decode(c, skip_special_tokens=True) for c in outs]
+        return [completion_text(tok, c) for c in outs]
 
     greedy_texts = run(0.0, 1)
     sample_texts = run(temperature, samples) if samples else []

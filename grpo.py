@@ -355,9 +355,18 @@ class Rollouts:
 
 
 def stop_ids(tok: M.Tokenizer) -> list[int]:
-    """End of document, and end of a chat turn when the tokenizer has one (Qwen: <|endoftext|>, <|im_end|>)."""
-    ids = [tok.eos_token_id, tok.token_to_id("<|im_end|>")]
+    """End of document, end of a chat turn and start of a next one, when the tokenizer has them (Qwen:
+    <|endoftext|>, <|im_end|>, <|im_start|>): a model that opens a turn itself has ended its own."""
+    ids = [tok.eos_token_id, tok.token_to_id("<|im_end|>"), tok.token_to_id("<|im_start|>")]
     return sorted({i for i in ids if i is not None})
+
+
+def completion_text(tok: M.Tokenizer, ids: list[int]) -> str:
+    """The text graded: the completion up to its first stop token, decoded without special tokens (decoded
+    whole, a turn the model went on to invent would be graded as part of its answer)."""
+    stops = set(stop_ids(tok))
+    end = next((i for i, t in enumerate(ids) if t in stops), len(ids))
+    return tok.decode(ids[:end], skip_special_tokens=True)
 
 
 def rollout(model, tok, problems, cfg: Config, seed: int, first_row: int = 0) -> Rollouts:
@@ -367,7 +376,7 @@ def rollout(model, tok, problems, cfg: Config, seed: int, first_row: int = 0) ->
                              eos_token_id=stop_ids(tok), seed=seed, num_samples=cfg.group_size,
                              vocab_size=tok.vocab_size, first_row=first_row)
     eos = set(stop_ids(tok))
-    texts = [tok.decode(c, skip_special_tokens=True) for c in completions]
+    texts = [completion_text(tok, c) for c in completions]
     golds = [p.answer for p in problems for _ in range(cfg.group_size)]
     rewards = torch.tensor([D.reward(t, g) for t, g in zip(texts, golds)], dtype=torch.float32)
     truncated = [not c or c[-1] not in eos for c in completions]

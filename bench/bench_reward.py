@@ -36,6 +36,11 @@ ADVERSARIAL = {  # the corpus of tests/test_data.py, scored against gold "81"
     "1 MB of '1a' (lenient scan)": "1a" * 2**19,
     "1 MB of '<|'": "<|" * 2**19,
     "1 MB of mixed markers": "\\boxed{1} #### 2 The answer is 3 " * 30_000,
+    "1 MB of '<answer>'": "<answer>" * (2**20 // 8),
+    "1 MB of 'Final Answer\\n'": "Final Answer\n" * (2**20 // 13),
+    "1 MB of 'The answer is not 5 '": "The answer is not 5 " * (2**20 // 20),
+    "1 MB of '$1$ and '": "$1$ and " * (2**20 // 8),
+    "1 MB of '1+' (lenient scan)": "1+" * 2**19,
     "250-element list": "\\boxed{" + "1," * 250 + "1}",
     "120-element set of \\pi": "\\boxed{\\{" + "\\pi," * 120 + "1\\}}",
 }
@@ -97,6 +102,7 @@ def main() -> None:
           "disabled, hit even 40-character inputs, and move between rows from run to run.\n")
     print("| input | calls | checks/s | median µs | p99 µs | max µs | reward = 1 |")
     print("|---|---:|---:|---:|---:|---:|---:|")
+    gsm8k_medians = []
     for name, pairs in sets.items():
         for strict in (True, False):
             for cold in (True, False):
@@ -104,6 +110,11 @@ def main() -> None:
                 hits = sum(data.reward(c, g, strict) for c, g in pairs)
                 mode = f"{'strict' if strict else 'lenient'}, {'cold' if cold else 'warm'}"
                 print(row(f"{name} ({mode})", times, f" {hits:,.0f}/{len(pairs):,} |"))
+                if name.startswith("GSM8K") and cold:
+                    gsm8k_medians.append(sorted(times)[len(times) // 2] / 1e3)
+    slowest = max(gsm8k_medians)
+    print(f"\nGSM8K gold solutions, cold: the slowest median is {slowest:.1f} µs per check, "
+          f"{1e6 / slowest:,.0f} checks/s at the median (target: at least 100,000).")
 
     print("\nAdversarial inputs (cold, strict and lenient together, "
           f"{args.adversarial_repeats} calls each per mode; every one scores 0.0):\n")

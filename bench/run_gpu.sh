@@ -32,3 +32,8 @@ step paper_step 80 python3 bench/bench_paper_step.py --device cuda
 step paper_step_no_ckpt 60 python3 bench/bench_paper_step.py --device cuda --no-grad-checkpointing
 step demo 60 python3 grpo.py --preset demo --device cuda --steps 20 --diag-every 10 --out /tmp/demo-cuda
 step generate_v1024 60 python3 bench/bench_generate.py --device cuda --dtype bfloat16 --shape qwen2.5-math-1.5b --vocab 1024 --batch 8 64 --repeats 1 --skip-memory
+# Data parallel over every GPU here (NCCL; a single-GPU machine runs it with one process): the all-reduce of the
+# LoRA gradient, then a few demo steps under torchrun whose adapter must equal the one-process run's.
+gpus=$(nvidia-smi -L | wc -l)
+step allreduce 60 torchrun --standalone --nproc_per_node "$gpus" bench/bench_allreduce.py --device cuda
+step dp_demo 120 python3 bench/dp_check.py --device cuda --nproc "$gpus"

@@ -243,3 +243,31 @@ def test_evaluate_without_a_model_or_a_run_is_one_clear_message(capsys):
     with pytest.raises(SystemExit):
         E.main(["--data", "demo"])
     assert "--model is required" in capsys.readouterr().err
+
+
+def test_evaluation_grades_only_the_turn_the_model_ended(tmp_path, monkeypatch):
+    """A completion that runs on into a turn it invents (<|im_start|>user ...) is graded on its own turn."""
+    import model as M
+    from tiny import ChatTokenizer
+    tok = ChatTokenizer()
+    completion = tok.encode("9 * 2 = \\boxed{18} dollars.<|im_start|>user\nAnd for 10 eggs?<|im_end|>"
+                            "<|im_start|>assistant\nThen \\boxed{20}.")  # only the stop token ends this turn
+    assert E.grade(tok.decode(completion, skip_special_tokens=True), "20")["strict"]["correct"]  # decoded whole
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Janet sells 9 eggs at $2 ({i}). How much?",
+                                        "answer": "9 * 2 = 18\n#### 18"}) + "\n" for i in range(3)))
+    stops = []
+
+    def generate(model, prompts, max_new_tokens, eos_token_id=None, num_samples=1, **kw):
+        stops.append(eos_token_id)
+        return [list(completion) for _ in range(len(prompts) * num_samples)]
+
+    monkeypatch.setattr(M, "load_tokenizer", lambda *a: tok)
+    monkeypatch.setattr(M, "generate", generate)
+    res = E.main(["--model", str(DEMO), "--data", str(data), "--samples", "2", "--template", "qwen-chat",
+                  "--out", str(tmp_path / "out")])
+    groups = res["groups"]["all"]
+    assert groups["greedy/strict/accuracy"] == groups["samples/strict/accuracy"] == 1.0
+    rows = [json.loads(x) for x in (tmp_path / "out/problems.jsonl").read_text().splitlines()]
+    assert [r["greedy"] for r in rows] == ["9 * 2 = \\boxed{18} dollars."] * 3
+    assert all(s == [0, 1, 2] for s in stops)  # the sampler stops at <|endoftext|>, <|im_start|>, <|im_end|>

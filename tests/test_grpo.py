@@ -605,3 +605,43 @@ def test_per_prompt_gradients_and_curvature_by_hand(tmp_path):
     if debiased:
         assert summary["diag/cos_debiased_abs_mean"] == pytest.approx(np.mean(debiased), rel=1e-4)
     assert summary["diag/curvature_std_corr"] == pytest.approx(np.corrcoef(stds, kappas)[0, 1], rel=1e-4)
+
+
+# --- the text graded ends where the model's turn ended ---------------------------------------------------------
+
+# No line of its own for "user" or "assistant" once special tokens are skipped: the grader's text-level cut does
+# not see this turn end, only the stop token does.
+INVENTED_TURN = ("So she makes 9 * 2 = \\boxed{18} dollars.<|im_start|>user\nAnd for 10 eggs?<|im_end|>"
+                 "<|im_start|>assistant\nThen she makes \\boxed{20} dollars.")
+
+
+def test_rollout_grades_only_the_turn_the_model_ended(monkeypatch):
+    """A completion that runs on into a turn it invents (<|im_start|>user ...) is graded on its own turn."""
+    from tiny import ChatTokenizer
+    tok = ChatTokenizer()
+    ids = tok.encode(INVENTED_TURN)
+    # decoded whole with special tokens skipped, the invented turn's answer is the one graded
+    assert D.reward(tok.decode(ids, skip_special_tokens=True), "20") == 1.0
+    calls = []
+
+    def generate(model, prompts, max_new_tokens, eos_token_id=None, num_samples=1, **kw):
+        calls.append(eos_token_id)
+        return [list(ids) for _ in range(len(prompts) * num_samples)]
+
+    monkeypatch.setattr(G.M, "generate", generate)
+    model = torch.nn.Linear(1, 1)
+    cfg = G.Config(group_size=2, template="qwen-chat")
+    for gold, reward in (("18", 1.0), ("20", 0.0)):
+        ro = G.rollout(model, tok, [D.Problem("How much?", gold)], cfg, seed=0)
+        assert ro.texts == ["So she makes 9 * 2 = \\boxed{18} dollars."] * 2
+        assert ro.rewards.tolist() == [[reward, reward]]
+    assert calls[0] == [0, 1, 2]  # <|endoftext|>, <|im_start|>, <|im_end|>: the sampler stops at all three
+
+
+def test_stop_tokens_of_the_qwen_tokenizer(data_dir):
+    tok = M.load_tokenizer(data_dir / "qwen2.5-tokenizer")
+    assert G.stop_ids(tok) == [151643, 151644, 151645]  # <|endoftext|>, <|im_start|>, <|im_end|>
+    ids = tok.encode(INVENTED_TURN)
+    assert ids.count(151644) == 2
+    assert G.completion_text(tok, ids) == "So she makes 9 * 2 = \\boxed{18} dollars."
+    assert G.completion_text(tok, tok.encode("#### 18")) == "#### 18"  # no stop token: the whole completion
