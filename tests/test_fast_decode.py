@@ -1,6 +1,6 @@
 """fast_decode.py against the plain path of model.py: the same step bit for bit in float32, the same tokens for
 the same seed (greedy, sampled, top-p, EOS, vocab masking, prefix sharing, LoRA), the same distribution as
-completion_logprobs scores; the two-pass sampler against sample_token; the fused weight storage."""
+completion_logprobs scores; the two-pass sampler against sample_token; the fused weight storage; merged_copy."""
 
 import pytest
 import torch
@@ -226,3 +226,26 @@ def test_fast_only_options_and_dropout_are_clear_errors(folder):
     dropout.train()
     with pytest.raises(ValueError, match="LoRA dropout is active"):
         M.generate(dropout, [[1]], 4)
+
+
+# --- the merged-weights sampler (lora.merged_copy) ----------------------------------------------------------------
+
+
+def test_merged_copy_is_separate_and_leaves_the_model_untouched(folder):
+    model = with_lora(M.load_model(folder, dtype=torch.bfloat16))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copy = L.merged_copy(model)
+    ids = torch.randint(0, TINY["vocab_size"], (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = M.generate(copy, ids.tolist(), 8, temperature=1.0, seed=0)
+        merged_logits, model_logits = copy(ids).float(), model(ids).float()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # the master, bit for bit
+    assert not any(m.merged for m in L.lora_layers(model).values()) and not L.lora_layers(copy)
+    q = model.model.layers[0].self_attn.q_proj
+    copy_q = copy.model.layers[0].self_attn.q_proj
+    assert copy_q.weight.dtype == torch.bfloat16 and copy_q.weight.data_ptr() != q.weight.data_ptr()
+    assert torch.equal(copy_q.weight, (q.weight.float() + q.delta_weight()).to(torch.bfloat16))
+    assert copy.model.embed_tokens.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # shared
+    assert len(out) == 2
+    # The same function up to bfloat16 rounding of the merge and of the two computations.
+    assert (merged_logits - model_logits).abs().max() < 0.1 * model_logits.abs().max()
