@@ -148,9 +148,8 @@ def rotate_qkv(qkv, qkv_delta, cos, sin, n_heads: int, n_kv_heads: int):
     each KV head as G query rows, as Attention does) and the new keys and values [2, B, n_kv_heads, 1, D]."""
     B, D = qkv.shape[0], cos.shape[-1]
     qkv = add_lora(qkv, qkv_delta).view(B, n_heads + 2 * n_kv_heads, D)
-    q, k, v = qkv.split([n_heads, n_kv_heads, n_kv_heads], dim=1)
-    cos, sin = cos[:, None], sin[:, None]
-    q, k = M.apply_rotary(q, cos, sin), M.apply_rotary(k, cos, sin)
+    qk, v = qkv.split([n_heads + n_kv_heads, n_kv_heads], dim=1)
+    q, k = M.apply_rotary(qk, cos[:, None], sin[:, None]).split([n_heads, n_kv_heads], dim=1)  # q and k at once
     return q.reshape(B, n_kv_heads, n_heads // n_kv_heads, D), torch.stack([k, v])[:, :, :, None]
 
 
@@ -212,7 +211,10 @@ class Decoder:
         c = model.config
         self.n_heads, self.n_kv_heads, self.eps = c.num_attention_heads, c.num_key_value_heads, c.rms_norm_eps
         self.embed = model.model.embed_tokens.weight.detach()
-        self.head = model.lm_head.weight.detach()
+        head = model.lm_head.weight.detach()
+        # On a CPU, x @ W^T with W stored [V, H] runs at half the speed of the same GEMM with W stored [H, V]
+        # (MKL, batch 8); so there the head is copied transposed, once per call. Same sums, other rounding.
+        self.head_t = head.T.contiguous() if head.device.type == "cpu" else head.T
         self.final_norm = model.model.norm.weight.detach()
         self.layers = []
         for block in model.model.layers:
@@ -255,7 +257,7 @@ class Decoder:
         return self.residual_norm(x, branch, delta, self.final_norm, self.eps, None)[1]
 
     def logits(self, h):
-        return F.linear(h, self.head).float()
+        return (h @ self.head_t).float()
 
     def sample(self, logits, temperature: float, top_p: float, uniforms, vocab_size: int | None):
         if temperature == 0 or top_p < 1.0:
