@@ -1,17 +1,16 @@
 """
 The sampler's decode loop rebuilt for speed. It computes the same function as the plain loop in model.py
 (Qwen2.hidden_states over a KVCache, the LM head, sample_token) and is tested equal to it
-(tests/test_fast_decode.py); `generate` runs it unless asked for fast=False.
+(tests/test_fast_decode.py, bench/cuda_checks.py); `generate` runs it unless asked for fast=False.
 
 Why a second copy of the step at all: a GPU decode step at batch 8 is bound by the number of kernels it launches
-(the plain step is 43 per layer, 85 with LoRA), a CPU one by the operations Python dispatches, and neither by
-arithmetic. What this step changes, all of it arithmetic-preserving:
+(the plain step is 43 per layer, 85 with LoRA: bench/count_kernels.py), not by arithmetic. What changes:
 
 - Projections that share an input are one GEMM: q/k/v (with their biases) and gate/up. load_model lays their
   weights out as adjacent rows of one tensor (model.fuse_projection_storage), so the fused weight is a view;
   for any other model it is a copy made once per generate call.
-- LoRA: the A matrices that share an input are one float32 GEMM and their B matrices one block-diagonal float32
-  GEMM with alpha / r folded into B (exact when alpha / r is a power of two, as in both presets).
+- LoRA: the A matrices that share an input are one GEMM and their B matrices one block-diagonal GEMM with
+  alpha / r folded into B (exact when alpha / r is a power of two, as in both presets), in the adapter's dtype.
 - Each RMSNorm takes the residual add before it, and the LoRA deltas are added inside the op that consumes
   them (the norm, rotary, the SiLU gate), in the plain path's order and dtypes.
 - Rotary cos/sin come from a table built once per call; the padding mask is an additive bias built once per
@@ -19,16 +18,19 @@ arithmetic. What this step changes, all of it arithmetic-preserving:
 - Attention runs over the filled columns only: exactly on the shrinking-batch loop, and on the fixed-shape
   loop over the smallest multiple of ATTENTION_BUCKET columns that holds them (one CUDA graph per bucket).
 - Sampling at temperature > 0 without top-p maps each row's uniform to a token by inverse CDF in two parallel
-  passes (two_pass_inverse_cdf) instead of one float64 cumulative sum over the vocabulary. Greedy and top-p
-  call model.sample_token itself.
-- On CUDA the pointwise and reduction pieces (the norms, rotary, the gate, the sampler) are compiled with
-  torch.compile (inductor, rounding bfloat16 intermediates as eager does: emulate_precision_casts), and each
-  step is captured and replayed as a CUDA graph.
+  passes (two_pass_inverse_cdf) instead of a float64 cumulative sum over the vocabulary; greedy and top-p call
+  model.sample_token itself.
+- On CUDA the pieces between the GEMMs (the norms, rotary, the gate, the sampler) are compiled with
+  torch.compile (inductor, rounding bfloat16 intermediates where eager does: emulate_precision_casts) and each
+  step is replayed as a CUDA graph: 10 kernels per layer, 19 with LoRA.
 
-Equal, not bit-identical: a fused GEMM or a compiled reduction may round the last bit differently from the
-plain op, as the plain path's own GEMMs do between two batch sizes; the tokens drawn are the same (tests and
-bench/cuda_checks.py). merged_copy sampling (lora.merged_copy) is the one deliberate departure, measured by
-grpo.sampler_mismatch. Left out: paged KV, continuous batching, speculative decoding, split-KV attention.
+How equal: in float32 on the CPU the eager step's hidden states, keys and values are the plain forward's bit
+for bit (at batch 1 with LoRA, the block-diagonal GEMM becomes a GEMV that rounds one last bit otherwise); the
+logits differ by rounding where the CPU computes the head over a transposed copy (twice as fast there), and
+compiled code sums its reductions in another order. The tokens drawn for a seed are the same in every test;
+they could differ only where a draw lands within that rounding of a CDF boundary, as the plain loop's own
+draws may between batch sizes. lora.merged_copy (--sampler merged) is the one deliberate departure, measured
+by grpo.sampler_mismatch. Left out: paged KV, continuous batching, speculative decoding, split-KV attention.
 """
 
 from __future__ import annotations
@@ -82,33 +84,33 @@ def adjacent_rows(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     return first.detach().as_strided((rows, *first.shape[1:]), first.stride())
 
 
+def stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat(tensors), as a view when they already are adjacent rows of one storage."""
+    tensors = [t.detach() for t in tensors]
+    view = adjacent_rows(tensors)
+    return view if view is not None else torch.cat(tensors)
+
+
 def fuse(linears: list) -> Projection:
     """The Projection of nn.Linear / LoRALinear layers with one input (their outputs concatenated in order)."""
-    weights = [m.weight.detach() for m in linears]
-    weight = adjacent_rows(weights)
-    weight = weight if weight is not None else torch.cat(weights)
-    biases = [m.bias.detach() for m in linears if m.bias is not None]
-    if biases and len(biases) != len(linears):
-        raise ValueError("cannot fuse projections where only some have a bias")
-    bias = (adjacent_rows(biases) if biases else None)
-    bias = bias if bias is not None or not biases else torch.cat(biases)
+    bias = stacked([m.bias for m in linears]) if linears[0].bias is not None else None
+    projection = Projection(stacked([m.weight for m in linears]), bias)
     adapted = [(i, m) for i, m in enumerate(linears) if isinstance(m, L.LoRALinear) and m.enabled and not m.merged]
     if not adapted:
-        return Projection(weight, bias)
-    for _, m in adapted:
-        if m.training and getattr(m.dropout, "p", 0.0) > 0:
-            raise ValueError("LoRA dropout is active (the model is in training mode): call model.eval() before "
-                             "generate, or pass fast=False")
-    a = torch.cat([m.lora_A.weight.detach() for _, m in adapted])
-    b = a.new_zeros(weight.shape[0], a.shape[0])
-    starts = [0]
+        return projection
+    if any(m.training and isinstance(m.dropout, torch.nn.Dropout) for _, m in adapted):
+        raise ValueError("LoRA dropout is active (the model is in training mode): call model.eval() before "
+                         "generate, or pass fast=False")
+    projection.lora_a = torch.cat([m.lora_A.weight.detach() for _, m in adapted])
+    projection.lora_b = projection.lora_a.new_zeros(projection.weight.shape[0], projection.lora_a.shape[0])
+    rows = [0]
     for m in linears:
-        starts.append(starts[-1] + m.out_features)
+        rows.append(rows[-1] + m.out_features)
     col = 0
     for i, m in adapted:
-        b[starts[i]:starts[i + 1], col:col + m.r] = m.lora_B.weight.detach() * m.scaling
+        projection.lora_b[rows[i]:rows[i + 1], col:col + m.r] = m.lora_B.weight.detach() * m.scaling
         col += m.r
-    return Projection(weight, bias, a, b)
+    return projection
 
 
 @dataclass
@@ -169,7 +171,8 @@ def two_pass_inverse_cdf(logits, temperature: float, uniforms, vocab_size: int |
     exceeds it. Pass 2 scans that one chunk for the first entry whose running total exceeds t. A zero
     probability adds nothing to a running total, so it is never chosen. sample_token searches a float64 cumsum
     instead: both pick the first token whose CDF exceeds u * total, so they differ only when a draw lands
-    within float64 rounding of a CDF boundary (about 1e-16 of the probability mass).
+    within that cumsum's rounding of a CDF boundary (at most V * 2^-53 of the probability mass: 2e-11 at
+    V = 151,936), or on a token of probability below 2^-62, which only the cumsum can draw.
     """
     if vocab_size is not None and vocab_size < logits.shape[-1]:
         logits = logits.clone()
