@@ -290,7 +290,7 @@ def _draw(decoder, h, temperature, top_p, uniforms, vocab_size, logprobs):
 
 def _decode_shrinking(decoder, h, cache, key_valid, next_position, uniforms, P, temperature, top_p, vocab_size, eos,
                       return_logprobs):
-    """model._decode_shrinking with the fused step: rows that have ended leave the batch every 16 steps."""
+    """model._decode_plain with the fused step: rows that have ended leave the batch (checked every 16 steps)."""
     B, max_new_tokens = uniforms.shape
     device = uniforms.device
     out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)

@@ -249,3 +249,22 @@ def test_merged_copy_is_separate_and_leaves_the_model_untouched(folder):
     assert len(out) == 2
     # The same function up to bfloat16 rounding of the merge and of the two computations.
     assert (merged_logits - model_logits).abs().max() < 0.1 * model_logits.abs().max()
+
+
+# --- bench/count_kernels.py's rule -------------------------------------------------------------------------------
+
+
+def test_the_kernel_counter_counts_each_computing_op_once():
+    """linear (addmm under it), softmax (_softmax), an add: 3 kernels; a view, a no-op cast, a reshape: none."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from count_kernels import kernels_of
+    x, w, b = torch.randn(4, 8), torch.randn(16, 8), torch.randn(16)
+
+    def ops():
+        y = torch.nn.functional.linear(x, w, b).float().view(4, 2, 8).reshape(8, 8)
+        return torch.softmax(y, -1) + 1
+
+    assert kernels_of(ops, torch.device("cpu")) == (3, [])
+    assert kernels_of(lambda: x.view(2, 16).float().T, torch.device("cpu")) == (0, [])
