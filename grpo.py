@@ -89,6 +89,7 @@ class Config:
     group_size: int = 8                      # K completions per prompt
     max_new_tokens: int = 1024
     temperature: float = 1.0                 # sampling temperature; the learner scores the same distribution
+    sampler: str = "exact"                   # exact | merged: sample a merged copy (faster, inexact; mismatch logged)
     # the update
     normalize: str = "std"                   # std | batch | none (see group_advantages)
     std_eps: float = 1e-6                    # guards the division by the group std (binary rewards: std >= 0.33 or 0)
@@ -133,7 +134,7 @@ PRESETS = {
 }
 CHOICES = dict(preset=list(PRESETS), normalize=["std", "batch", "none"], optimizer=["adamw", "sgd"],
                loss_agg=["seq-sum", "seq-mean", "token-mean"], template=list(D.PROMPT_TEMPLATES),
-               device=["auto", "cpu", "cuda"], dtype=["auto", "float32", "bfloat16"])
+               device=["auto", "cpu", "cuda"], dtype=["auto", "float32", "bfloat16"], sampler=["exact", "merged"])
 # Keys whose values depend on the machine, not on the computation: excluded from exact-resume comparisons.
 TIMING_PREFIXES = ("time/", "perf/")
 
@@ -352,6 +353,7 @@ class Rollouts:
     texts: list
     rewards: torch.Tensor   # [prompts, K]
     truncated: list = field(default_factory=list)
+    sampler_stats: dict = field(default_factory=dict)  # sampler_mismatch, with --sampler merged
 
 
 def stop_ids(tok: M.Tokenizer) -> list[int]:
@@ -372,15 +374,43 @@ def completion_text(tok: M.Tokenizer, ids: list[int]) -> str:
 def rollout(model, tok, problems, cfg: Config, seed: int, first_row: int = 0) -> Rollouts:
     prompts = [tok.encode(D.format_prompt(p, cfg.template)) for p in problems]
     model.eval()
-    completions = M.generate(model, prompts, cfg.max_new_tokens, temperature=cfg.temperature,
-                             eos_token_id=stop_ids(tok), seed=seed, num_samples=cfg.group_size,
-                             vocab_size=tok.vocab_size, first_row=first_row)
+    merged = cfg.sampler == "merged"
+    sampler = L.merged_copy(model) if merged else model  # rebuilt from the current adapter every step
+    out = M.generate(sampler, prompts, cfg.max_new_tokens, temperature=cfg.temperature, eos_token_id=stop_ids(tok),
+                     seed=seed, num_samples=cfg.group_size, vocab_size=tok.vocab_size, return_logprobs=merged,
+                     first_row=first_row)
+    del sampler
+    completions, sampler_logprobs = out if merged else (out, None)
     eos = set(stop_ids(tok))
     texts = [completion_text(tok, c) for c in completions]
     golds = [p.answer for p in problems for _ in range(cfg.group_size)]
     rewards = torch.tensor([D.reward(t, g) for t, g in zip(texts, golds)], dtype=torch.float32)
     truncated = [not c or c[-1] not in eos for c in completions]
-    return Rollouts(problems, prompts, completions, texts, rewards.view(len(problems), cfg.group_size), truncated)
+    ro = Rollouts(problems, prompts, completions, texts, rewards.view(len(problems), cfg.group_size), truncated)
+    if merged:
+        ro.sampler_stats = sampler_mismatch(model, ro, sampler_logprobs, cfg, tok.vocab_size)
+    return ro
+
+
+@torch.no_grad()
+def sampler_mismatch(model, ro: Rollouts, sampler_logprobs: list, cfg: Config, vocab_size: int) -> dict:
+    """How far the sampler's distribution is from the learner's, on the tokens it drew. Per token,
+    d = log p_learner - log p_sampler (the learner: completion_logprobs of the model, adapter unmerged; the
+    sampler: the log-probs generate returns). kl_k3 is the k3 estimate of KL(sampler || learner) per token,
+    mean(exp(d) - 1 - d) over the samples the sampler drew; logp_abs_diff_mean is mean |d|."""
+    K = cfg.group_size
+    rows = [i for i, c in enumerate(ro.completions) if c]
+    learner = []
+    for start in range(0, len(rows), cfg.micro_batch):
+        batch = rows[start:start + cfg.micro_batch]
+        groups = sorted({i // K for i in batch})
+        lp, _, _ = M.completion_logprobs(model, [ro.prompts[g] for g in groups], [ro.completions[i] for i in batch],
+                                         [groups.index(i // K) for i in batch], cfg.temperature, vocab_size)
+        learner += [lp[j, :len(ro.completions[i])].double().cpu() for j, i in enumerate(batch)]
+    learner = torch.cat(learner)
+    sampler = torch.tensor([x for i in rows for x in sampler_logprobs[i]], dtype=torch.float64)
+    return {"sampler/kl_k3": float(kl_k3(sampler, learner).mean()),
+            "sampler/logp_abs_diff_mean": float((learner - sampler).abs().mean())}
 
 
 # -----------------------------------------------------------------------------
@@ -710,7 +740,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, world: World = World
             bad_streak = bad_streak + 1 if skipped else 0
             parts = world.gather({"rewards": ro.rewards, "advantages": advantages, "texts": ro.texts,
                                   "lengths": [len(c) for c in ro.completions], "truncated": ro.truncated,
-                                  "sample_s": t1 - t0})
+                                  "sample_s": t1 - t0, "sampler_stats": ro.sampler_stats})
             whole = Rollouts(batch, None, None, [t for p in parts for t in p["texts"]],
                              torch.cat([p["rewards"] for p in parts]), [t for p in parts for t in p["truncated"]])
             if world.main:
@@ -766,6 +796,7 @@ def step_record(step: int, cfg: Config, ro: Rollouts, advantages, parts: list[di
         "time/sample": t_sample, "time/reward": t_adv, "time/update": t_update,
         "perf/tokens_per_s": sum(sum(p["lengths"]) / max(p["sample_s"], 1e-9) for p in parts),
         "perf/peak_mem_gb": peak_memory_gb(device),
+        **{k: float(np.mean([p["sampler_stats"][k] for p in parts])) for k in parts[0]["sampler_stats"]},
     }
 
 

@@ -12,6 +12,7 @@ state) are float32.
     save_adapter(model, "out/adapter")                    # peft: PeftModel.from_pretrained(hf_model, "out/adapter")
     load_adapter(model, "some/peft/adapter")              # injects (or checks) and loads
     export_merged(model, "out/merged")                    # an HF model folder with W + (alpha/r) B A
+    sampler = merged_copy(model)                          # a separate merged model (the faster, inexact sampler)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import Qwen2, save_model
+from model import Qwen2, fuse_projection_storage, save_model
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_CONFIG = "adapter_config.json"
@@ -239,20 +240,39 @@ def load_adapter(model: Qwen2, folder: str | os.PathLike, dtype=torch.float32) -
     return lora_parameters(model)
 
 
+@torch.no_grad()
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The base model's state dict (HF names) with each adapter folded in: W + (alpha/r) B A, computed in
+    float32 and stored in W's dtype as a new tensor; every other entry is the model's own tensor, not a copy."""
+    layers = lora_layers(model)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if ".lora_" in name:
+            continue
+        module = layers.get(name.removesuffix(".weight"))
+        if module is not None and name.endswith(".weight") and not module.merged:
+            tensor = (tensor.float() + module.delta_weight().float()).to(tensor.dtype)
+        state[name] = tensor
+    return state
+
+
+def merged_copy(model: Qwen2) -> Qwen2:
+    """A separate plain Qwen2 for sampling: the adapted weights merged (merged_state_dict, so in the base's
+    dtype: bfloat16 on a GPU), rebuilt from the model's current base and adapter; the weights no adapter touches
+    are shared with the model, not copied. The model itself is never modified, unlike merge_lora. It computes
+    the learner's function only up to the rounding of the merge; grpo.sampler_mismatch measures how far."""
+    with torch.device("meta"):
+        copy = Qwen2(model.config)
+    copy.load_state_dict(merged_state_dict(model), assign=True)
+    copy.tie_weights()
+    copy.requires_grad_(False)
+    return fuse_projection_storage(copy).eval()
+
+
 def export_merged(model: Qwen2, folder: str | os.PathLike, tokenizer_from: str | os.PathLike | None = None):
     """An HF-format model folder with the adapter folded in (the model itself is left as it was).
     tokenizer_from: a folder whose tokenizer files are copied alongside, so the export runs on its own."""
-    layers = lora_layers(model)
-    state = {}
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if ".lora_" in name:
-                continue
-            module = layers.get(name.removesuffix(".weight"))
-            if module is not None and name.endswith(".weight") and not module.merged:
-                tensor = (tensor.float() + module.delta_weight().float()).to(tensor.dtype)
-            state[name] = tensor
-    save_model(model, folder, state_dict=state)
+    save_model(model, folder, state_dict=merged_state_dict(model))
     if tokenizer_from is not None:
         for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "generation_config.json"):
             if (Path(tokenizer_from) / name).is_file():

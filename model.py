@@ -11,9 +11,9 @@ Design
 - Sampling (`generate`): prompts are left-padded to a common length and padding is tracked by length, never
   by token id (Qwen's pad token is also its EOS). Each prompt is prefilled once and its cache fanned out to its
   K samples. Each row draws from its own pre-generated uniforms (inverse-CDF sampling), so a row's tokens
-  depend only on the seed, the row index and its own logits, never on what else is in the batch. On a GPU a
-  decode step is bound by kernel launches, not arithmetic, so there every step has fixed shapes and is replayed
-  as one CUDA graph; on a CPU the batch sheds rows that have ended instead.
+  depend only on the seed, the row index and its own logits, never on what else is in the batch. The decode
+  loop here (_decode_plain) is the reference; generate runs by default the same step rebuilt for speed in
+  fast_decode.py (fused weights; compiled and replayed as CUDA graphs on a GPU), tested equal to it.
 
     model = load_model("Qwen/Qwen2.5-Math-1.5B")          # or a local folder; safetensors only
     tok = load_tokenizer("Qwen/Qwen2.5-Math-1.5B")
@@ -235,47 +235,42 @@ class Qwen2(nn.Module):
 
 
 class KVCache:
-    """Preallocated keys and values [layers, batch, kv_heads, max_len, head_dim]; `length` columns are filled.
+    """Preallocated keys and values, one tensor per layer: kv[layer] is [2, batch, kv_heads, max_len, head_dim]
+    (keys, then values); `length` columns are filled.
 
     All rows share one write position (prompts are left-padded); which columns are padding is the caller's
     business, expressed in the attention mask.
     """
 
     def __init__(self, config: Qwen2Config, batch_size: int, max_len: int, dtype, device):
-        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
-        self.k = torch.empty(shape, dtype=dtype, device=device)
-        self.v = torch.empty(shape, dtype=dtype, device=device)
+        shape = (2, batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        self.kv = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.length = 0
-        self.write_at = None  # fixed shapes: a [T] tensor of columns to write; attention then sees every column
 
     def update(self, layer: int, k, v):
-        if self.write_at is not None:  # no Python int depends on the step, so a CUDA graph can replay it
-            self.k[layer].index_copy_(2, self.write_at, k)
-            self.v[layer].index_copy_(2, self.write_at, v)
-            return self.k[layer], self.v[layer]
         start, end = self.length, self.length + k.shape[2]
-        if end > self.k.shape[3]:
-            raise RuntimeError(f"KV cache overflow: {end} > {self.k.shape[3]} columns")
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        kv = self.kv[layer]
+        if end > kv.shape[3]:
+            raise RuntimeError(f"KV cache overflow: {end} > {kv.shape[3]} columns")
+        kv[0, :, :, start:end] = k
+        kv[1, :, :, start:end] = v
+        return kv[0, :, :, :end], kv[1, :, :, :end]
 
     def select(self, rows: torch.Tensor) -> KVCache:
         """A cache holding only these rows (drops finished sequences)."""
         new = object.__new__(KVCache)
-        new.k, new.v, new.length, new.write_at = self.k[:, rows], self.v[:, rows], self.length, self.write_at
+        new.kv, new.length = [kv[:, rows] for kv in self.kv], self.length
         return new
 
     def fan_out(self, copies: int, max_len: int) -> KVCache:
         """A new cache with each row repeated `copies` times (row b -> rows b*copies .. b*copies+copies-1)."""
         new = object.__new__(KVCache)
-        L, B, H, _, D = self.k.shape
+        _, B, H, _, D = self.kv[0].shape
         # Zeros, not garbage: fixed-shape decoding attends over unwritten columns with weight 0, and 0 * NaN = NaN.
-        new.k = self.k.new_zeros((L, B * copies, H, max_len, D))
-        new.v = self.v.new_zeros((L, B * copies, H, max_len, D))
-        new.length, new.write_at = self.length, None
-        new.k[:, :, :, :self.length] = self.k[:, :, :, :self.length].repeat_interleave(copies, dim=1)
-        new.v[:, :, :, :self.length] = self.v[:, :, :, :self.length].repeat_interleave(copies, dim=1)
+        new.kv = [kv.new_zeros((2, B * copies, H, max_len, D)) for kv in self.kv]
+        new.length = self.length
+        for old, kv in zip(self.kv, new.kv):
+            kv[:, :, :, :self.length] = old[:, :, :, :self.length].repeat_interleave(copies, dim=1)
         return new
 
 
@@ -342,8 +337,9 @@ def causal_mask(key_valid: torch.Tensor, T: int) -> torch.Tensor:
 @torch.no_grad()
 def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, eos_token_id: int | list[int] | None = None, seed: int | None = None,
-             num_samples: int = 1, vocab_size: int | None = None, fixed_shapes: bool | None = None,
-             first_row: int = 0) -> list[list[int]]:
+             num_samples: int = 1, vocab_size: int | None = None, fast: bool = True,
+             fixed_shapes: bool | None = None, compile: bool | None = None, return_logprobs: bool = False,
+             first_row: int = 0):
     """Sample `num_samples` completions for each prompt; returns len(prompts) * num_samples token lists,
     prompt-major (the samples of prompt i are rows i*num_samples ... i*num_samples + num_samples - 1), each cut
     after its first EOS (the EOS is kept: it is a sampled action the learner must train).
@@ -351,11 +347,14 @@ def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temper
     temperature 0 is greedy. vocab_size: ids >= it (embedding rows the tokenizer does not have) are never drawn.
     first_row: row r of this call draws from row first_row + r of the seed's stream, so a batch split across
     processes (each calling with its own share) draws what one call with the whole batch would.
-    fixed_shapes (default: on CUDA): every decode step has the same shapes (the whole batch to the end, attention
-    over the whole preallocated cache), so on CUDA it is captured once as a CUDA graph and replayed: one launch
-    per step instead of one per operation (some 80 per layer), which is what bounds a GPU decode step. Otherwise
-    rows that have ended are dropped from the batch as it goes, which is what pays on a CPU. Both draw the same
-    tokens.
+    fast (default): decode with fast_decode.py, the same function over fused weights; fast=False runs the plain
+    loop below (_decode_plain), the reference the fast one is tested against. Options of the fast loop:
+      fixed_shapes (default: on CUDA): the whole batch to the end with fixed shapes, so that on CUDA each step is
+        one CUDA graph replay instead of a launch per kernel (what bounds a GPU decode step); otherwise rows that
+        have ended leave the batch as it goes, which is what pays on a CPU. Both draw the same tokens.
+      compile (default: on CUDA): torch.compile the step's pointwise and reduction pieces.
+      return_logprobs: also return each row's per-token log-probs under the distribution it was drawn from
+        (softmax(logits / temperature) over the first vocab_size ids): (completions, logprobs).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt and no empty prompt")
@@ -363,6 +362,10 @@ def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temper
         raise ValueError("num_samples and max_new_tokens must be >= 1")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not fast and (fixed_shapes or compile or return_logprobs):
+        raise ValueError("fixed_shapes, compile and return_logprobs are options of the fast loop (fast=True)")
+    if return_logprobs and (temperature == 0 or top_p < 1.0):
+        raise ValueError("return_logprobs needs temperature > 0 and top_p = 1 (the distribution the learner scores)")
     config, device = model.config, model.lm_head.weight.device
     dtype = model.lm_head.weight.dtype
     P = max(len(p) for p in prompts)
@@ -389,25 +392,30 @@ def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temper
     stream = torch.rand(first_row + B, max_new_tokens, generator=generator, dtype=torch.float64)
     uniforms = stream[first_row:].to(device)
 
-    if fixed_shapes is None:
-        fixed_shapes = device.type == "cuda"
-    if fixed_shapes:
-        out, n_steps = _decode_fixed_shapes(model, h, cache, key_valid, next_position, uniforms, P, temperature,
-                                            top_p, vocab_size, eos)
+    logprobs = None
+    if fast:
+        from fast_decode import decode  # here, not at the top: fast_decode builds on this module
+        on_cuda = device.type == "cuda"
+        out, n_steps, logprobs = decode(model, h, cache, key_valid, next_position, uniforms, P, temperature, top_p,
+                                        vocab_size, eos, fixed_shapes=on_cuda if fixed_shapes is None else fixed_shapes,
+                                        compile=on_cuda if compile is None else compile,
+                                        return_logprobs=return_logprobs)
     else:
-        out, n_steps = _decode_shrinking(model, h, cache, key_valid, next_position, uniforms, P, temperature,
-                                         top_p, vocab_size, eos)
+        out, n_steps = _decode_plain(model, h, cache, key_valid, next_position, uniforms, P, temperature, top_p,
+                                     vocab_size, eos)
 
     # Cut each row after its first EOS.
-    stop, result = set(eos.tolist()), []
-    for row in out[:, :n_steps].tolist():
+    stop, result, result_logprobs = set(eos.tolist()), [], []
+    for i, row in enumerate(out[:, :n_steps].tolist()):
         end = next((j + 1 for j, tok in enumerate(row) if tok in stop), len(row))
         result.append(row[:end])
-    return result
+        if logprobs is not None:
+            result_logprobs.append(logprobs[i, :end].tolist())
+    return (result, result_logprobs) if return_logprobs else result
 
 
-def _decode_shrinking(model, h, cache, key_valid, next_position, uniforms, P, temperature, top_p, vocab_size, eos):
-    """The decode loop with rows that have ended dropped from the batch as it goes -> (tokens [B, N], steps run)."""
+def _decode_plain(model, h, cache, key_valid, next_position, uniforms, P, temperature, top_p, vocab_size, eos):
+    """The decode loop, with rows that have ended dropped from the batch as it goes -> (tokens [B, N], steps run)."""
     B, max_new_tokens = uniforms.shape
     device = uniforms.device
     out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
@@ -437,57 +445,6 @@ def _decode_shrinking(model, h, cache, key_valid, next_position, uniforms, P, te
     return out, n_steps
 
 
-def _decode_fixed_shapes(model, h, cache, key_valid, next_position, uniforms, P, temperature, top_p, vocab_size, eos):
-    """The decode loop with one fixed-shape step, a CUDA graph on CUDA -> (tokens [B, N], steps run).
-
-    Step t feeds token t at cache column P + t and draws token t + 1. Its inputs live in fixed buffers (token,
-    column, uniform) that the loop refills before each replay; the mask and positions are built inside the step.
-    """
-    B, max_new_tokens = uniforms.shape
-    device, W = uniforms.device, key_valid.shape[1]
-    out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
-    out[:, 0] = sample_token(model.lm_head(h).float(), temperature, top_p, uniforms[:, 0], vocab_size)
-    if max_new_tokens == 1:
-        return out, 1
-    token_in, column, uniform_in = out[:, 0].clone(), torch.full((1,), P, device=device), uniforms[:, 1].clone()
-    columns = torch.arange(W, device=device)
-    cache.write_at = column
-
-    def step():
-        mask = (key_valid & (columns <= column))[:, None, None, :]
-        h = model.hidden_states(token_in[:, None], next_position + (column - P), mask, cache)[:, -1]
-        return sample_token(model.lm_head(h).float(), temperature, top_p, uniform_in, vocab_size)
-
-    run = step
-    if device.type == "cuda":
-        # Warm up on a side stream (cuBLAS handles, allocator), then capture. The warm-up is the real step 0:
-        # it writes column P, which the first replay writes again with the same values.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            token_out = step()
-        run = lambda: (graph.replay(), token_out)[1]
-
-    done = torch.isin(out[:, 0], eos)
-    n_steps = max_new_tokens
-    for t in range(max_new_tokens - 1):
-        if eos.numel() and t % 16 == 15 and bool(done.all()):  # a GPU sync, so only every 16 steps
-            n_steps = t + 1
-            break
-        column.fill_(P + t)
-        uniform_in.copy_(uniforms[:, t + 1])
-        token = run()
-        out[:, t + 1] = token
-        token_in.copy_(token)
-        if eos.numel():
-            done |= torch.isin(token, eos)
-    return out, n_steps
-
-
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor,
                  vocab_size: int | None = None) -> torch.Tensor:
     """One token per row of float logits [B, V], by inverse CDF with one uniform in [0, 1) per row."""
@@ -495,7 +452,7 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, uniform
         logits = logits.clone()
         logits[:, vocab_size:] = float("-inf")
     if temperature == 0:
-        return logits.argmax(-1)
+        return logits.max(-1).indices  # = argmax(-1), the first of equal maxima (3x faster on a CPU)
     probs = torch.softmax(logits / temperature, dim=-1)
     order = None
     if top_p < 1.0:
@@ -656,7 +613,32 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None
     state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
-    return model.eval()
+    return fuse_projection_storage(model).eval()
+
+
+FUSED_GROUPS = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("mlp", ("gate_proj", "up_proj")))
+
+
+@torch.no_grad()
+def fuse_projection_storage(model: Qwen2) -> Qwen2:
+    """Store each layer's q/k/v weights and biases as adjacent rows of one tensor, and gate/up likewise.
+
+    Only the storage changes: every parameter keeps its name, shape and value, so loading, saving and this
+    file's forward are untouched, while the fast decoder (fast_decode.py) reads each group as one weight matrix
+    without a copy. A model moved with .to() afterwards has separate storage again (the fast decoder then
+    concatenates the group once per generate call).
+    """
+    for block in model.model.layers:
+        for part, names in FUSED_GROUPS:
+            layers = [getattr(getattr(block, part), n) for n in names]
+            for attr in ("weight", "bias"):
+                params = [getattr(m, attr) for m in layers]
+                if any(p is None for p in params):
+                    continue
+                fused = torch.cat([p.detach() for p in params])
+                for m, p, piece in zip(layers, params, fused.split([p.shape[0] for p in params])):
+                    setattr(m, attr, nn.Parameter(piece, requires_grad=p.requires_grad))
+    return model
 
 
 def save_model(model: Qwen2, folder: str | os.PathLike, state_dict: dict | None = None):

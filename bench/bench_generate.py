@@ -1,12 +1,17 @@
 """
 Sampler and log-prob benchmark: our `generate` vs transformers' `generate(use_cache=True)`, same random weights,
-one process; prefix sharing (8 prompts x 8 samples, one prefill per prompt vs 64 prefills); peak memory of
+one process, and next to it our plain loop (generate(fast=False)) and our generate with LoRA on all seven
+projections; prefix sharing (8 prompts x 8 samples, one prefill per prompt vs 64 prefills); peak memory of
 chunked vs full log-probs.
 
     python bench/bench_generate.py                                   # CPU, a small model (minutes)
+    python bench/bench_generate.py --vocab 32000 --batch 8 --prompt-len 32 --new-tokens 64 --repeats 10 \
+        --skip-prefix-sharing --skip-memory                          # issue 14's CPU target
     python bench/bench_generate.py --device cuda --shape qwen2.5-math-1.5b --dtype bfloat16
 
-Both samplers decode greedily with EOS disabled, so every row produces exactly --new-tokens tokens.
+Both samplers decode greedily with EOS disabled, so every row produces exactly --new-tokens tokens. The
+variants take turns within each of --repeats rounds and each keeps its best time, so a load that comes and goes
+on a shared machine slows them alike.
 """
 import argparse
 import os
@@ -21,6 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import lora as L  # noqa: E402
 import model as M  # noqa: E402
 
 SHAPES = {
@@ -51,29 +57,45 @@ def build_pair(shape: str, vocab: int, dtype, device, folder: Path):
 
 
 def time_it(fn, device, repeats):
-    fn()  # warm-up
-    sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    return time_all({"fn": fn}, device, repeats)["fn"]
+
+
+def time_all(fns: dict, device, repeats) -> dict:
+    """Best of `repeats` seconds per function after one warm-up each; the functions take turns within each
+    round, so a load that comes and goes on a shared machine hits all of them alike."""
+    for fn in fns.values():
         fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            best[name] = min(best[name], time.perf_counter() - t0)
     return best
+
+
+def with_random_lora(model, rank: int):
+    """LoRA r=rank (alpha 2r) on all seven projections, B off zero as after training."""
+    L.apply_lora(model, r=rank, alpha=2 * rank)
+    with torch.no_grad():
+        for m in L.lora_layers(model).values():
+            m.lora_B.weight.normal_(0, 0.02)
+    return model.eval()
 
 
 def bench_generate(args, device, dtype):
     rows = []
+    shared = repeated = shared_long = repeated_long = None
     for vocab in args.vocab:
         with tempfile.TemporaryDirectory() as tmp:
             ours, hf = build_pair(args.shape, vocab, dtype, device, Path(tmp))
+            adapted = with_random_lora(M.load_model(tmp, dtype=dtype, device=device), args.lora_rank)
             for batch in args.batch:
                 g = torch.Generator().manual_seed(batch)
                 ids = torch.randint(0, vocab, (batch, args.prompt_len), generator=g)
                 prompts = ids.tolist()
-
-                def run_ours(fixed_shapes=None):
-                    M.generate(ours, prompts, args.new_tokens, temperature=0, fixed_shapes=fixed_shapes)
 
                 def run_hf():
                     with torch.no_grad():
@@ -81,15 +103,19 @@ def bench_generate(args, device, dtype):
                                     max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                                     do_sample=False, use_cache=True, eos_token_id=None, pad_token_id=0)
 
-                t_ours, t_hf = time_it(run_ours, device, args.repeats), time_it(run_hf, device, args.repeats)
-                # On CUDA the default is the CUDA-graph decode; also time the eager shrinking-batch loop.
-                t_eager = time_it(lambda: run_ours(False), device, args.repeats) if device.type == "cuda" else None
+                run = lambda model, **kw: lambda: M.generate(model, prompts, args.new_tokens, temperature=0, **kw)  # noqa: E731
+                fns = {"ours": run(ours), "hf": run_hf, "plain": run(ours, fast=False), "lora": run(adapted)}
+                if device.type == "cuda":  # the eager loop without CUDA graphs or compilation
+                    fns["eager"] = run(ours, fixed_shapes=False, compile=False)
+                t = time_all(fns, device, args.repeats)
                 n = batch * args.new_tokens
-                rows.append((vocab, batch, n / t_ours, n / t_hf, t_hf / t_ours, t_eager and n / t_eager))
-                print(f"  vocab {vocab:>6} batch {batch:>3}: ours {n / t_ours:9.0f} tok/s  transformers "
-                      f"{n / t_hf:9.0f} tok/s  ratio {t_hf / t_ours:5.2f}x"
-                      + (f"  (ours without CUDA graph {n / t_eager:9.0f} tok/s)" if t_eager else ""), flush=True)
-            if vocab == args.vocab[-1]:
+                rows.append((vocab, batch, n / t["ours"], n / t["hf"], t["hf"] / t["ours"], t["hf"] / t["plain"],
+                             t["lora"] / t["ours"], n / t["eager"] if "eager" in t else None))
+                print(f"  vocab {vocab:>6} batch {batch:>3}: ours {n / t['ours']:9.0f} tok/s  transformers "
+                      f"{n / t['hf']:9.0f} tok/s  ratio {t['hf'] / t['ours']:5.2f}x  (plain loop "
+                      f"{t['hf'] / t['plain']:5.2f}x; LoRA r={args.lora_rank} costs {t['lora'] / t['ours']:.2f}x)"
+                      + (f"  (ours without CUDA graph {n / t['eager']:9.0f} tok/s)" if "eager" in t else ""), flush=True)
+            if vocab == args.vocab[-1] and not args.skip_prefix_sharing:
                 prompts = torch.randint(0, vocab, (8, args.prompt_len), generator=torch.Generator().manual_seed(1)).tolist()
                 shared = time_it(lambda: M.generate(ours, prompts, args.new_tokens, num_samples=8, seed=0), device, args.repeats)
                 repeated = time_it(lambda: M.generate(ours, [p for p in prompts for _ in range(8)], args.new_tokens, seed=0),
@@ -98,7 +124,7 @@ def bench_generate(args, device, dtype):
                 shared_long = time_it(lambda: M.generate(ours, long_prompts, 32, num_samples=8, seed=0), device, args.repeats)
                 repeated_long = time_it(lambda: M.generate(ours, [p for p in long_prompts for _ in range(8)], 32, seed=0),
                                         device, args.repeats)
-            del ours, hf
+            del ours, hf, adapted
     return rows, (shared, repeated, shared_long, repeated_long)
 
 
@@ -171,6 +197,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-generate", action="store_true", help="only the log-prob memory table")
+    ap.add_argument("--skip-prefix-sharing", action="store_true")
+    ap.add_argument("--lora-rank", type=int, default=16, help="rank of the LoRA variant (all seven projections)")
     ap.add_argument("--chunk-sizes", type=int, nargs="+", default=[1024, 256], help="positions per log-prob chunk")
     args = ap.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -195,11 +223,14 @@ def main():
 def report_generate(args, device, dtype):
     rows, (shared, repeated, shared_long, repeated_long) = bench_generate(args, device, dtype)
     graphs = device.type == "cuda"
-    print("\n| vocab | batch | ours tok/s | transformers tok/s | ours / transformers |"
-          + (" ours without CUDA graph, tok/s |" if graphs else ""))
-    print("|---:|---:|---:|---:|---:|" + ("---:|" if graphs else ""))
-    for vocab, batch, ours, hf, ratio, eager in rows:
-        print(f"| {vocab} | {batch} | {ours:,.0f} | {hf:,.0f} | {ratio:.2f}x |" + (f" {eager:,.0f} |" if graphs else ""))
+    print(f"\n| vocab | batch | ours tok/s | transformers tok/s | ours / transformers | plain loop / transformers "
+          f"| LoRA r={args.lora_rank} / no LoRA |" + (" ours without CUDA graph, tok/s |" if graphs else ""))
+    print("|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if graphs else ""))
+    for vocab, batch, ours, hf, ratio, plain, lora, eager in rows:
+        print(f"| {vocab} | {batch} | {ours:,.0f} | {hf:,.0f} | {ratio:.2f}x | {plain:.2f}x | {lora:.2f}x |"
+              + (f" {eager:,.0f} |" if graphs else ""))
+    if shared is None:
+        return
     print(f"\nPrefix sharing, 8 prompts x 8 samples, vocab {args.vocab[-1]}:")
     print("| prompt + new tokens | one prefill per prompt (num_samples=8) | 64 prefills | gain |")
     print("|---|---:|---:|---:|")

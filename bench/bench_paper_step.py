@@ -43,6 +43,7 @@ def main():
     ap.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction,
                     default=G.PRESETS["paper"]["grad_checkpointing"], help="default: the paper preset's")
     ap.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
+    ap.add_argument("--sampler", default="exact", choices=G.CHOICES["sampler"], help="as grpo.py --sampler")
     args = ap.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -54,10 +55,11 @@ def main():
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.02)
+    M.fuse_projection_storage(model)  # as load_model lays the weights out
     model.gradient_checkpointing = args.grad_checkpointing
     params = L.apply_lora(model, r=args.lora_rank, alpha=2 * args.lora_rank)
     cfg = G.Config(group_size=args.group_size, micro_batch=args.micro_batch, lr=1e-5, grad_clip=0.1,
-                   max_new_tokens=args.new_tokens)
+                   max_new_tokens=args.new_tokens, sampler=args.sampler)
     optimizer = G.make_optimizer(params, cfg)
     prompt = torch.randint(0, config.vocab_size, (args.prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
     rewards = torch.randint(0, 2, (1, args.group_size), generator=torch.Generator().manual_seed(1)).float()
@@ -67,14 +69,21 @@ def main():
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
         model.eval()
-        completions = M.generate(model, [prompt], args.new_tokens, num_samples=args.group_size, seed=seed)
+        merged = args.sampler == "merged"  # as grpo.rollout: sample the merged copy, then measure the mismatch
+        sampler = L.merged_copy(model) if merged else model
+        out = M.generate(sampler, [prompt], args.new_tokens, num_samples=args.group_size, seed=seed,
+                         return_logprobs=merged)
+        del sampler
+        completions, logprobs = out if merged else (out, None)
+        ro = G.Rollouts([None], [prompt], completions, [""] * len(completions), rewards)
+        if merged:
+            ro.sampler_stats = G.sampler_mismatch(model, ro, logprobs, cfg, config.vocab_size)
         sync()
         t1 = time.perf_counter()
-        ro = G.Rollouts([None], [prompt], completions, [""] * len(completions), rewards)
         loss, stats = G.update(model, params, optimizer, ro, G.group_advantages(rewards, "std"), cfg, config.vocab_size)
         sync()
         t2 = time.perf_counter()
-        return t1 - t0, t2 - t1, sum(len(c) for c in completions)
+        return t1 - t0, t2 - t1, sum(len(c) for c in completions), ro.sampler_stats
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -89,10 +98,12 @@ def main():
     print(f"# {time.strftime('%Y-%m-%d')} | {name} | torch {torch.__version__} | shape {args.shape} {str(dtype)[6:]} | "
           f"1 prompt ({args.prompt_len} tokens) x {args.group_size} x {args.new_tokens} new tokens | LoRA r={args.lora_rank} "
           f"({sum(p.numel() for p in params):,} params) | micro-batch {args.micro_batch} | "
-          f"grad checkpointing {args.grad_checkpointing}")
+          f"grad checkpointing {args.grad_checkpointing} | sampler {args.sampler}")
     print("| sampling s | update s | step s | generated tok/s | peak memory GB |")
     print("|---:|---:|---:|---:|---:|")
     print(f"| {sample_t:.2f} | {update_t:.2f} | {sample_t + update_t:.2f} | {tokens / sample_t:,.0f} | {peak:.1f} |")
+    if times[-1][3]:
+        print("sampler - learner mismatch of the last step: " + ", ".join(f"{k} {v:.3e}" for k, v in times[-1][3].items()))
 
 
 if __name__ == "__main__":

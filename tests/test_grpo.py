@@ -645,3 +645,84 @@ def test_stop_tokens_of_the_qwen_tokenizer(data_dir):
     assert ids.count(151644) == 2
     assert G.completion_text(tok, ids) == "So she makes 9 * 2 = \\boxed{18} dollars."
     assert G.completion_text(tok, tok.encode("#### 18")) == "#### 18"  # no stop token: the whole completion
+
+
+# --- the merged-weights sampler (--sampler merged) --------------------------------------------------------------
+
+
+def demo_rollout_setup(sampler: str, dtype=torch.float32):
+    cfg = G.Config(**G.PRESETS["demo"] | dict(group_size=4, max_new_tokens=24, micro_batch=3, sampler=sampler))
+    model = M.load_model(DEMO, dtype=dtype)
+    L.apply_lora(model, r=4, alpha=8)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in L.lora_layers(model).values():  # a trained-looking adapter: B off zero
+            m.lora_B.weight.copy_(0.05 * torch.randn(m.lora_B.weight.shape, generator=g))
+    return cfg, model, M.load_tokenizer(DEMO), G.load_training_problems(cfg)[:3]
+
+
+def naive_token_logprobs(model, prompt, completion, temperature, vocab_size):
+    """log p of each completion token from one full forward of prompt + completion (no cache, no chunks)."""
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + completion]))[0].double()[:, :vocab_size] / temperature
+    lp = torch.log_softmax(logits, -1)
+    return torch.stack([lp[len(prompt) - 1 + j, tok] for j, tok in enumerate(completion)])
+
+
+def test_the_exact_sampler_is_the_default():
+    assert G.Config().sampler == "exact" and all("sampler" not in p for p in G.PRESETS.values())
+    cfg, model, tok, problems = demo_rollout_setup("exact")
+    assert G.rollout(model, tok, problems, cfg, seed=0).sampler_stats == {}
+
+
+def test_the_merged_sampler_leaves_the_master_untouched(monkeypatch):
+    """The adapter is merged into a separate copy, never into the model: after a merged rollout every tensor
+    of the model (base and adapter) is bit for bit what it was, and no layer is left merged."""
+    cfg, model, tok, problems = demo_rollout_setup("merged", torch.bfloat16)
+    copies = []
+    merged_copy = L.merged_copy
+    monkeypatch.setattr(L, "merged_copy", lambda m: copies.append(merged_copy(m)) or copies[-1])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ro = G.rollout(model, tok, problems, cfg, seed=0)
+    assert len(copies) == 1 and copies[0] is not model
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert not any(m.merged for m in L.lora_layers(model).values())
+    # bfloat16: the merge rounds, so the sampler is measurably (and only slightly) off the learner.
+    assert 0 < ro.sampler_stats["sampler/logp_abs_diff_mean"] < 0.5 and ro.sampler_stats["sampler/kl_k3"] >= 0
+
+
+def test_the_logged_mismatch_equals_an_independent_computation(monkeypatch):
+    """A sampler deliberately off the learner (its copy's down_proj of layer 0 scaled by 1.5), float32: the
+    logged KL (k3) and mean |delta log p| equal the formulas applied to full-forward log-probs of the sampler's
+    copy and of the learner, token by token."""
+    cfg, model, tok, problems = demo_rollout_setup("merged")
+    samplers, merged_copy = [], L.merged_copy
+
+    def off_copy(m):
+        copy = merged_copy(m)
+        with torch.no_grad():
+            copy.model.layers[0].mlp.down_proj.weight.mul_(1.5)  # merged: the copy's own tensor
+        samplers.append(copy)
+        return copy
+
+    monkeypatch.setattr(L, "merged_copy", off_copy)
+    ro = G.rollout(model, tok, problems, cfg, seed=1)
+    d = []
+    for i, c in enumerate(ro.completions):
+        prompt = ro.prompts[i // cfg.group_size]
+        d.append(naive_token_logprobs(model, prompt, c, cfg.temperature, tok.vocab_size)
+                 - naive_token_logprobs(samplers[0], prompt, c, cfg.temperature, tok.vocab_size))
+    d = torch.cat(d)
+    assert d.abs().mean() > 1e-3  # the perturbation shows
+    assert ro.sampler_stats["sampler/kl_k3"] == pytest.approx(float((d.exp() - 1 - d).mean()), rel=1e-4)
+    assert ro.sampler_stats["sampler/logp_abs_diff_mean"] == pytest.approx(float(d.abs().mean()), rel=1e-4)
+
+
+def test_a_merged_sampler_run_logs_the_mismatch_every_step(tmp_path):
+    """Float32 on the CPU: the merge is exact to rounding, so the measured mismatch is tiny."""
+    run = tmp_path / "run"
+    G.main(SMALL + ["--steps", "2", "--sampler", "merged", "--out", str(run)])
+    rows = run_metrics(run)
+    assert len(rows) == 2
+    for r in rows:
+        assert 0 <= r["sampler/kl_k3"] < 1e-6 and 0 <= r["sampler/logp_abs_diff_mean"] < 1e-3

@@ -1,0 +1,270 @@
+"""fast_decode.py against the plain path of model.py: the same step bit for bit in float32, the same tokens for
+the same seed (greedy, sampled, top-p, EOS, vocab masking, prefix sharing, LoRA), the same distribution as
+completion_logprobs scores; the two-pass sampler against sample_token; the fused weight storage; merged_copy."""
+
+import pytest
+import torch
+
+import fast_decode as FD
+import lora as L
+import model as M
+from tiny import TINY, make_hf_model, save_hf_model
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    hf = make_hf_model(seed=1, tie_word_embeddings=False, rope_theta=1e6)
+    return save_hf_model(hf, tmp_path_factory.mktemp("ckpt"), shard=True)
+
+
+def with_lora(model, targets=L.ALL_PROJECTIONS, r=4, alpha=8, seed=0):
+    """A LoRA adapter with random B (a fresh one is zero, which would make every check below vacuous)."""
+    L.apply_lora(model, r=r, alpha=alpha, targets=targets)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in L.lora_layers(model).values():
+            m.lora_B.weight.copy_(0.1 * torch.randn(m.lora_B.weight.shape, generator=g))
+    return model
+
+
+@pytest.fixture(scope="module")
+def models(folder):
+    return {"no LoRA": M.load_model(folder), "LoRA on all 7": with_lora(M.load_model(folder)),
+            "LoRA on q, v, down": with_lora(M.load_model(folder), targets=("q_proj", "v_proj", "down_proj"))}
+
+
+def one_step_both_ways(model, batch: int):
+    """Prefill a ragged batch, then one decode step through the plain forward and through the fused step, each
+    on its own copy of the cache -> (plain hidden, fused hidden, plain cache, fused cache, columns written)."""
+    g = torch.Generator().manual_seed(batch)
+    prompts = [torch.randint(0, 97, (n,), generator=g).tolist() for n in torch.randint(1, 12, (batch,), generator=g)]
+    P = max(map(len, prompts))
+    ids, lengths, key_valid, positions = M.left_pad(prompts, "cpu", width=P + 4)
+    token = torch.randint(0, 97, (batch,), generator=g)
+    with torch.no_grad():
+        cache = M.KVCache(model.config, batch, P, torch.float32, "cpu")
+        model.hidden_states(ids, positions, M.causal_mask(key_valid[:, :P], P), cache)
+        plain_cache = cache.fan_out(1, P + 4)
+        fused_cache = cache.fan_out(1, P + 4)
+        plain = model.hidden_states(token[:, None], lengths[:, None], M.causal_mask(key_valid[:, :P + 1], 1),
+                                    plain_cache)[:, -1]
+        bias = torch.zeros(key_valid.shape).masked_fill_(~key_valid, float("-inf"))[:, None, None, :P + 1]
+        fused = FD.Decoder(model, 64).hidden(token, lengths, fused_cache, torch.tensor([P]), P + 1, bias)
+    return plain, fused, plain_cache, fused_cache, P + 1
+
+
+@pytest.mark.parametrize("name", ["no LoRA", "LoRA on all 7", "LoRA on q, v, down"])
+@pytest.mark.parametrize("batch", [3, 8])
+def test_the_fused_step_is_the_plain_step_bit_for_bit(models, name, batch):
+    """Float32 on the CPU: fused q/k/v and gate/up GEMMs, concatenated LoRA A, block-diagonal B with the scale
+    folded in (alpha / r = 2), the norm with its residual add, the rotary table: the same bits as the plain
+    forward, in the hidden state and in every key and value written."""
+    plain, fused, plain_cache, fused_cache, filled = one_step_both_ways(models[name], batch)
+    assert torch.equal(fused, plain)
+    for a, b in zip(plain_cache.kv, fused_cache.kv):
+        assert torch.equal(a[:, :, :, :filled], b[:, :, :, :filled])
+
+
+def test_the_fused_step_with_lora_at_batch_one_differs_by_rounding_only(models):
+    """At batch 1 the block-diagonal B GEMM becomes a GEMV that sums in another order (a last-bit difference)."""
+    plain, fused, *_ = one_step_both_ways(models["LoRA on all 7"], 1)
+    torch.testing.assert_close(fused, plain, atol=2e-6, rtol=0)
+
+
+CASES = [dict(temperature=0), dict(temperature=1.0), dict(temperature=0.7, top_p=0.8),
+         dict(temperature=1.0, vocab_size=90), dict(temperature=1.0, eos_token_id=[3, 17]),
+         dict(temperature=0, eos_token_id=[3, 17]), dict(temperature=1.3, num_samples=1)]
+CASE_IDS = ["greedy", "sampled", "top-p", "vocab-size", "eos-sampled", "eos-greedy", "no-prefix-sharing"]
+
+
+@pytest.mark.parametrize("name", ["no LoRA", "LoRA on all 7", "LoRA on q, v, down"])
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("fixed_shapes", [False, True], ids=["shrinking-batch", "fixed-shapes"])
+def test_fast_generate_draws_what_the_plain_loop_draws(models, name, case, fixed_shapes):
+    model = models[name]
+    kwargs = dict(max_new_tokens=40, seed=5, num_samples=3) | case
+    prompts = [[1, 2, 3], [4, 5, 6, 7], [8], [9, 9, 9, 9, 9, 9, 9]]
+    plain = M.generate(model, prompts, fast=False, **kwargs)
+    assert M.generate(model, prompts, fixed_shapes=fixed_shapes, **kwargs) == plain
+    if "eos_token_id" in case:  # rows did end early, at different steps
+        assert len({len(row) for row in plain}) > 1 and min(len(row) for row in plain) < 40
+
+
+def test_attention_buckets_draw_what_the_plain_loop_draws(models, monkeypatch):
+    """Fixed shapes with a bucket of 4 columns: the attention width grows 12 -> 16 -> ... -> 50 during the
+    call, each width its own step (its own CUDA graph on a GPU); unwritten columns inside a bucket are masked."""
+    model = models["LoRA on all 7"]
+    widths = []
+    hidden = FD.Decoder.hidden
+    monkeypatch.setattr(FD.Decoder, "hidden", lambda self, *a: widths.append(a[4]) or hidden(self, *a))
+    monkeypatch.setattr(FD, "ATTENTION_BUCKET", 4)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13]]
+    got = M.generate(model, prompts, max_new_tokens=40, seed=2, fixed_shapes=True)
+    assert got == M.generate(model, prompts, max_new_tokens=40, seed=2, fast=False)
+    assert sorted(set(widths)) == list(range(12, 50, 4)) + [50]
+
+
+def test_the_sampler_log_probs_are_what_completion_logprobs_scores(models):
+    """The distribution generate draws from is the learner's: the log-prob of each drawn token under the
+    sampler's own logits equals completion_logprobs of the same tokens (temperature, vocab_size and LoRA)."""
+    model = models["LoRA on all 7"]
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    for fixed_shapes in (False, True):
+        completions, logprobs = M.generate(model, prompts, max_new_tokens=24, temperature=0.8, seed=3, num_samples=2,
+                                           vocab_size=90, eos_token_id=[5], fixed_shapes=fixed_shapes,
+                                           return_logprobs=True)
+        assert [len(c) for c in completions] == [len(lp) for lp in logprobs]
+        with torch.no_grad():
+            lp, _, mask = M.completion_logprobs(model, prompts, completions, [0, 0, 1, 1], temperature=0.8,
+                                                vocab_size=90)
+        for i, c in enumerate(completions):
+            torch.testing.assert_close(torch.tensor(logprobs[i]), lp[i, :len(c)], atol=1e-5, rtol=0)
+
+
+def test_compiled_pieces_draw_what_the_plain_loop_draws(models):
+    """The GPU's path on the CPU: the norms, rotary, the gate and the sampler compiled by inductor (their
+    reductions may sum in another order, so float32 may differ in the last bits; the tokens do not)."""
+    model = models["LoRA on all 7"]
+    prompts = [[1, 2, 3], [4, 5, 6, 7], [8]]
+    for case in (dict(temperature=0), dict(temperature=1.0, vocab_size=90, eos_token_id=[3, 17])):
+        kwargs = dict(max_new_tokens=32, seed=4, num_samples=2) | case
+        plain = M.generate(model, prompts, fast=False, **kwargs)
+        assert M.generate(model, prompts, fixed_shapes=True, compile=True, **kwargs) == plain
+
+
+# --- the two-pass sampler -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("V, vocab_size", [(97, None), (97, 90), (5000, 1000), (32000, None), (151936, 151665)])
+def test_two_pass_inverse_cdf_picks_the_tokens_of_sample_token(V, vocab_size):
+    """Rows of peaked and flat distributions, two temperatures: the token of each row's uniform is the one
+    sample_token's float64 cumsum gives."""
+    g = torch.Generator().manual_seed(V)
+    rows = 1024 if V < 10000 else 64
+    for scale in (0.1, 1.0, 5.0, 30.0):
+        logits = torch.randn(rows, V, generator=g) * scale
+        u = torch.rand(rows, generator=g, dtype=torch.float64)
+        for temperature in (1.0, 0.6):
+            expected = M.sample_token(logits, temperature, 1.0, u, vocab_size)
+            assert torch.equal(FD.two_pass_inverse_cdf(logits, temperature, u, vocab_size), expected)
+
+
+def test_two_pass_inverse_cdf_never_draws_a_zero_probability_token():
+    """Three tokens of equal probability in 3000 (-inf elsewhere, one row with two): the draw at u = 0 is the
+    first, u just below 1 the last, u = 0.5 the middle one; chunk borders (1024, 2048) fall between them."""
+    logits = torch.full((4, 3000), float("-inf"))
+    logits[:, [5, 1500, 2999]] = 0.0
+    logits[3, 2999] = float("-inf")
+    u = torch.tensor([0.0, 1 - 2 ** -53, 0.5, 1 - 2 ** -53], dtype=torch.float64)
+    got = FD.two_pass_inverse_cdf(logits, 1.0, u, None)
+    assert got.tolist() == [5, 2999, 1500, 1500]
+    assert torch.equal(got, M.sample_token(logits, 1.0, 1.0, u))
+
+
+# --- fused weight storage ------------------------------------------------------------------------------------------
+
+
+def test_load_model_stores_each_projection_group_as_one_tensor(folder):
+    model = M.load_model(folder)
+    for block in model.model.layers:
+        att, mlp = block.self_attn, block.mlp
+        proj = FD.fuse([att.q_proj, att.k_proj, att.v_proj])
+        assert proj.weight.data_ptr() == att.q_proj.weight.data_ptr()  # a view: no copy
+        assert torch.equal(proj.weight, torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]))
+        assert torch.equal(proj.bias, torch.cat([att.q_proj.bias, att.k_proj.bias, att.v_proj.bias]))
+        assert FD.fuse([mlp.gate_proj, mlp.up_proj]).weight.data_ptr() == mlp.gate_proj.weight.data_ptr()
+    # Names, shapes and values are the checkpoint's.
+    from safetensors.torch import load_file
+    state = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        state |= load_file(f)
+    ours = model.state_dict()
+    assert set(ours) == set(state)
+    assert all(torch.equal(ours[k], v) for k, v in state.items())
+
+
+def test_separate_storage_is_concatenated_and_draws_the_same(folder, tmp_path):
+    """A model whose weights are not laid out by load_model (here: saved and reloaded into a plain Qwen2) is
+    fused by copy, once per call, with the same tokens; saving a fused model writes the checkpoint it read."""
+    model = M.load_model(folder)
+    M.save_model(model, tmp_path)
+    other = M.Qwen2(model.config)
+    other.load_state_dict(M.load_state_dict(tmp_path))
+    att = other.model.layers[0].self_attn
+    assert FD.adjacent_rows([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]) is None
+    kwargs = dict(max_new_tokens=20, seed=1, num_samples=2, temperature=1.0)
+    assert M.generate(other, [[1, 2, 3], [4]], **kwargs) == M.generate(model, [[1, 2, 3], [4]], **kwargs)
+
+
+def test_lora_scale_that_is_not_a_power_of_two(folder):
+    """alpha / r = 1.5 folded into B changes rounding only: tokens as the plain loop, hidden state within 3e-6."""
+    model = with_lora(M.load_model(folder), r=4, alpha=6)
+    plain, fused, *_ = one_step_both_ways(model, 5)
+    torch.testing.assert_close(fused, plain, atol=3e-6, rtol=0)
+    kwargs = dict(max_new_tokens=30, seed=8, num_samples=2, temperature=1.0)
+    assert M.generate(model, [[1, 2], [3, 4, 5]], **kwargs) == M.generate(model, [[1, 2], [3, 4, 5]], fast=False, **kwargs)
+
+
+def test_disabled_and_merged_adapters(folder):
+    """lora_disabled (the KL reference) and merge_lora: the fast step adds no delta where the plain one adds none."""
+    model = with_lora(M.load_model(folder))
+    prompts, kwargs = [[1, 2, 3], [7, 8]], dict(max_new_tokens=24, seed=6, temperature=1.0)
+    with L.lora_disabled(model):
+        assert M.generate(model, prompts, **kwargs) == M.generate(model, prompts, fast=False, **kwargs)
+    L.merge_lora(model)
+    assert M.generate(model, prompts, **kwargs) == M.generate(model, prompts, fast=False, **kwargs)
+
+
+def test_fast_only_options_and_dropout_are_clear_errors(folder):
+    model = with_lora(M.load_model(folder))
+    with pytest.raises(ValueError, match="options of the fast loop"):
+        M.generate(model, [[1]], 4, fast=False, fixed_shapes=True)
+    with pytest.raises(ValueError, match="return_logprobs needs temperature > 0"):
+        M.generate(model, [[1]], 4, temperature=0, return_logprobs=True)
+    dropout = M.load_model(folder)
+    L.apply_lora(dropout, r=4, alpha=8, dropout=0.1)
+    dropout.train()
+    with pytest.raises(ValueError, match="LoRA dropout is active"):
+        M.generate(dropout, [[1]], 4)
+
+
+# --- the merged-weights sampler (lora.merged_copy) ----------------------------------------------------------------
+
+
+def test_merged_copy_is_separate_and_leaves_the_model_untouched(folder):
+    model = with_lora(M.load_model(folder, dtype=torch.bfloat16))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copy = L.merged_copy(model)
+    ids = torch.randint(0, TINY["vocab_size"], (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = M.generate(copy, ids.tolist(), 8, temperature=1.0, seed=0)
+        merged_logits, model_logits = copy(ids).float(), model(ids).float()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # the master, bit for bit
+    assert not any(m.merged for m in L.lora_layers(model).values()) and not L.lora_layers(copy)
+    q = model.model.layers[0].self_attn.q_proj
+    copy_q = copy.model.layers[0].self_attn.q_proj
+    assert copy_q.weight.dtype == torch.bfloat16 and copy_q.weight.data_ptr() != q.weight.data_ptr()
+    assert torch.equal(copy_q.weight, (q.weight.float() + q.delta_weight()).to(torch.bfloat16))
+    assert copy.model.embed_tokens.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # shared
+    assert len(out) == 2
+    # The same function up to bfloat16 rounding of the merge and of the two computations.
+    assert (merged_logits - model_logits).abs().max() < 0.1 * model_logits.abs().max()
+
+
+# --- bench/count_kernels.py's rule -------------------------------------------------------------------------------
+
+
+def test_the_kernel_counter_counts_each_computing_op_once():
+    """linear (addmm under it), softmax (_softmax), an add: 3 kernels; a view, a no-op cast, a reshape: none."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from count_kernels import kernels_of
+    x, w, b = torch.randn(4, 8), torch.randn(16, 8), torch.randn(16)
+
+    def ops():
+        y = torch.nn.functional.linear(x, w, b).float().view(4, 2, 8).reshape(8, 8)
+        return torch.softmax(y, -1) + 1
+
+    assert kernels_of(ops, torch.device("cpu")) == (3, [])
+    assert kernels_of(lambda: x.view(2, 16).float().T, torch.device("cpu")) == (0, [])
