@@ -62,9 +62,23 @@ class Projection:
     lora_a: torch.Tensor | None = None
     lora_b: torch.Tensor | None = None
 
+    lora_b_t: torch.Tensor | None = None     # lora_b transposed, contiguous: x @ B^T without a transposed GEMM
+    with_a: torch.Tensor | None = None       # [weight; lora_a] when both have one dtype: one GEMM for both
+    with_a_bias: torch.Tensor | None = None  # [bias; 0] to go with it
+
     def lora_delta(self, x_lora):
         """x A^T B^T in the adapter's dtype (None without an adapter): what LoRALinear adds, before its cast."""
-        return None if self.lora_a is None else F.linear(F.linear(x_lora, self.lora_a), self.lora_b)
+        return None if self.lora_a is None else F.linear(x_lora, self.lora_a) @ self.lora_b_t
+
+    def __call__(self, x, x_lora=None):
+        """(x W^T + b, its LoRA delta or None). Where the adapter has the base's dtype (float32 on a CPU), x A^T
+        comes out of the base GEMM as extra output columns: each output column is its own dot product over the
+        input, so the base columns are the plain GEMM's."""
+        if self.with_a is None:
+            return F.linear(x, self.weight, self.bias), self.lora_delta(x_lora)
+        out = F.linear(x, self.with_a, self.with_a_bias)
+        y, xa = out.split([self.weight.shape[0], self.lora_a.shape[0]], dim=-1)
+        return torch.addmm(y, xa, self.lora_b_t), None  # y + (x A^T) B^T, the delta added as LoRALinear adds it
 
     @property
     def lora_dtype(self):
@@ -110,6 +124,11 @@ def fuse(linears: list) -> Projection:
     for i, m in adapted:
         projection.lora_b[rows[i]:rows[i + 1], col:col + m.r] = m.lora_B.weight.detach() * m.scaling
         col += m.r
+    projection.lora_b_t = projection.lora_b.t().contiguous()
+    if projection.lora_a.dtype == projection.weight.dtype and projection.weight.device.type == "cpu":
+        projection.with_a = torch.cat([projection.weight, projection.lora_a])
+        if bias is not None:
+            projection.with_a_bias = torch.cat([bias, bias.new_zeros(projection.lora_a.shape[0])])
     return projection
 
 
@@ -245,18 +264,17 @@ class Decoder:
                 x, h, h_lora = self.rms_norm(x, layer.input_norm, self.eps, layer.qkv.lora_dtype)
             else:
                 x, h, h_lora = self.residual_norm(x, branch, delta, layer.input_norm, self.eps, layer.qkv.lora_dtype)
-            qkv = F.linear(h, layer.qkv.weight, layer.qkv.bias)
-            q, new_kv = self.rotate_qkv(qkv, layer.qkv.lora_delta(h_lora), cos, sin, self.n_heads, self.n_kv_heads)
+            qkv, qkv_delta = layer.qkv(h, h_lora)
+            q, new_kv = self.rotate_qkv(qkv, qkv_delta, cos, sin, self.n_heads, self.n_kv_heads)
             kv = cache.kv[i]
             kv.index_copy_(3, column, new_kv)
             y = F.scaled_dot_product_attention(q, kv[0, :, :, :width], kv[1, :, :, :width], attn_mask=bias)
             y = y.reshape(B, -1)
-            branch = F.linear(y, layer.o.weight)
-            delta = layer.o.lora_delta(None if layer.o.lora_a is None else y.to(layer.o.lora_dtype))
+            branch, delta = layer.o(y, None if layer.o.lora_a is None else y.to(layer.o.lora_dtype))
             x, h, h_lora = self.residual_norm(x, branch, delta, layer.post_norm, self.eps, layer.gate_up.lora_dtype)
-            gate_up = F.linear(h, layer.gate_up.weight)
-            y, y_lora = self.silu_gate(gate_up, layer.gate_up.lora_delta(h_lora), layer.down.lora_dtype)
-            branch, delta = F.linear(y, layer.down.weight), layer.down.lora_delta(y_lora)
+            gate_up, gate_up_delta = layer.gate_up(h, h_lora)
+            y, y_lora = self.silu_gate(gate_up, gate_up_delta, layer.down.lora_dtype)
+            branch, delta = layer.down(y, y_lora)
         return self.residual_norm(x, branch, delta, self.final_norm, self.eps, None)[1]
 
     def logits(self, h):
