@@ -33,12 +33,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import math
 import os
 import random
-import re
 import resource
 import shutil
 import signal
@@ -63,73 +61,79 @@ DEMO_MODEL = Path(__file__).resolve().parent / "demo" / "model"
 # Config and presets
 
 
+def arg(default, help: str):
+    """A Config field and its --help text, in one place."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class Config:
+    """Every flag of grpo.py. The defaults are the `paper` preset: what the authors' training computed
+    (Caitlyn-Yin/grpo_norm train_difficulty.py on TRL's git main of Sept 2025, README "The paper preset"):
+    one prompt x 8 completions per step, TRL's default loss_type "dapo" (our token-mean), beta 0.02, lr 1e-5
+    decayed linearly, clip 0.1, their prompt with the gold reasoning in it. LoRA r=64, alpha=128 is this
+    project's spec (they ran 16/32). `--preset demo` replaces the fields listed in PRESETS["demo"]."""
     # model
-    model: str = "Qwen/Qwen2.5-Math-1.5B"    # HF hub id or local folder (safetensors)
-    tokenizer: str | None = None             # default: the model folder
-    device: str = "auto"                     # auto: cuda when available
-    dtype: str = "auto"                      # auto: bfloat16 on cuda, float32 on cpu
-    lora_rank: int = 64                      # r
-    lora_alpha: float = 128.0                # the update is scaled by alpha / r
-    lora_dropout: float = 0.0                # on the adapter's input (0: sampler and learner see one function)
-    lora_targets: str = ",".join(L.ALL_PROJECTIONS)  # comma-separated projection names
-    grad_checkpointing: bool = False         # recompute activations in backward (long completions on a GPU)
+    model: str = arg("Qwen/Qwen2.5-Math-1.5B", "HF hub id or local folder (safetensors)")
+    tokenizer: str | None = arg(None, "default: the model folder")
+    device: str = arg("auto", "auto: cuda when available")
+    dtype: str = arg("auto", "auto: bfloat16 on cuda, float32 on cpu")
+    lora_rank: int = arg(64, "r")
+    lora_alpha: float = arg(128.0, "the update is scaled by alpha / r")
+    lora_dropout: float = arg(0.0, "on the adapter's input (0: sampler and learner see one function)")
+    lora_targets: str = arg(",".join(L.ALL_PROJECTIONS), "comma-separated projection names")
+    grad_checkpointing: bool = arg(True, "recompute activations in backward (H100, 1.5B: peak memory "
+                                         "27.2 -> 8.9 GB for +5% update time)")
     # data
-    data: str = "gsm8k"                      # gsm8k | math | demo | a .jsonl file
-    data_path: str | None = None             # local file or folder; None: the hub (gsm8k, math)
-    split: str = "train"                     # train | test (MATH also math500)
-    math_levels: str | None = None           # e.g. "2" or "1,2"
-    difficulty_file: str | None = None       # per-problem pass rates (see data.assign_tiers; eval.py writes them)
-    tier_thresholds: str | None = None       # "easy=1.0,medium=0.9,hard=0.0": tier -> min pass rate (default: paper's)
-    tiers: str | None = None                 # train only on these tiers, e.g. "hard"
-    template: str = "qwen-chat"              # prompt format, see data.PROMPT_TEMPLATES
+    data: str = arg("gsm8k", "gsm8k | math | demo | a .jsonl file")
+    data_path: str | None = arg(None, "local file or folder; None: the hub (gsm8k, math)")
+    split: str = arg("train", "train | test (MATH also math500)")
+    math_levels: str | None = arg(None, 'e.g. "2" or "1,2"')
+    difficulty_file: str | None = arg(None, "per-problem pass rates (see data.assign_tiers; "
+                                            "eval.py writes them)")
+    tier_thresholds: str | None = arg(None, '"easy=1.0,medium=0.9,hard=0.0": tier -> min pass rate '
+                                            "(default: the paper's)")
+    tiers: str | None = arg(None, 'train only on these tiers, e.g. "hard"')
+    template: str = arg("paper-gold", "prompt format, see data.PROMPT_TEMPLATES")
     # rollouts
-    prompts_per_step: int = 1
-    group_size: int = 8                      # K completions per prompt
-    max_new_tokens: int = 1024
-    temperature: float = 1.0                 # sampling temperature; the learner scores the same distribution
-    sampler: str = "exact"                   # exact | merged: sample a merged copy (faster, inexact; mismatch logged)
+    prompts_per_step: int = arg(1, "prompts per step (their whole groups split over torchrun ranks)")
+    group_size: int = arg(8, "K completions per prompt")
+    max_new_tokens: int = arg(1024, "completion length limit, in tokens")
+    temperature: float = arg(1.0, "sampling temperature; the learner scores the same distribution")
+    sampler: str = arg("exact", "exact | merged: sample a merged copy (faster, inexact; mismatch logged)")
     # the update
-    normalize: str = "std"                   # std | batch | none (see group_advantages)
-    std_eps: float = 1e-6                    # guards the division by the group std (binary rewards: std >= 0.33 or 0)
-    loss_agg: str = "seq-sum"                # token-mean (TRL's dapo) | seq-sum | seq-mean (see policy_loss)
-    kl_coef: float = 0.0                     # beta of a k3 KL penalty to the base model (adapter off)
-    optimizer: str = "adamw"                 # adamw | sgd
-    lr: float = 1e-5                         # peak learning rate, decayed linearly to 0
-    weight_decay: float = 0.0                # on the LoRA weights
-    grad_clip: float = 0.1                   # max global grad norm; 0 disables
-    micro_batch: int = 8                     # sequences per forward/backward (gradient accumulation)
-    steps: int = 350                         # optimizer steps (one batch of rollouts each)
-    seed: int = 0                            # data order, sampling, LoRA init
+    normalize: str = arg("std", "std | batch | none (see group_advantages)")
+    std_eps: float = arg(1e-6, "guards the division by the std (binary rewards: std >= 0.33 or 0)")
+    loss_agg: str = arg("token-mean", "token-mean (TRL's dapo) | seq-sum | seq-mean (see policy_loss)")
+    kl_coef: float = arg(0.02, "beta of a k3 KL penalty to the base model (adapter off)")
+    optimizer: str = arg("adamw", "adamw | sgd")
+    lr: float = arg(1e-5, "peak learning rate, decayed linearly to 0")
+    weight_decay: float = arg(0.0, "on the LoRA weights")
+    grad_clip: float = arg(0.1, "max global grad norm; 0 disables")
+    micro_batch: int = arg(4, "sequences per forward/backward (gradient accumulation)")
+    steps: int = arg(350, "optimizer steps (one batch of rollouts each)")
+    seed: int = arg(0, "data order, sampling, LoRA init")
     # logging, checkpoints, diagnostics
-    out: str | None = None                   # run folder; default runs/<preset>-<normalize>-<optimizer>-s<seed>
-    log_samples_every: int = 10              # steps between completions written to samples.jsonl
-    save_every: int = 50                     # steps between checkpoints
-    keep_checkpoints: int = 3                # the newest N are kept
-    diag_every: int = 0                      # 0: off. Gradient cosines with noise floors, curvature vs reward std
-    diag_prompts: int = 16                   # the fixed diagnostic prompts (2K fresh samples each per diag step)
-    eval_every: int = 0                      # 0: off. Held-out accuracy at step 0, every N steps and at the end
-    eval_problems: int = 128                 # the fixed held-out set (test split); demo: ~10% of a run's time
-    eval_samples: int = 4                    # samples per held-out problem (sampled accuracy, pass@k), besides greedy
-    max_bad_steps: int = 5                   # stop after this many non-finite losses in a row
-    dist_timeout_s: float = 1800.0           # torchrun: a rank silent this long (a hang) stops every rank
-    preset: str = "paper"                    # paper | demo: the defaults that other flags override
+    out: str | None = arg(None, "run folder; default runs/<preset>-<normalize>-<optimizer>-s<seed>")
+    log_samples_every: int = arg(10, "steps between completions written to samples.jsonl")
+    save_every: int = arg(50, "steps between checkpoints")
+    keep_checkpoints: int = arg(3, "the newest N are kept")
+    diag_every: int = arg(0, "0: off. Gradient cosines with noise floors, curvature vs reward std")
+    diag_prompts: int = arg(16, "the fixed diagnostic prompts (2K fresh samples each per diag step)")
+    eval_every: int = arg(0, "0: off. Held-out accuracy at step 0, every N steps and at the end")
+    eval_problems: int = arg(128, "the fixed held-out set (test split); demo: ~14% of a run's time")
+    eval_samples: int = arg(4, "samples per held-out problem (sampled accuracy, pass@k), besides greedy")
+    max_bad_steps: int = arg(5, "stop after this many non-finite losses in a row")
+    dist_timeout_s: float = arg(1800.0, "torchrun: a rank silent this long (a hang) stops every rank")
+    preset: str = arg("paper", "paper | demo: the defaults that other flags override")
 
 
 PRESETS = {
-    # What the authors' training computed (Caitlyn-Yin/grpo_norm train_difficulty.py on TRL git main of Sept 2025;
-    # README "The paper preset"): one prompt x 8 per step, TRL's default loss_type "dapo" (token-level sum over
-    # the step's completions / their number of tokens = our token-mean), beta 0.02, lr 1e-5 linear decay, clip 0.1,
-    # their prompt with the gold reasoning in it. LoRA r=64, alpha=128 is this project's spec (they ran 16/32).
-    "paper": dict(model="Qwen/Qwen2.5-Math-1.5B", lora_rank=64, lora_alpha=128.0, data="gsm8k", group_size=8,
-                  prompts_per_step=1, lr=1e-5, grad_clip=0.1, max_new_tokens=1024, temperature=1.0, kl_coef=0.02,
-                  loss_agg="token-mean", steps=350, template="paper-gold", micro_batch=4,
-                  grad_checkpointing=True),  # measured on an H100: peak 27.2 -> 8.9 GB for +5% update time
+    "paper": {},  # the Config defaults
     # The embedded demo: a 0.8M-parameter model pretrained on synthetic word problems; laptop CPU, no downloads.
-    "demo": dict(model=str(DEMO_MODEL), lora_rank=16, lora_alpha=32.0, data="demo", group_size=8,
-                 prompts_per_step=16, lr=2e-3, grad_clip=1.0, max_new_tokens=64, temperature=1.0, kl_coef=0.0,
-                 loss_agg="seq-sum", steps=150, template="plain", micro_batch=128, save_every=50, log_samples_every=25,
+    "demo": dict(model=str(DEMO_MODEL), lora_rank=16, lora_alpha=32.0, grad_checkpointing=False, data="demo",
+                 template="plain", prompts_per_step=16, max_new_tokens=64, loss_agg="seq-sum", kl_coef=0.0,
+                 lr=2e-3, grad_clip=1.0, micro_batch=128, steps=150, save_every=50, log_samples_every=25,
                  eval_every=25, device="cpu"),
 }
 CHOICES = dict(preset=list(PRESETS), normalize=["std", "batch", "none"], optimizer=["adamw", "sgd"],
@@ -139,19 +143,12 @@ CHOICES = dict(preset=list(PRESETS), normalize=["std", "batch", "none"], optimiz
 TIMING_PREFIXES = ("time/", "perf/")
 
 
-def field_help() -> dict[str, str]:
-    """The comment after each Config field is its --help text (one source for both)."""
-    pattern = re.compile(r"\s+(\w+): [^#]*#\s*(.*)")
-    return {m[1]: m[2] for m in map(pattern.match, inspect.getsource(Config).splitlines()) if m}
-
-
 def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    helps = field_help()
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
         defaults = ", ".join(f"{p}: {PRESETS[p].get(f.name, f.default)}" for p in PRESETS)
-        text = f"{helps.get(f.name, '')} ({defaults})".strip()
+        text = f"{f.metadata['help']} ({defaults})".replace("%", "%%")  # argparse formats %
         if f.type == "bool":
             ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
@@ -354,6 +351,8 @@ class Rollouts:
     rewards: torch.Tensor   # [prompts, K]
     truncated: list = field(default_factory=list)
     sampler_stats: dict = field(default_factory=dict)  # sampler_mismatch, with --sampler merged
+    sample_s: float = 0.0   # seconds drawing the completions (building the merged copy included)
+    grade_s: float = 0.0    # seconds decoding and grading them
 
 
 def stop_ids(tok: M.Tokenizer) -> list[int]:
@@ -372,6 +371,8 @@ def completion_text(tok: M.Tokenizer, ids: list[int]) -> str:
 
 
 def rollout(model, tok, problems, cfg: Config, seed: int, first_row: int = 0) -> Rollouts:
+    """K completions per problem and their binary rewards [problems, K]."""
+    t0 = time.time()
     prompts = [tok.encode(D.format_prompt(p, cfg.template)) for p in problems]
     model.eval()
     merged = cfg.sampler == "merged"
@@ -381,12 +382,14 @@ def rollout(model, tok, problems, cfg: Config, seed: int, first_row: int = 0) ->
                      first_row=first_row)
     del sampler
     completions, sampler_logprobs = out if merged else (out, None)
+    t1 = time.time()
     eos = set(stop_ids(tok))
     texts = [completion_text(tok, c) for c in completions]
     golds = [p.answer for p in problems for _ in range(cfg.group_size)]
     rewards = torch.tensor([D.reward(t, g) for t, g in zip(texts, golds)], dtype=torch.float32)
     truncated = [not c or c[-1] not in eos for c in completions]
-    ro = Rollouts(problems, prompts, completions, texts, rewards.view(len(problems), cfg.group_size), truncated)
+    ro = Rollouts(problems, prompts, completions, texts, rewards.view(len(problems), cfg.group_size),
+                  truncated, sample_s=t1 - t0, grade_s=time.time() - t1)
     if merged:
         ro.sampler_stats = sampler_mismatch(model, ro, sampler_logprobs, cfg, tok.vocab_size)
     return ro
@@ -658,8 +661,8 @@ def design_note(cfg: Config) -> str | None:
 
 
 def setup(cfg: Config, world: World = World()):
-    """Seeded model, tokenizer, LoRA parameters, optimizer and training problems: a run's state at step 0 (the
-    same on every rank: the seed fixes the adapter's initialisation)."""
+    """Seeded model, tokenizer, LoRA parameters, optimizer and training problems: a run's state at step 0
+    (the same on every rank: the seed fixes the adapter's initialisation)."""
     device, dtype = resolve_device(cfg, world)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -669,63 +672,23 @@ def setup(cfg: Config, world: World = World()):
     model.gradient_checkpointing = cfg.grad_checkpointing
     problems = load_training_problems(cfg)
     if cfg.prompts_per_step > len(problems):
-        raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} exceeds the {len(problems)} training problems "
-                         f"(--data {cfg.data}, --tiers {cfg.tiers}): a step would repeat a prompt")
+        raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} exceeds the {len(problems)} training "
+                         f"problems (--data {cfg.data}, --tiers {cfg.tiers}): a step would repeat a prompt")
     params = L.apply_lora(model, r=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                           targets=tuple(cfg.lora_targets.split(",")))
     return model, tok, params, make_optimizer(params, cfg), problems, device, dtype
 
 
 def train(cfg: Config, run_dir: Path, resume: bool = False, world: World = World()) -> Path:
-    model, tok, params, optimizer, problems, device, dtype = setup(cfg, world)
-    heldout = load_heldout_problems(cfg) if cfg.eval_every else []
-    diag_set = diagnostic_prompts(problems, cfg) if cfg.diag_every else []
-    stream = PromptStream(problems, cfg.seed)
-    start, bad_streak = 0, 0
-    metrics_path = run_dir / "metrics.jsonl"
-    if resume:
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is None:
-            raise FileNotFoundError(f"{run_dir}/checkpoints: no checkpoint to resume from")
-        state = load_checkpoint(ckpt, model, optimizer)
-        start, bad_streak = state["step"], state.get("bad_streak", 0)
-        stream = PromptStream(problems, cfg.seed, **state["data"])
-        if world.main:
-            for unfinished in (run_dir / "checkpoints").glob(".tmp-step_*"):  # a crash while writing one
-                shutil.rmtree(unfinished)
-            for log in PER_STEP_LOGS:
-                keep_log_until(run_dir / log, start)
-            print(f"resumed {run_dir} at step {start} from {ckpt.name}"
-                  + (f" (written by {state['world_size']} processes, now {world.size})"
-                     if state.get("world_size", 1) != world.size else ""))
-    elif world.main:
-        run_dir.mkdir(parents=True, exist_ok=False)
-        (run_dir / "checkpoints").mkdir()
-        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    say = print if world.main else (lambda *a, **k: None)
-    say(f"{len(problems)} problems, {sum(p.numel() for p in params):,} trainable LoRA parameters, "
-        f"{device} {str(dtype).removeprefix('torch.')}, {world.size} process{'es' if world.size > 1 else ''}, "
-        f"run folder {run_dir}")
-    if design_note(cfg):
-        say(design_note(cfg))
-    diag_rows = last_diagnostics(run_dir / "diagnostics.jsonl")  # the across-step control's previous step
-    if heldout and not resume and world.main:
-        record = {"step": 0} | heldout_record(model, tok, heldout, cfg)
-        say(heldout_line(record), flush=True)
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    extra = lambda: {"model": cfg.model, "bad_streak": bad_streak, "world_size": world.size}  # noqa: E731
-    save = lambda step: world.main and save_checkpoint(run_dir, step, model, optimizer, stream,  # noqa: E731
-                                                       extra(), cfg.keep_checkpoints)
-    t_run, steps_timed = time.time(), 0
+    run = Run(cfg, run_dir, resume, world)  # set up, or restore the last checkpoint
+    model, tok, params, optimizer = run.model, run.tok, run.params, run.optimizer
     with StopFlag() as stop:
-        for step in range(start, cfg.steps):
-            # ---- the algorithm: sample, score, advantages, one policy-gradient step -------------------------
+        for step in range(run.start, cfg.steps):
+            # ---- the algorithm: sample, score, advantages, one policy-gradient step ---------------------
             t0 = time.time()
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            batch = stream.take(cfg.prompts_per_step)  # the whole step's prompts (the same on every rank)
+            batch = run.stream.take(cfg.prompts_per_step)  # the step's prompts (the same on every rank)
             mine = world.shard(batch)  # this rank's whole groups
             ro = rollout(model, tok, mine, cfg, seed=cfg.seed * 1_000_003 + step,
                          first_row=world.rank * len(mine) * cfg.group_size)
@@ -734,49 +697,125 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, world: World = World
                                           batch_std=global_batch_std(ro.rewards, world))
             t2 = time.time()
             loss, stats = update(model, params, optimizer, ro, advantages, cfg, tok.vocab_size, world)
-            t3 = time.time()
-            # ---- bookkeeping ------------------------------------------------------------------------------
-            skipped = not math.isfinite(loss)
-            bad_streak = bad_streak + 1 if skipped else 0
-            parts = world.gather({"rewards": ro.rewards, "advantages": advantages, "texts": ro.texts,
-                                  "lengths": [len(c) for c in ro.completions], "truncated": ro.truncated,
-                                  "sample_s": t1 - t0, "sampler_stats": ro.sampler_stats})
-            whole = Rollouts(batch, None, None, [t for p in parts for t in p["texts"]],
-                             torch.cat([p["rewards"] for p in parts]), [t for p in parts for t in p["truncated"]])
-            if world.main:
-                record = step_record(step, cfg, whole, torch.cat([p["advantages"] for p in parts]), parts,
-                                     loss, stats, (t1 - t0, t2 - t1, t3 - t2), device)
-                if cfg.diag_every and (step + 1) % cfg.diag_every == 0:
-                    t4 = time.time()
-                    summary, diag_rows = run_diagnostics(model, tok, params, diag_set, cfg, step + 1, diag_rows)
-                    record |= summary | {"time/diagnostics": time.time() - t4}
-                    with (run_dir / "diagnostics.jsonl").open("a") as f:
-                        f.writelines(json.dumps(r) + "\n" for r in diag_rows)
-                if heldout and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-                    record |= heldout_record(model, tok, heldout, cfg)
-                record["time/step"] = time.time() - t0
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-                steps_timed += 1
-                say(progress_line(record, cfg.steps, (time.time() - t_run) / steps_timed * (cfg.steps - step - 1)),
-                    flush=True)
-                if "eval/problems" in record:
-                    say(heldout_line(record), flush=True)
-                if (step + 1) % cfg.log_samples_every == 0 or step == start:
-                    log_samples(run_dir, step + 1, whole, tok)
-            stopping = world.any(stop.requested)  # every rank stops after the same step
-            if bad_streak >= cfg.max_bad_steps:
-                save(step + 1)
-                raise TrainingStopped(f"{bad_streak} steps in a row had a non-finite loss or gradient; stopped at step "
-                                      f"{step + 1} (checkpoint saved). Lower --lr or check the data.")
-            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or stopping:
-                save(step + 1)
-            if stopping:
-                say(f"stopped after step {step + 1}; resume with: python grpo.py --resume {run_dir}")
+            # ---- bookkeeping: logs, diagnostics, held-out accuracy, checkpoints -----------------------
+            run.log_step(step, batch, ro, advantages, loss, stats, (t0, t1, t2, time.time()))
+            if run.end_step(step, stop.requested):
                 return run_dir
-    say(f"done: {cfg.steps} steps in {format_seconds(time.time() - t_run)}; {clipping_summary(metrics_path, cfg)}; "
-        f"run folder {run_dir}")
+    run.finish()
     return run_dir
+
+
+class Run:
+    """The plumbing around train()'s loop: the run folder, resume, logs, evaluation, checkpoints.
+    Only rank 0 writes; every rank takes the same decisions (stop, save) at the same step."""
+
+    def __init__(self, cfg: Config, run_dir: Path, resume: bool, world: World):
+        self.cfg, self.run_dir, self.world = cfg, run_dir, world
+        self.model, self.tok, self.params, self.optimizer, problems, self.device, dtype = setup(cfg, world)
+        self.heldout = load_heldout_problems(cfg) if cfg.eval_every else []
+        self.diag_set = diagnostic_prompts(problems, cfg) if cfg.diag_every else []
+        self.stream = PromptStream(problems, cfg.seed)
+        self.start, self.bad_streak = 0, 0
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.say = print if world.main else (lambda *a, **k: None)
+        if resume:
+            self.restore()
+        elif world.main:
+            run_dir.mkdir(parents=True, exist_ok=False)
+            (run_dir / "checkpoints").mkdir()
+            (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        self.say(f"{len(problems)} problems, {sum(p.numel() for p in self.params):,} trainable LoRA "
+                 f"parameters, {self.device} {str(dtype).removeprefix('torch.')}, {world.size} "
+                 f"process{'es' if world.size > 1 else ''}, run folder {run_dir}")
+        if design_note(cfg):
+            self.say(design_note(cfg))
+        self.diag_rows = last_diagnostics(run_dir / "diagnostics.jsonl")  # across-step control's previous
+        if self.heldout and not resume and world.main:
+            record = {"step": 0} | heldout_record(self.model, self.tok, self.heldout, cfg)
+            self.say(heldout_line(record), flush=True)
+            self.write_metrics(record)
+        self.t_run, self.steps_timed = time.time(), 0
+
+    def restore(self):
+        """Back to the last checkpoint: weights, optimizer, RNG, data cursor; every per-step log cut to it."""
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            raise FileNotFoundError(f"{self.run_dir}/checkpoints: no checkpoint to resume from")
+        state = load_checkpoint(ckpt, self.model, self.optimizer)
+        self.start, self.bad_streak = state["step"], state.get("bad_streak", 0)
+        self.stream = PromptStream(self.stream.problems, self.cfg.seed, **state["data"])
+        if self.world.main:
+            for unfinished in (self.run_dir / "checkpoints").glob(".tmp-step_*"):  # a crash while writing
+                shutil.rmtree(unfinished)
+            for log in PER_STEP_LOGS:
+                keep_log_until(self.run_dir / log, self.start)
+            written_by = state.get("world_size", 1)
+            print(f"resumed {self.run_dir} at step {self.start} from {ckpt.name}"
+                  + (f" (written by {written_by} processes, now {self.world.size})"
+                     if written_by != self.world.size else ""))
+
+    def log_step(self, step: int, batch: list, ro: Rollouts, advantages, loss: float, stats: dict,
+                 times: tuple):
+        """metrics.jsonl (over the whole step's batch), diagnostics, held-out accuracy, samples, progress."""
+        cfg, world = self.cfg, self.world
+        self.bad_streak = 0 if math.isfinite(loss) else self.bad_streak + 1
+        parts = world.gather({"rewards": ro.rewards, "advantages": advantages, "texts": ro.texts,
+                              "lengths": [len(c) for c in ro.completions], "truncated": ro.truncated,
+                              "sample_s": ro.sample_s, "grade_s": ro.grade_s,
+                              "sampler_stats": ro.sampler_stats})
+        whole = Rollouts(batch, None, None, [t for p in parts for t in p["texts"]],
+                         torch.cat([p["rewards"] for p in parts]),
+                         [t for p in parts for t in p["truncated"]])
+        if not world.main:
+            return
+        record = step_record(step, cfg, whole, torch.cat([p["advantages"] for p in parts]), parts,
+                             loss, stats, times, self.device)
+        if cfg.diag_every and (step + 1) % cfg.diag_every == 0:
+            t = time.time()
+            summary, self.diag_rows = run_diagnostics(self.model, self.tok, self.params, self.diag_set,
+                                                      cfg, step + 1, self.diag_rows)
+            record |= summary | {"time/diagnostics": time.time() - t}
+            with (self.run_dir / "diagnostics.jsonl").open("a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in self.diag_rows)
+        if self.heldout and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+            record |= heldout_record(self.model, self.tok, self.heldout, cfg)
+        record["time/step"] = time.time() - times[0]
+        self.write_metrics(record)
+        self.steps_timed += 1
+        eta = (time.time() - self.t_run) / self.steps_timed * (cfg.steps - step - 1)
+        self.say(progress_line(record, cfg.steps, eta), flush=True)
+        if "eval/problems" in record:
+            self.say(heldout_line(record), flush=True)
+        if (step + 1) % cfg.log_samples_every == 0 or step == self.start:
+            log_samples(self.run_dir, step + 1, whole, self.tok)
+
+    def write_metrics(self, record: dict):
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def end_step(self, step: int, stop_requested: bool) -> bool:
+        """Checkpoint when due; True when the run stops here (Ctrl-C on any rank)."""
+        cfg, done = self.cfg, step + 1
+        stopping = self.world.any(stop_requested)  # every rank stops after the same step
+        if self.bad_streak >= cfg.max_bad_steps:
+            self.save(done)
+            raise TrainingStopped(f"{self.bad_streak} steps in a row had a non-finite loss or gradient; "
+                                  f"stopped at step {done} (checkpoint saved). Lower --lr or check the data.")
+        if done % cfg.save_every == 0 or done == cfg.steps or stopping:
+            self.save(done)
+        if stopping:
+            self.say(f"stopped after step {done}; resume with: python grpo.py --resume {self.run_dir}")
+        return stopping
+
+    def save(self, step: int):
+        if self.world.main:
+            extra = {"model": self.cfg.model, "bad_streak": self.bad_streak, "world_size": self.world.size}
+            save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.stream, extra,
+                            self.cfg.keep_checkpoints)
+
+    def finish(self):
+        self.say(f"done: {self.cfg.steps} steps in {format_seconds(time.time() - self.t_run)}; "
+                 f"{clipping_summary(self.metrics_path, self.cfg)}; run folder {self.run_dir}")
 
 
 def step_record(step: int, cfg: Config, ro: Rollouts, advantages, parts: list[dict], loss: float, stats: dict,
@@ -785,16 +824,16 @@ def step_record(step: int, cfg: Config, ro: Rollouts, advantages, parts: list[di
     skipped = not math.isfinite(loss)
     lengths = [n for p in parts for n in p["lengths"]]
     group_std = ro.rewards.std(dim=1, unbiased=False)
-    t_sample, t_adv, t_update = times
+    t0, t1, t2, t3 = times
     return {
-        "step": step + 1, "reward": float(ro.rewards.mean()), "accuracy": float(ro.rewards.mean()),
-        **tier_accuracy(ro),
+        "step": step + 1, "accuracy": float(ro.rewards.mean()), **tier_accuracy(ro),  # = mean reward
         "reward_std": float(group_std.mean()), "zero_std_frac": float((group_std == 0).float().mean()),
         "adv_abs_mean": float(advantages.abs().mean()), "loss": None if skipped else loss, **stats,
         "lr": lr_at(step, cfg), "completion_len": float(np.mean(lengths)), "completion_len_max": max(lengths),
         "truncated_frac": float(np.mean(ro.truncated)), "skipped": skipped,
-        "time/sample": t_sample, "time/reward": t_adv, "time/update": t_update,
-        "perf/tokens_per_s": sum(sum(p["lengths"]) / max(p["sample_s"], 1e-9) for p in parts),
+        "time/sample": max(p["sample_s"] for p in parts), "time/grade": max(p["grade_s"] for p in parts),
+        "time/advantages": t2 - t1, "time/update": t3 - t2,
+        "perf/sample_tokens_per_s": sum(sum(p["lengths"]) / max(p["sample_s"], 1e-9) for p in parts),
         "perf/peak_mem_gb": peak_memory_gb(device),
         **{k: float(np.mean([p["sampler_stats"][k] for p in parts])) for k in parts[0]["sampler_stats"]},
     }
@@ -802,13 +841,13 @@ def step_record(step: int, cfg: Config, ro: Rollouts, advantages, parts: list[di
 
 def progress_line(record: dict, steps: int, eta: float) -> str:
     tiers = " ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in record.items() if k.startswith("accuracy/"))
-    line = (f"step {record['step']}/{steps} | reward {record['reward']:.3f} | acc {record['accuracy']:.3f}"
+    line = (f"step {record['step']}/{steps} | acc {record['accuracy']:.3f}"
             f"{' (' + tiers + ')' if tiers else ''}")
     if record["skipped"]:
         return line + f" | SKIPPED (non-finite) | ETA {format_seconds(eta)}"
     return (line + f" | loss {record['loss']:.4f} | |A| {record['adv_abs_mean']:.3f} | "
             f"|g| {record['grad_norm_preclip']:.3g}{' clipped' if record['grad_clipped'] else ''} | "
-            f"len {record['completion_len']:.0f} | {record['perf/tokens_per_s']:.0f} tok/s | "
+            f"len {record['completion_len']:.0f} | {record['perf/sample_tokens_per_s']:.0f} tok/s | "
             f"{record['time/step']:.2f}s/step | ETA {format_seconds(eta)}")
 
 

@@ -3,6 +3,7 @@
 import json
 import math
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -117,7 +118,8 @@ def test_a_step_raises_the_logprob_of_a_positive_advantage_completion(tmp_path):
     prompt, good, bad = [5, 6, 7], [10, 11, 12, 13], [20, 21, 22]
     ro = G.Rollouts(problems=[None], prompts=[prompt], completions=[good, bad], texts=["", ""],
                     rewards=torch.tensor([[1.0, 0.0]]))
-    cfg = G.Config(group_size=2, optimizer="sgd", lr=0.1, grad_clip=0, micro_batch=1, temperature=1.0)
+    cfg = G.Config(group_size=2, optimizer="sgd", lr=0.1, grad_clip=0, micro_batch=1, temperature=1.0,
+                   loss_agg="seq-sum", kl_coef=0.0)
 
     def logp(completion):
         with torch.no_grad():
@@ -144,7 +146,8 @@ def test_micro_batching_gives_the_same_gradient(tmp_path):
         params = L.apply_lora(model, r=2, alpha=4)
         for p in params:
             torch.nn.init.normal_(p, std=0.05)
-        cfg = G.Config(group_size=2, optimizer="sgd", lr=1e-9, grad_clip=0, micro_batch=micro, loss_agg=agg)
+        cfg = G.Config(group_size=2, optimizer="sgd", lr=1e-9, grad_clip=0, micro_batch=micro, loss_agg=agg,
+                       kl_coef=0.0)
         G.update(model, params, G.make_optimizer(params, cfg), ro, G.group_advantages(ro.rewards, "none"), cfg, 97)
         grads.append(torch.cat([p.grad.flatten() for p in params]))
     torch.testing.assert_close(grads[0], grads[1], atol=1e-7, rtol=1e-5)
@@ -182,7 +185,7 @@ def update_delta(folder, ro, normalize, **overrides):
     """The change of the LoRA weights (flat) after one update from the same initial adapter."""
     model, params = fresh_lora(folder)
     cfg = G.Config(group_size=4, micro_batch=3, **({"optimizer": "sgd", "lr": 0.5, "grad_clip": 0.0,
-                                                     "loss_agg": "token-mean"} | overrides))
+                                                     "loss_agg": "token-mean", "kl_coef": 0.0} | overrides))
     before = torch.cat([p.detach().flatten().clone() for p in params])
     opt = G.make_optimizer(params, cfg)
     _, stats = G.update(model, params, opt, ro, G.group_advantages(ro.rewards, normalize, cfg.std_eps), cfg, 97)
@@ -281,7 +284,7 @@ def test_the_optimizer_steps_on_a_step_without_signal(tiny_folder):
     """All-equal rewards, no KL: nothing is forwarded, the gradient is exactly zero, and AdamW still moves the
     weights by its momentum: theta -= lr * m_hat / (sqrt(v_hat) + eps) with m = b1 m, v = b2 v (by hand)."""
     model, params = fresh_lora(tiny_folder)
-    cfg = G.Config(group_size=4, micro_batch=8, optimizer="adamw", lr=1e-2, grad_clip=0.0)
+    cfg = G.Config(group_size=4, micro_batch=8, optimizer="adamw", lr=1e-2, grad_clip=0.0, kl_coef=0.0)
     opt = G.make_optimizer(params, cfg)
     signal, none_at_all = rollouts([[1.0, 0, 0, 0]]), rollouts([[1.0, 1, 1, 1]])
     G.update(model, params, opt, signal, G.group_advantages(signal.rewards, "std"), cfg, 97)
@@ -441,6 +444,23 @@ def test_every_step_logs_its_preclip_norm_and_the_run_its_clipped_share(tmp_path
     out = capsys.readouterr().out
     assert f"gradient clipped (pre-clip norm > 0.05) on {clipped} of 4 steps ({clipped / 4:.0%})" in out
     assert "note: one prompt per step" not in out  # 4 prompts per step
+
+
+def test_time_keys_measure_what_their_names_say(tmp_path, monkeypatch):
+    """Grading slowed by a known 20 ms per completion shows in time/grade, not in time/sample; tokens/s is
+    the sampled tokens over the sampling time alone; accuracy is the mean reward, logged once."""
+    slow = 0.02
+    reward = D.reward
+    monkeypatch.setattr(G.D, "reward", lambda text, gold: (time.sleep(slow), reward(text, gold))[1])
+    run = tmp_path / "run"
+    G.main(SMALL + ["--steps", "2", "--out", str(run)])
+    completions = 4 * 4
+    for r in run_metrics(run, timing=True):
+        assert r["time/grade"] >= slow * completions
+        assert r["time/sample"] + r["time/grade"] + r["time/advantages"] + r["time/update"] <= r["time/step"]
+        tokens = r["completion_len"] * completions
+        assert r["perf/sample_tokens_per_s"] == pytest.approx(tokens / r["time/sample"], rel=1e-6)
+        assert "reward" not in r and 0 <= r["accuracy"] <= 1
 
 
 EVAL = ["--eval-every", "2", "--eval-problems", "8", "--eval-samples", "2"]

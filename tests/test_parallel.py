@@ -57,7 +57,7 @@ def assert_same_run(a: Path, b: Path, rtol: float = UPDATE_RTOL):
     ma, mb = metrics(a), metrics(b)
     assert [m["step"] for m in ma] == [m["step"] for m in mb]
     for x, y in zip(ma, mb):
-        assert (x["reward"], x["accuracy/hard"], x["completion_len"]) == (y["reward"], y["accuracy/hard"],
+        assert (x["accuracy"], x["accuracy/hard"], x["completion_len"]) == (y["accuracy"], y["accuracy/hard"],
                                                                           y["completion_len"])  # same samples
         for key in ("loss", "grad_norm_preclip", "adv_abs_mean", "entropy"):
             assert x[key] == pytest.approx(y[key], rel=RTOL, abs=ATOL)
