@@ -10,7 +10,7 @@ Evaluation and the paper's comparison: held-out accuracy, run comparison with ph
 
 Accuracy is reported two ways side by side: strict (only an explicit final answer counts, \\boxed{}, "####", "the
 answer is", <answer> tags: what the training reward sees) and lenient (the last whole number or expression in the
-text also counts; data.py's docstring has the rules). A completion with no extractable
+text also counts; grader.py's docstring has the rules). A completion with no extractable
 answer is a parse failure, counted apart from a wrong answer. With K samples per problem we report the mean
 sampled accuracy and the unbiased pass@k of Chen et al. (2021): 1 - C(n-c, k) / C(n, k).
 """
@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import data as D
+import grader
 
 # -----------------------------------------------------------------------------
 # Held-out accuracy
@@ -44,8 +45,9 @@ def grade(text: str, gold: str) -> dict:
     """Strict and lenient verdicts for one completion; None answer = parse failure."""
     out = {}
     for mode, strict in (("strict", True), ("lenient", False)):
-        answer = D.extract_answer(text, strict=strict)
-        out[mode] = {"answer": answer, "correct": answer is not None and D.math_equal(answer, gold)}
+        answer = grader.extract_answer(text, strict=strict)
+        out[mode] = {"answer": answer,
+                     "correct": answer is not None and grader.math_equal(answer, gold)}
     return out
 
 

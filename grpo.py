@@ -51,6 +51,7 @@ import torch
 
 import data as D
 import diagnostics as diag
+import grader
 import lora as L
 import model as M
 from parallel import World
@@ -386,7 +387,8 @@ def rollout(model, tok, problems, cfg: Config, seed: int, first_row: int = 0) ->
     eos = set(stop_ids(tok))
     texts = [completion_text(tok, c) for c in completions]
     golds = [p.answer for p in problems for _ in range(cfg.group_size)]
-    rewards = torch.tensor([D.reward(t, g) for t, g in zip(texts, golds)], dtype=torch.float32)
+    rewards = torch.tensor([grader.reward(t, g) for t, g in zip(texts, golds)],
+                           dtype=torch.float32)
     truncated = [not c or c[-1] not in eos for c in completions]
     ro = Rollouts(problems, prompts, completions, texts, rewards.view(len(problems), cfg.group_size),
                   truncated, sample_s=t1 - t0, grade_s=time.time() - t1)

@@ -11,6 +11,7 @@ import torch
 
 import data as D
 import diagnostics as diag
+import grader
 import grpo as G
 import lora as L
 import model as M
@@ -641,7 +642,7 @@ def test_rollout_grades_only_the_turn_the_model_ended(monkeypatch):
     tok = ChatTokenizer()
     ids = tok.encode(INVENTED_TURN)
     # decoded whole with special tokens skipped, the invented turn's answer is the one graded
-    assert D.reward(tok.decode(ids, skip_special_tokens=True), "20") == 1.0
+    assert grader.reward(tok.decode(ids, skip_special_tokens=True), "20") == 1.0
     calls = []
 
     def generate(model, prompts, max_new_tokens, eos_token_id=None, num_samples=1, **kw):
