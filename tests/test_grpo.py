@@ -451,8 +451,8 @@ def test_time_keys_measure_what_their_names_say(tmp_path, monkeypatch):
     """Grading slowed by a known 20 ms per completion shows in time/grade, not in time/sample; tokens/s is
     the sampled tokens over the sampling time alone; accuracy is the mean reward, logged once."""
     slow = 0.02
-    reward = D.reward
-    monkeypatch.setattr(G.D, "reward", lambda text, gold: (time.sleep(slow), reward(text, gold))[1])
+    reward = grader.reward
+    monkeypatch.setattr(G.grader, "reward", lambda text, gold: (time.sleep(slow), reward(text, gold))[1])
     run = tmp_path / "run"
     G.main(SMALL + ["--steps", "2", "--out", str(run)])
     completions = 4 * 4
