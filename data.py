@@ -238,12 +238,24 @@ def load_math(split: str = "train", path: PathLike | None = None,
     return problems
 
 
+def parse_levels(text: str | None) -> list[int] | None:
+    """MATH levels as the flags spell them: "2" or "1,2" (None: every level)."""
+    return [int(x) for x in text.split(",")] if text else None
+
+
 def load_problems(spec: str, split: str = "train", path: PathLike | None = None,
                   levels: Iterable[int] | None = None,
                   types: Iterable[str] | None = None) -> list[Problem]:
-    """spec: "gsm8k" or "math" (path = its local copy, None = hub), or a jsonl file / data folder in
-    either format, detected from the first record's fields (question+answer: GSM8K;
-    problem+solution: MATH)."""
+    """spec: "gsm8k" or "math" (path = its local copy, None = hub), "demo" (the embedded demo's
+    synthetic problems: split "train" its training pool, any other its held-out set), or a jsonl
+    file / data folder in either format, detected from the first record's fields (question+answer:
+    GSM8K; problem+solution: MATH)."""
+    if spec == "demo":
+        if path is not None or levels is not None or types is not None:
+            raise ValueError("the demo's problems are built in: no path, levels or types")
+        if split == "train":
+            return synthetic_problems(SYNTHETIC_TRAIN_SIZE, seed=SYNTHETIC_TRAIN_SEED)
+        return synthetic_problems(SYNTHETIC_TEST_SIZE, seed=SYNTHETIC_TEST_SEED)
     if spec in ("gsm8k", "math"):
         dataset, source = spec, path
     else:

@@ -54,11 +54,8 @@ def grade(text: str, gold: str) -> dict:
 
 
 def load_eval_problems(args) -> list[D.Problem]:
-    if args.data == "demo":
-        problems = D.synthetic_problems(D.SYNTHETIC_TEST_SIZE, seed=D.SYNTHETIC_TEST_SEED)
-    else:
-        levels = [int(x) for x in args.level.split(",")] if args.level else None
-        problems = D.load_problems(args.data, split=args.split, path=args.data_path, levels=levels)
+    problems = D.load_problems(args.data, split=args.split, path=args.data_path,
+                               levels=D.parse_levels(args.level))
     return problems[:args.limit] if args.limit else problems
 
 
@@ -73,9 +70,8 @@ def heldout_accuracy(model, tok, problems, template: str, max_new_tokens: int, s
     touched (training is not perturbed).
     """
     import model as M
-    from grpo import completion_text, stop_ids
     prompts = [tok.encode(D.format_prompt(p, template)) for p in problems]
-    stops = stop_ids(tok)
+    stops = M.stop_ids(tok)
     was_training = model.training
     model.eval()
 
@@ -92,7 +88,7 @@ def heldout_accuracy(model, tok, problems, template: str, max_new_tokens: int, s
                       f"{done}/{len(prompts)} problems", end="", flush=True)
         if progress:
             print()
-        return [completion_text(tok, c) for c in outs]
+        return [M.completion_text(tok, c) for c in outs]
 
     greedy_texts = run(0.0, 1)
     sample_texts = run(temperature, samples) if samples else []
@@ -157,12 +153,9 @@ class Tally:
 
 
 def evaluate(args) -> dict:
-    import torch
-
     import lora as L
     import model as M
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = M.pick_device(args.device)
     model = M.load_model(args.model, device=device)
     tok = M.load_tokenizer(args.tokenizer or args.model)
     if args.adapter:
@@ -194,7 +187,7 @@ def evaluate(args) -> dict:
 
 def print_results(results: dict):
     K = results["samples"]
-    print(f"\n| group | problems | greedy strict | greedy lenient | parse fail (strict) |"
+    print("\n| group | problems | greedy strict | greedy lenient | parse fail (strict) |"
           + (f" mean of {K} strict | mean of {K} lenient | pass@{K} strict |" if K else ""))
     print("|---|---:|---:|---:|---:|" + ("---:|---:|---:|" if K else ""))
     for group, r in results["groups"].items():

@@ -262,11 +262,8 @@ def kl_k3(logprobs, ref_logprobs):
 
 
 def load_training_problems(cfg: Config) -> list[D.Problem]:
-    if cfg.data == "demo":
-        problems = D.synthetic_problems(D.SYNTHETIC_TRAIN_SIZE, seed=D.SYNTHETIC_TRAIN_SEED)
-    else:
-        levels = [int(x) for x in cfg.math_levels.split(",")] if cfg.math_levels else None
-        problems = D.load_problems(cfg.data, split=cfg.split, path=cfg.data_path, levels=levels)
+    problems = D.load_problems(cfg.data, split=cfg.split, path=cfg.data_path,
+                               levels=D.parse_levels(cfg.math_levels))
     if cfg.difficulty_file:
         thresholds = D.PAPER_TIER_THRESHOLDS
         if cfg.tier_thresholds:
@@ -286,11 +283,9 @@ def load_training_problems(cfg: Config) -> list[D.Problem]:
 def load_heldout_problems(cfg: Config) -> list[D.Problem]:
     """The fixed held-out set: `eval_problems` of the test split (the demo's synthetic test set, GSM8K's and MATH's
     test splits, same MATH levels), drawn with one fixed seed, so every run and every arm sees the same problems."""
-    if cfg.data == "demo":
-        problems = D.synthetic_problems(D.SYNTHETIC_TEST_SIZE, seed=D.SYNTHETIC_TEST_SEED)
-    elif cfg.data in ("gsm8k", "math") and cfg.split == "train":
-        levels = [int(x) for x in cfg.math_levels.split(",")] if cfg.math_levels else None
-        problems = D.load_problems(cfg.data, split="test", path=cfg.data_path, levels=levels)
+    if cfg.data in ("demo", "gsm8k", "math") and cfg.split == "train":
+        problems = D.load_problems(cfg.data, split="test", path=cfg.data_path,
+                                   levels=D.parse_levels(cfg.math_levels))
     else:
         raise ValueError(f"--eval-every {cfg.eval_every}: no held-out set for --data {cfg.data} --split {cfg.split} "
                          "(held-out sets: the test splits of demo, gsm8k and math, when training on train)")
@@ -356,21 +351,6 @@ class Rollouts:
     grade_s: float = 0.0    # seconds decoding and grading them
 
 
-def stop_ids(tok: M.Tokenizer) -> list[int]:
-    """End of document, end of a chat turn and start of a next one, when the tokenizer has them (Qwen:
-    <|endoftext|>, <|im_end|>, <|im_start|>): a model that opens a turn itself has ended its own."""
-    ids = [tok.eos_token_id, tok.token_to_id("<|im_end|>"), tok.token_to_id("<|im_start|>")]
-    return sorted({i for i in ids if i is not None})
-
-
-def completion_text(tok: M.Tokenizer, ids: list[int]) -> str:
-    """The text graded: the completion up to its first stop token, decoded without special tokens (decoded
-    whole, a turn the model went on to invent would be graded as part of its answer)."""
-    stops = set(stop_ids(tok))
-    end = next((i for i, t in enumerate(ids) if t in stops), len(ids))
-    return tok.decode(ids[:end], skip_special_tokens=True)
-
-
 def rollout(model, tok, problems, cfg: Config, seed: int, first_row: int = 0) -> Rollouts:
     """K completions per problem and their binary rewards [problems, K]."""
     t0 = time.time()
@@ -378,14 +358,14 @@ def rollout(model, tok, problems, cfg: Config, seed: int, first_row: int = 0) ->
     model.eval()
     merged = cfg.sampler == "merged"
     sampler = L.merged_copy(model) if merged else model  # rebuilt from the current adapter every step
-    out = M.generate(sampler, prompts, cfg.max_new_tokens, temperature=cfg.temperature, eos_token_id=stop_ids(tok),
+    out = M.generate(sampler, prompts, cfg.max_new_tokens, temperature=cfg.temperature, eos_token_id=M.stop_ids(tok),
                      seed=seed, num_samples=cfg.group_size, vocab_size=tok.vocab_size, return_logprobs=merged,
                      first_row=first_row)
     del sampler
     completions, sampler_logprobs = out if merged else (out, None)
     t1 = time.time()
-    eos = set(stop_ids(tok))
-    texts = [completion_text(tok, c) for c in completions]
+    eos = set(M.stop_ids(tok))
+    texts = [M.completion_text(tok, c) for c in completions]
     golds = [p.answer for p in problems for _ in range(cfg.group_size)]
     rewards = torch.tensor([grader.reward(t, g) for t, g in zip(texts, golds)],
                            dtype=torch.float32)
@@ -536,7 +516,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, stream: PromptSt
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step:06d}-", dir=ckpt_dir))
     L.save_adapter(model, tmp, base_model_name_or_path=extra.get("model"))
     opt_state = optimizer.state_dict()
-    tensors = {f"rng/torch_cpu": torch.get_rng_state()}
+    tensors = {"rng/torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng/torch_cuda{i}"] = s
@@ -602,10 +582,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def resolve_device(cfg: Config, world: World = World()):
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
+    device = M.pick_device(cfg.device)
     if device.type == "cuda" and world.size > 1:  # torchrun: one GPU per process
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)

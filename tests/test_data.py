@@ -386,7 +386,6 @@ def _check_steps(solution: str):
 
 
 def test_synthetic_problems_are_correct_and_tiered():
-    import random
     for p in data.synthetic_problems(400, seed=11):
         steps, final = _check_steps(p.solution)
         assert all(int(a) + (int(b) if op == "+" else -int(b)) == int(c) for a, op, b, c in steps)

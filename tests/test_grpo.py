@@ -661,11 +661,11 @@ def test_rollout_grades_only_the_turn_the_model_ended(monkeypatch):
 
 def test_stop_tokens_of_the_qwen_tokenizer(data_dir):
     tok = M.load_tokenizer(data_dir / "qwen2.5-tokenizer")
-    assert G.stop_ids(tok) == [151643, 151644, 151645]  # <|endoftext|>, <|im_start|>, <|im_end|>
+    assert M.stop_ids(tok) == [151643, 151644, 151645]  # <|endoftext|>, <|im_start|>, <|im_end|>
     ids = tok.encode(INVENTED_TURN)
     assert ids.count(151644) == 2
-    assert G.completion_text(tok, ids) == "So she makes 9 * 2 = \\boxed{18} dollars."
-    assert G.completion_text(tok, tok.encode("#### 18")) == "#### 18"  # no stop token: the whole completion
+    assert M.completion_text(tok, ids) == "So she makes 9 * 2 = \\boxed{18} dollars."
+    assert M.completion_text(tok, tok.encode("#### 18")) == "#### 18"  # no stop token: the whole completion
 
 
 # --- the merged-weights sampler (--sampler merged) --------------------------------------------------------------
