@@ -153,6 +153,10 @@ def summarize_arms(arms: dict, keys: list[str], heldout_keys: list[str], metric:
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+# The t distribution's 0.80 quantile, df = 1..30 (then 0.842): detectable_difference's power.
+T80 = [1.376, 1.061, 0.978, 0.941, 0.920, 0.906, 0.896, 0.889, 0.883, 0.879,
+       0.876, 0.873, 0.870, 0.868, 0.866, 0.865, 0.863, 0.862, 0.861, 0.860,
+       0.859, 0.858, 0.858, 0.857, 0.856, 0.856, 0.855, 0.855, 0.854, 0.854]
 
 
 def difference_interval(a: list[float], b: list[float]) -> tuple[float, float] | None:
@@ -168,6 +172,20 @@ def difference_interval(a: list[float], b: list[float]) -> tuple[float, float] |
     return d - half, d + half
 
 
+def detectable_difference(a: list[float], b: list[float]) -> float | None:
+    """The smallest true difference of means that a two-sided 5% test on these seeds detects with
+    80% power, from their pooled seed-to-seed spread: (t_0.975 + t_0.80) * s * sqrt(1/n_a + 1/n_b)
+    (the usual approximation of the noncentral t). What a comparison at this seed count can see:
+    an effect below it may be there and go unseen."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    na, nb = len(a), len(b)
+    df = na + nb - 2
+    pooled = ((na - 1) * np.var(a, ddof=1) + (nb - 1) * np.var(b, ddof=1)) / df
+    t = (T975[df - 1] if df <= len(T975) else 1.96) + (T80[df - 1] if df <= len(T80) else 0.842)
+    return t * math.sqrt(pooled * (1 / na + 1 / nb))
+
+
 def interval_text(ci: tuple[float, float] | None) -> str:
     return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "(one seed)"
 
@@ -176,8 +194,10 @@ def effect(summary: dict, arm_a: str, arm_b: str, key: str) -> dict | None:
     a, b = summary[arm_a], summary[arm_b]
     if key not in a["final"] or key not in b["final"]:
         return None
+    per_seed = a["final_per_seed"][key], b["final_per_seed"][key]
     return {"difference": a["final"][key] - b["final"][key],
-            "interval": difference_interval(a["final_per_seed"][key], b["final_per_seed"][key])}
+            "interval": difference_interval(*per_seed),
+            "detectable": detectable_difference(*per_seed)}
 
 
 # The three-arm decomposition: with the same optimizer and rate, std - batch isolates the per-prompt
@@ -333,12 +353,17 @@ def arms_table(summary: dict, keys: list[str], metric: str) -> list[str]:
 
 def effects_table(rows: list[tuple], metric: str, heldout: str | None) -> list[str]:
     def cell(e):
-        return f"{e['difference']:+.3f} {interval_text(e['interval'])}" if e else "-"
+        if not e:
+            return "-"
+        detectable = f"; detectable {e['detectable']:.3f}" if e["detectable"] is not None else ""
+        return f"{e['difference']:+.3f} {interval_text(e['interval'])}{detectable}"
     lines = ["\n## The effects: per-prompt (std - batch), step size (batch - none), "
              "total (std - none)\n",
              "At equal rates the arms share everything but the advantage rule. Each arm's best "
              f"rate is picked by final `{metric}` on the same seeds (the interval does not account "
-             "for that choice); needs two or more rates per arm.\n",
+             "for that choice); needs two or more rates per arm. *Detectable*: the smallest true "
+             "difference these seeds would detect with 80% power (5% two-sided), from their "
+             "seed-to-seed spread.\n",
              f"| setting | effect | rates | training `{metric}` | held-out `{heldout}` |",
              "|---|---|---|---|---|"]
     table = [f"| {setting} | {name} ({a} - {b}) | {row['rates'][0]:g} vs {row['rates'][1]:g} | "

@@ -2,6 +2,7 @@
 `sweep` with resume, and eval.py's compare and sweep commands landing here."""
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -105,9 +106,11 @@ def test_the_three_arm_decomposition_by_hand(tmp_path):
         lo, hi = e["train"]["interval"]
         assert (hi - lo) / 2 == pytest.approx(4.303 * 0.0002 ** 0.5, rel=1e-3)
         assert e["heldout"]["difference"] == pytest.approx(held)  # the last evaluation, not step 0
+        # detectable at 80% power: (t(0.975, 2) + t(0.80, 2)) * se = (4.303 + 1.061) * 0.01414
+        assert e["train"]["detectable"] == pytest.approx(5.364 * 0.0002 ** 0.5, rel=1e-3)
     report = (tmp_path / "rep/report.md").read_text()
     assert ("| adamw / lr 0.001 | per-prompt effect (std - batch) | 0.001 vs 0.001 | "
-            "+0.100 [+0.039, +0.161] |") in report
+            "+0.100 [+0.039, +0.161]; detectable 0.076 |") in report
 
 
 def test_compare_without_matplotlib_still_writes_numbers(runs, tmp_path, monkeypatch, capsys):
@@ -171,6 +174,33 @@ def test_difference_interval_by_hand():
     half = 2.776 * (2 * 2 / 3) ** 0.5
     assert lo == pytest.approx(1 - half, abs=1e-3) and hi == pytest.approx(1 + half, abs=1e-3)
     assert S.difference_interval([1.0], [0.0, 1.0]) is None
+
+
+def student_t_cdf(x: float, df: int, steps: int = 200_000) -> float:
+    """P(T <= x) by the trapezoid rule over the t density (an oracle independent of the tables)."""
+    logc = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    t = np.linspace(0.0, x, steps)
+    pdf = np.exp(logc - (df + 1) / 2 * np.log1p(t * t / df))
+    return 0.5 + float(np.sum((pdf[1:] + pdf[:-1]) / 2 * np.diff(t)))
+
+
+def test_t_tables_are_the_t_quantiles():
+    for df in range(1, 31):
+        assert student_t_cdf(S.T975[df - 1], df) == pytest.approx(0.975, abs=5e-4)
+        assert student_t_cdf(S.T80[df - 1], df) == pytest.approx(0.80, abs=5e-4)
+
+
+def test_detectable_difference_by_hand():
+    # the same seeds as above: pooled variance 2, se = sqrt(2 * 2/3), df 4: (2.776 + 0.941) * se
+    assert S.detectable_difference([1, 2, 3], [0, 0, 3]) == pytest.approx(
+        (2.776 + 0.941) * (2 * 2 / 3) ** 0.5, abs=1e-3)
+    assert S.detectable_difference([1.0], [0.0, 1.0]) is None
+    # at that size the test has 80% power: simulated, normal seeds with the true gap = detectable
+    rng = np.random.default_rng(0)
+    gap = S.detectable_difference([0.0, 1.0, 2.0], [0.0, 1.0, 2.0])  # sd 1, n 3 + 3
+    hits = [S.difference_interval(list(rng.normal(gap, 1, 3)), list(rng.normal(0, 1, 3)))[0] > 0
+            for _ in range(4000)]
+    assert np.mean(hits) == pytest.approx(0.80, abs=0.04)
 
 
 def test_best_vs_best_needs_a_sweep(runs, tmp_path):
