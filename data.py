@@ -373,7 +373,8 @@ PAPER_EXEMPLARS: dict[str, str] = {
         "they increase production by 25%. Then, due to equipment issues, they have to reduce "
         "the new production rate by 10%. How many widgets do they produce per day now?\n"
         "Solution: Let's think step by step. Initial production is 240 widgets. "
-        "After 25% increase: 240 × 1.25 = 300 widgets. After 10% decrease: 300 × 0.9 = 270 widgets "
+        "After 25% increase: 240 × 1.25 = 300 widgets. "
+        "After 10% decrease: 300 × 0.9 = 270 widgets "
         "#### The final answer is 270\n\n"),
     "math": (
         "Question: Find the value of x if 2x + 3 = 11\n"

@@ -673,7 +673,8 @@ def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
 
 def pick_device(name: str) -> torch.device:
     """--device: "auto" is cuda when available, else cpu; "cuda" without one is a clear error."""
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: no CUDA device is available")
     return device
@@ -789,15 +790,16 @@ class Tokenizer:
 
 
 def stop_ids(tok: Tokenizer) -> list[int]:
-    """End of document, end of a chat turn and start of a next one, when the tokenizer has them (Qwen:
-    <|endoftext|>, <|im_end|>, <|im_start|>): a model that opens a turn itself has ended its own."""
+    """End of document, end of a chat turn and start of a next one, when the tokenizer has them
+    (Qwen: <|endoftext|>, <|im_end|>, <|im_start|>): a model that opens a turn itself has ended its
+    own."""
     ids = [tok.eos_token_id, tok.token_to_id("<|im_end|>"), tok.token_to_id("<|im_start|>")]
     return sorted({i for i in ids if i is not None})
 
 
 def completion_text(tok: Tokenizer, ids: list[int]) -> str:
-    """The text graded: the completion up to its first stop token, decoded without special tokens (decoded
-    whole, a turn the model went on to invent would be graded as part of its answer)."""
+    """The text graded: the completion up to its first stop token, decoded without special tokens
+    (decoded whole, a turn the model went on to invent would be graded as part of its answer)."""
     stops = set(stop_ids(tok))
     end = next((i for i, t in enumerate(ids) if t in stops), len(ids))
     return tok.decode(ids[:end], skip_special_tokens=True)

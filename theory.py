@@ -372,7 +372,8 @@ def tables(bounds: dict, exact: dict, sampled: dict) -> str:
     R, G, M = e["reinforce"], e["grpo"], e["reinforce_matched"]
     lines = [
         "### (1) Smoothness bounds on random instances", "",
-        f"{b['instances']} instances, d in 1..9, K in 2..9, feature and θ scales over 2–3 decades, "
+        f"{b['instances']} instances, d in 1..9, K in 2..9, "
+        "feature and θ scales over 2–3 decades, "
         f"p from {b['p_min']:.0e} to 1 − {b['one_minus_p_min']:.0e}; "
         "X_max = spectral norm of the instance's X.", "",
         "| quantity | max over instances | ≤ 1 |", "|---|---|---|",
@@ -384,12 +385,14 @@ def tables(bounds: dict, exact: dict, sampled: dict) -> str:
         "### (2) Exact-gradient updates, orthogonal prompts", "",
         f"{e['n_answers']} answers, each p0 on {e['n_features']} feature sets, "
         f"X_max = {e['x_max']:.3g}, "
-        f"T = {e['steps']}, N = {e['N']}. R: REINFORCE, η = 1/X². GRPO: η = 1/(2X²), ÷ √(p(1−p)). "
-        f"Rm: REINFORCE with η × {e['matched_multiplier']:.3f}, GRPO's mean step multiplier before "
-        "the target.",
+        f"T = {e['steps']}, N = {e['N']}. R: REINFORCE, η = 1/X². "
+        "GRPO: η = 1/(2X²), ÷ √(p(1−p)). "
+        f"Rm: REINFORCE with η × {e['matched_multiplier']:.3f}, GRPO's mean step multiplier "
+        "before the target.",
         f"Steps to p ≥ {e['target']}: mean over feature sets (never reached: count in brackets). "
         "Gain: G = (8/(3T)) Σ_t C_i(t) up to GRPO's target step and over all T. Min / sum bound: "
-        "max over horizons T of min_{t<T} ‖∇J_i‖², resp. Σ_{t<T} ‖∇J_i‖², over the theorem's bound "
+        "max over horizons T of min_{t<T} ‖∇J_i‖², resp. Σ_{t<T} ‖∇J_i‖², "
+        "over the theorem's bound "
         "(≤ 1 holds). Ascent: min_t ΔJ_i over the per-step guarantee (≥ 1 holds).", "",
         "| p0 | R | GRPO | Rm | R / GRPO | Rm / GRPO | gain (to target) | gain (T) | min bound R "
         "| min bound GRPO | sum bound R | sum bound GRPO | ascent R | ascent GRPO |",
@@ -410,8 +413,8 @@ def tables(bounds: dict, exact: dict, sampled: dict) -> str:
         f"{s['per_group']} prompts per difficulty × {s['seeds']} seeds, lr = {s['lr']:.4g}. "
         f"Rm: REINFORCE with lr × {s['mean_inv_std']:.3f}, GRPO's mean 1/std over groups with "
         "spread before the target. ρ_K(p0) = E[GRPO update] / E[REINFORCE update] at p0. "
-        f"Mean steps to p ≥ {s['target']} (never reached: counted as {s['steps']}, their number in "
-        "brackets, so ratios are lower bounds).", "",
+        f"Mean steps to p ≥ {s['target']} (never reached: counted as {s['steps']}, "
+        "their number in brackets, so ratios are lower bounds).", "",
         "| prompts (p0) | ρ_K(p0) | GRPO mean 1/std | R | GRPO | Rm | R / GRPO | Rm / GRPO |",
         "|---" * 8 + "|"]
     for name, p0 in s["groups"].items():
@@ -461,7 +464,8 @@ def findings(bounds: dict, exact: dict, sampled: dict) -> str:
     return "\n".join([
         "- Smoothness: both bounds hold on every instance; the tightest ratios are "
         f"{bounds['max_local_ratio']:.3f} (local) and {bounds['max_global_ratio']:.3f} (global). "
-        "The local bound is loose by a factor 2 (‖∇²J_i‖ ≤ 2 X_max² p(1−p), approached as p → 0) "
+        "The local bound is loose by a factor 2 "
+        "(‖∇²J_i‖ ≤ 2 X_max² p(1−p), approached as p → 0) "
         "and the global one by ≈ 5 (sup ≈ 1/(3√3) = 0.192).",
         "- Exact updates: the theorems' min-gradient-norm bounds "
         f"{'hold' if held else 'FAIL'} at every horizon and "
