@@ -330,6 +330,19 @@ def test_the_optimizer_steps_on_a_step_without_signal(tiny_folder):
 # --- CLI and bad input ----------------------------------------------------------------------------
 
 
+def test_every_flag_is_a_config_field_with_its_help_and_the_defaults_are_the_paper_preset(capsys):
+    fields = G.dataclasses.fields(G.Config)
+    assert all(f.metadata.get("help") for f in fields)
+    with pytest.raises(SystemExit):
+        G.parse_args(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for f in fields:
+        assert "--" + f.name.replace("_", "-") in shown
+        assert " ".join(f.metadata["help"].split()) in shown
+    assert G.PRESETS["paper"] == {}  # the paper preset is the defaults themselves
+    assert set(G.PRESETS["demo"]) <= {f.name for f in fields}
+
+
 def test_presets_and_flags_resolve():
     cfg, _ = G.parse_args(["--normalize", "none", "--lr", "3e-5"])
     assert cfg.preset == "paper" and cfg.normalize == "none" and cfg.lr == 3e-5
