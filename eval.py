@@ -239,7 +239,7 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=8, help="K samples per problem (0: greedy only)")
     ap.add_argument("--temperature", type=float, default=None, help="default: the run's, else 1.0")
     ap.add_argument("--max-new-tokens", type=int, default=None,
-                    help="default: the run's, else 1024")
+                    help="default: the run's, else 64 for demo, 1024 otherwise")
     ap.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
     ap.add_argument("--limit", type=int, default=None, help="first N problems only")
     ap.add_argument("--device", default="auto")
@@ -255,8 +255,9 @@ def main(argv=None):
         vars(args).update(taken)
         taken_text = ", ".join(f"{k} {v}" for k, v in taken.items()) or "nothing"
         print(f"from the run's config.json: {taken_text}")
-    defaults = {"template": "plain" if args.data == "demo" else "qwen-chat", "temperature": 1.0,
-                "max_new_tokens": 1024}
+    demo = args.data == "demo"  # the demo model's settings (its preset; 512 positions)
+    defaults = {"template": "plain" if demo else "qwen-chat", "temperature": 1.0,
+                "max_new_tokens": 64 if demo else 1024}
     vars(args).update({k: v for k, v in defaults.items() if getattr(args, k) is None})
     if args.model is None:
         ap.error("--model is required (or an --adapter inside a run folder, whose config.json "
