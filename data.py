@@ -1,126 +1,81 @@
-"""Math data, prompt formats and a hardened binary reward for GRPO.
-
-The reward is the only teacher in this system, and model output is hostile input: every function that reads a
-completion is bounded in time and memory, never raises on any ``str``, and never evaluates model text with eval,
-exec, compile or sympy. Numbers are compared exactly (``fractions.Fraction``) by a small parser of our own.
+"""Math data for GRPO: records, loaders, difficulty tiers, prompt formats and synthetic problems.
 
 Data
-    ``load_gsm8k`` / ``load_math`` read the original release formats as jsonl (as in ../shared/data): GSM8K
-    ``{"question", "answer"}`` whose gold is the text after ``####`` with commas removed; MATH
-    ``{"problem", "level", "type", "solution"}`` (MATH-500's ``subject`` is read as ``type``) whose gold is the last
-    ``\\boxed{...}`` of the solution, brace-matched. MATH may also be the per-problem json tree of the original
-    tarball (``{split}/<subject>/<n>.json``). A MATH solution without a usable box (two train problems have an empty
-    ``\\boxed{}``) cannot be scored and is skipped. With no local path, the pinned Hugging Face Hub copy is fetched
-    (``HUB_SOURCES``; GSM8K and MATH are parquet there, read with the optional pyarrow); offline that fails with a
-    one-line ConnectionError that says to pass a local path.
-    ``assign_tiers`` sets each problem's difficulty tier from a file of measured per-problem pass rates.
+    ``load_gsm8k`` / ``load_math`` read the original release formats as jsonl (as in
+    ../shared/data): GSM8K ``{"question", "answer"}`` whose gold is the text after ``####`` with
+    commas removed; MATH ``{"problem", "level", "type", "solution"}`` (MATH-500's ``subject`` is
+    read as ``type``) whose gold is the last ``\\boxed{...}`` of the solution, brace-matched
+    (grader.py's box reader). MATH may also be the per-problem json tree of the original tarball
+    (``{split}/<subject>/<n>.json``). A MATH solution without a usable box (two train problems have
+    an empty ``\\boxed{}``) cannot be scored and is skipped. With no local path, the pinned Hugging
+    Face Hub copy is fetched (``HUB_SOURCES``; GSM8K and MATH are parquet there, read with the
+    optional pyarrow); offline, a one-line ConnectionError says to pass a local path.
+    ``assign_tiers`` sets each problem's tier (difficulty) from a file of measured pass rates.
 
-Prompts (exact text: the ``*_TEMPLATE`` and ``PAPER_EXEMPLARS`` constants below; placeholders are filled
-in one pass, never with ``str.format``, so LaTeX braces in a question are safe)
-    ``qwen-chat`` (default): Qwen2.5-Math chat format, system prompt "Please reason step by step, and put your final
-    answer within \\boxed{}."; ``plain``: "Question: ...\\nAnswer:"; ``paper``: the paper authors' format (worked
-    exemplar(s), then "Question: ...\\nSolution: Let's think step by step. "); ``paper-gold``: the same with the
-    problem's own cleaned gold reasoning appended, only the final answer withheld, as the authors trained.
+Prompts (exact text: the ``*_TEMPLATE`` and ``PAPER_EXEMPLARS`` constants below; placeholders are
+filled in one pass, never with ``str.format``, so LaTeX braces in a question are safe)
+    ``qwen-chat`` (default): Qwen2.5-Math chat format, system prompt "Please reason step by step,
+    and put your final answer within \\boxed{}."; ``plain``: "Question: ...\\nAnswer:"; ``paper``:
+    the paper authors' format (worked exemplar(s), then "Question: ...\\nSolution: Let's think step
+    by step. "); ``paper-gold``: the same with the problem's own cleaned gold reasoning appended,
+    only the final answer withheld, as the authors trained.
 
-Extraction (``extract_answer``): the first rule that finds an answer decides, in this order
-    0. The text read: its last ``MAX_COMPLETION_CHARS`` characters (more than any 4,096-position completion; verl
-       scans only 300), ended where the model's turn ends: at the first end-of-turn token (``<|im_end|>``,
-       ``<|im_start|>``, ``<|endoftext|>``, Llama's ``<|eot_id|>``, ``</s>``, ...) or at a turn the model invents
-       on a line of its own after text of its own ("\\n\\nQuestion:", "Problem:", "Q:", "Human:", "User:", or a
-       line "user" left by a ChatML turn decoded with its special tokens skipped).
-    1. Minerva's "The final answer is $x$. I hope it is correct." (the last one).
-    2. The last ``<answer>...</answer>`` (the r1 template; an unclosed tag reads to the end): a box in it, else an
-       "answer is" in it, else its content read as in 5 ("72", "$x = 5$", a sentence stating the answer).
-    3. The last ``\\boxed{...}`` / ``\\fbox{...}`` (brace-matched; also ``\\boxed 5``). Empty, unbalanced or
-       longer than ``MAX_ANSWER_CHARS``: the answer is None, no fallback to an earlier box.
-    4. The first ``####`` line that states an answer (GSM8K; "#### The final answer is N" as the paper's exemplars;
-       the answer may be on the next line). The first, not the last: a base model that runs on past its answer
-       writes the next exemplar's ``####``. A markdown heading ("#### Step 1: ...") states none.
-    5. The last "answer is" / "answer:" / "answer to the question is" / "Final Answer" heading that states one. What
-       follows the marker: a math group ($...$, \\(...\\), \\[...\\], $$...$$; "$2$ and $-3$" is the list
-       "2, -3"), else the clause up to its sentence end (or a "because", "since", "which", ...) when it is short (no
-       words before its math, at most three after it: "23 + 16 = 39 minutes", "18 square feet"; or a word answer:
-       "Friday"). In prose the answer is the clause's last math group ("the solution, which is $x=11$"), else
-       what follows its last "=" or "is" ("half of 36, which is 18"), else its only number (strict) or its first
-       (lenient); a clause with a negation ("not 18") or a bound ("at least 5") states none. Prose with no answer
-       falls through to the marker before it, then to the next rule: prose itself is never an answer.
-    6. Lenient only (``strict=False``): the last whole number or expression in the text: the math around its last
-       digit, between words, delimiters and sentence ends on one line ("$\\frac{1}{3}$" is 1/3, not 3;
-       "3\\sqrt{13}", not 13; "1/8", not 8), an equation read at its last side ("48 + 24 = 72" is 72). The reward
-       is strict by default, since a last-number reward is gamed by printing numbers.
+Synthetic problems (the demo)
+    ``synthetic_problems``: GSM8K-shaped addition and subtraction word problems in two tiers, with
+    worked solutions that end in "#### N"; ``synthetic_problem`` with ``slip`` > 0 writes some steps
+    wrong, to pretrain the demo model (demo/make_demo_model.py).
 
-Comparison (``math_equal``): both sides are normalised, then compared as strings, as values, or element-wise
-    Normalisation: unicode minus/degree/pi/times; ``$``, ``\\$``, ``%``, ``\\%``, ``^\\circ``, ``\\left``,
-    ``\\right``, ``\\!``, ``\\,``, ``\\;``, ``\\(``, ``\\[`` removed; ``\\dfrac``/``\\tfrac`` -> ``\\frac``;
-    ``\\text{}``, ``\\mbox{}``, ``\\mathrm{}``, ``\\textbf{}``, ``\\boxed{}`` unwrapped; trailing unit words dropped
-    after a number ("18 dollars", "5 \\text{ cm}^2"); "and"/"or" between list items become commas; whitespace
-    dropped; a trailing "." dropped; a leading one-letter "x =" or "x \\in" dropped; thousands commas (``1,000``,
-    ``1{,}000``, ``1,\\!000``, ``11,\\! 111``) removed only where the whole answer (or a whole brace group) is one
-    grouped number; ``4210_{5}`` -> ``4210_5``; ``\\dbinom`` / ``{n \\choose k}`` -> ``\\binom``; "(C)" -> "C"; word
-    answers lower-cased.
-    Values: a bounded recursive-descent parser (integers, decimals, scientific ``1.5e3``, ``+ - * / ^``, ``\\cdot``,
-    ``\\times``, ``\\div``, ``\\frac``, ``\\sqrt``, ``\\sqrt[n]``, ``\\pi``, ``\\binom``, ``n!``, implicit products
-    ``2\\pi``, mixed numbers ``2\\frac{1}{2}``). Rational results are exact Fractions and compare exactly
-    ("0.5" == "\\frac{1}{2}", "18.00" == "18"); results with an irrational part (a non-square root, pi) are floats
-    and compare with relative tolerance 1e-9 only against other irrational results, so a decimal approximation
-    never matches an exact surd.
-    Structures: tuples and intervals element-wise with the same brackets; ``\\{...\\}`` sets and bare comma lists
-    order-insensitively; ``\\cup`` unions order-insensitively; pmatrix/bmatrix element-wise.
-    Stated values: when the gold is no equation, a predicted "23 + 16 = 39" is also compared by its last side and
-    "\\frac{1}{3} \\approx 0.33" by either side ("x \\le 5" and "x^2 = 4" are not 5 and 2).
-    Percentages are not rescaled: "50\\%" == "50", "50\\%" != "0.5". There is no symbolic algebra: answers with
-    variables compare as normalised strings ("x^2+2x+1" != "1+2x+x^2"); unsimplified numbers compare by value.
-
-Bounds (all inputs): ``MAX_COMPLETION_CHARS`` characters of completion, ``MAX_ANSWER_CHARS`` per answer,
-``MAX_DIGITS`` digits per literal, integer exponents up to ``MAX_EXPONENT``, exact values up to ``MAX_BITS`` bits
-(power towers like ``9^{9^{9^9}}`` are "not evaluable" after one step), nesting depth ``MAX_NESTING``,
-``MAX_ELEMENTS`` elements per tuple/set/matrix. Regexes run on bounded windows and have no nested quantifiers.
+Grading a completion against a gold answer is grader.py's job.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
 from dataclasses import dataclass, replace
-from fractions import Fraction
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping, Union
 
+from grader import _NO_BOX, _brace_group, _last_boxed
+
 PathLike = Union[str, Path]
 
-# --- Records -------------------------------------------------------------------------------------------------------
+# --- Records --------------------------------------------------------------------------------------
 
 
 @dataclass
 class Problem:
     question: str
     answer: str  # gold final answer (GSM8K: after ####, commas removed; MATH: last \boxed content)
-    solution: str = ""  # gold worked solution (GSM8K: the answer text without its #### line; MATH: as released)
+    # gold worked solution (GSM8K: the answer text without its #### line; MATH: as released)
+    solution: str = ""
     id: str = ""  # stable id: "gsm8k/train/0", or MATH's unique_id "train/algebra/0.json"
     level: int | None = None  # MATH level 1-5 (None for GSM8K and "Level ?")
     type: str | None = None  # MATH subject, e.g. "Algebra" (None for GSM8K)
     tier: str | None = None  # difficulty tier set by assign_tiers
 
 
-# --- Loading -------------------------------------------------------------------------------------------------------
+# --- Loading --------------------------------------------------------------------------------------
 
-# Pinned Hub copies (repo, revision, files), used when no local path is given. GSM8K and full MATH exist on the Hub
-# only as parquet (MATH: one file per subject), read with pyarrow when it is installed (an optional dependency;
-# without it the error says to install it or pass a local path). MATH-500's test.jsonl at this revision has the
-# sha256 of ../shared/data/math/math500_test.jsonl (35dc4108...), so it is read as is.
-MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
-                 "prealgebra", "precalculus")
+# Pinned Hub copies (repo, revision, files), used when no local path is given. GSM8K and full MATH
+# exist on the Hub only as parquet (MATH: one file per subject), read with pyarrow when it is
+# installed (an optional dependency; without it the error says to install it or pass a local path).
+# MATH-500's test.jsonl at this revision has the sha256 of ../shared/data/math/math500_test.jsonl
+# (35dc4108...), so it is read as is.
+MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra",
+                 "number_theory", "prealgebra", "precalculus")
 _GSM8K_REPO = ("openai/gsm8k", "cc7b047b6e5bb11b4f1af84efc572db110a51b3c")
 _MATH_REPO = ("EleutherAI/hendrycks_math", "21a5633873b6a120296cce3e2df9d5550074f4a3")
 HUB_SOURCES: dict[tuple[str, str], tuple[str, str, tuple[str, ...]]] = {
     ("gsm8k", "train"): (*_GSM8K_REPO, ("main/train-00000-of-00001.parquet",)),
     ("gsm8k", "test"): (*_GSM8K_REPO, ("main/test-00000-of-00001.parquet",)),
-    ("math", "train"): (*_MATH_REPO, tuple(f"{s}/train-00000-of-00001.parquet" for s in MATH_SUBJECTS)),
-    ("math", "test"): (*_MATH_REPO, tuple(f"{s}/test-00000-of-00001.parquet" for s in MATH_SUBJECTS)),
-    ("math", "math500"): ("HuggingFaceH4/MATH-500", "6e4ed1a2a79af7d8630a6b768ec859cb5af4d3be", ("test.jsonl",)),
+    ("math", "train"): (*_MATH_REPO,
+                        tuple(f"{s}/train-00000-of-00001.parquet" for s in MATH_SUBJECTS)),
+    ("math", "test"): (*_MATH_REPO,
+                       tuple(f"{s}/test-00000-of-00001.parquet" for s in MATH_SUBJECTS)),
+    ("math", "math500"): ("HuggingFaceH4/MATH-500", "6e4ed1a2a79af7d8630a6b768ec859cb5af4d3be",
+                          ("test.jsonl",)),
 }
 _LOCAL_FILE = {"math500": "math500_test.jsonl"}  # file name of a split inside a local data folder
 
@@ -137,9 +92,10 @@ def _hub_rows(dataset: str, split: str) -> list[tuple[str, dict]]:
             from huggingface_hub import hf_hub_download
 
             local = Path(hf_hub_download(repo, file, repo_type="dataset", revision=revision))
-        except Exception as e:  # any failure here (offline, DNS, HTTP, missing package) means the same to the user
-            raise ConnectionError(f"cannot fetch {dataset}/{split} from the Hugging Face Hub ({repo}@{revision[:7]}): "
-                                  f"hub unreachable or offline ({type(e).__name__}); {hint}") from None
+        except Exception as e:  # any failure (offline, DNS, HTTP, no package): the same to the user
+            raise ConnectionError(f"cannot fetch {dataset}/{split} from the Hugging Face Hub "
+                                  f"({repo}@{revision[:7]}): hub unreachable or offline "
+                                  f"({type(e).__name__}); {hint}") from None
         if local.suffix == ".jsonl":
             rows += [(f"{local}:{n}", r) for n, r in _read_jsonl(local)]
         else:
@@ -171,7 +127,8 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}:{lineno}: invalid JSON line ({e})") from None
         if not isinstance(record, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, "
+                             f"got {type(record).__name__}")
         rows.append((lineno, record))
     return rows
 
@@ -204,7 +161,8 @@ def _gsm8k_problems(rows: list[tuple[str, dict]], split: str) -> list[Problem]:
 
 
 def load_gsm8k(split: str = "train", path: PathLike | None = None) -> list[Problem]:
-    """GSM8K problems. path: a jsonl file, or a folder holding {split}.jsonl; None fetches the pinned hub copy."""
+    """GSM8K problems. path: a jsonl file, or a folder holding {split}.jsonl; None fetches the
+    pinned hub copy."""
     if path is None:
         return _gsm8k_problems(_hub_rows("gsm8k", split), split)
     file = _split_file(path, split)
@@ -243,19 +201,22 @@ def _math_problems(rows: Iterable[tuple[str, dict]], split: str) -> list[Problem
     return problems
 
 
-def load_math(split: str = "train", path: PathLike | None = None, levels: Iterable[int] | None = None,
+def load_math(split: str = "train", path: PathLike | None = None,
+              levels: Iterable[int] | None = None,
               types: Iterable[str] | None = None) -> list[Problem]:
-    """MATH problems, optionally filtered by level (e.g. [2]) and subject (e.g. ["Algebra"] or ["algebra"]).
+    """MATH problems, optionally filtered by level (e.g. [2]) and subject (e.g. ["Algebra"] or
+    ["algebra"]).
 
-    split: "train", "test" or "math500". path: a jsonl file; a folder holding {split}.jsonl (math500_test.jsonl for
-    "math500"); or the original release tree holding {split}/<subject>/<n>.json. None fetches the pinned hub copy.
+    split: "train", "test" or "math500". path: a jsonl file; a folder holding {split}.jsonl
+    (math500_test.jsonl for "math500"); or the original release tree holding
+    {split}/<subject>/<n>.json. None fetches the pinned hub copy.
     """
     if path is None:
         rows = _hub_rows("math", split)
     elif Path(path).is_dir() and (Path(path) / split).is_dir():
         root = Path(path)
         rows = []
-        for file in sorted((root / split).glob("*/*.json")):  # lexicographic, as the staged jsonl dumps
+        for file in sorted((root / split).glob("*/*.json")):  # lexicographic, as the jsonl dumps
             try:
                 record = json.loads(file.read_text(encoding="utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -277,15 +238,30 @@ def load_math(split: str = "train", path: PathLike | None = None, levels: Iterab
     return problems
 
 
+def parse_levels(text: str | None) -> list[int] | None:
+    """MATH levels as the flags spell them: "2" or "1,2" (None: every level)."""
+    return [int(x) for x in text.split(",")] if text else None
+
+
 def load_problems(spec: str, split: str = "train", path: PathLike | None = None,
-                  levels: Iterable[int] | None = None, types: Iterable[str] | None = None) -> list[Problem]:
-    """spec: "gsm8k" or "math" (path = its local copy, None = hub), or a jsonl file / data folder in either format,
-    detected from the first record's fields (question+answer: GSM8K; problem+solution: MATH)."""
+                  levels: Iterable[int] | None = None,
+                  types: Iterable[str] | None = None) -> list[Problem]:
+    """spec: "gsm8k" or "math" (path = its local copy, None = hub), "demo" (the embedded demo's
+    synthetic problems: split "train" its training pool, any other its held-out set), or a jsonl
+    file / data folder in either format, detected from the first record's fields (question+answer:
+    GSM8K; problem+solution: MATH)."""
+    if spec == "demo":
+        if path is not None or levels is not None or types is not None:
+            raise ValueError("the demo's problems are built in: no path, levels or types")
+        if split == "train":
+            return synthetic_problems(SYNTHETIC_TRAIN_SIZE, seed=SYNTHETIC_TRAIN_SEED)
+        return synthetic_problems(SYNTHETIC_TEST_SIZE, seed=SYNTHETIC_TEST_SEED)
     if spec in ("gsm8k", "math"):
         dataset, source = spec, path
     else:
         if path is not None:
-            raise ValueError("pass either a dataset name with path=..., or a path as spec, not both")
+            raise ValueError("pass either a dataset name with path=..., "
+                             "or a path as spec, not both")
         source = Path(spec)
         if source.is_dir() and (source / split).is_dir():
             dataset = "math"  # the original MATH release tree
@@ -298,7 +274,8 @@ def load_problems(spec: str, split: str = "train", path: PathLike | None = None,
             elif "problem" in first and "solution" in first:
                 dataset = "math"
             else:
-                raise ValueError(f"{file}: cannot tell the format (want question+answer or problem+solution fields)")
+                raise ValueError(f"{file}: cannot tell the format "
+                                 "(want question+answer or problem+solution fields)")
     if dataset == "gsm8k":
         if levels is not None or types is not None:
             raise ValueError("levels/types filter MATH only")
@@ -306,10 +283,11 @@ def load_problems(spec: str, split: str = "train", path: PathLike | None = None,
     return load_math(split, source, levels, types)
 
 
-# --- Difficulty tiers ----------------------------------------------------------------------------------------------
+# --- Difficulty tiers -----------------------------------------------------------------------------
 
-# The authors' GSM8K split [paper notes 1.2, INFER]: 10 samples per problem, Easy = all 10 correct, Medium = 9 of 10,
-# Hard = 8 or fewer. With thresholds as minimum pass rates: {"easy": 1.0, "medium": 0.9, "hard": 0.0}.
+# The authors' GSM8K split [paper notes 1.2, INFER]: 10 samples per problem, Easy = all 10 correct,
+# Medium = 9 of 10, Hard = 8 or fewer. With thresholds as minimum pass rates:
+# {"easy": 1.0, "medium": 0.9, "hard": 0.0}.
 PAPER_TIER_THRESHOLDS: dict[str, float] = {"easy": 1.0, "medium": 0.9, "hard": 0.0}
 
 
@@ -324,7 +302,8 @@ def _read_pass_rates(path: Path) -> dict[str, float]:
             rate = record["pass_rate"]
         elif "rewards" in record:
             rewards = record["rewards"]
-            if not isinstance(rewards, list) or not rewards or any(r not in (0, 1) for r in rewards):
+            if (not isinstance(rewards, list) or not rewards
+                    or any(r not in (0, 1) for r in rewards)):
                 raise ValueError(f"{where}: 'rewards' must be a non-empty list of 0/1")
             rate = sum(rewards) / len(rewards)
         else:
@@ -341,58 +320,69 @@ def assign_tiers(problems: Iterable[Problem], pass_rates_path: PathLike,
                  thresholds: Mapping[str, float] = PAPER_TIER_THRESHOLDS) -> list[Problem]:
     """Copies of problems with tier set from measured pass rates.
 
-    pass_rates_path: jsonl, one line per problem, {"id": <Problem.id>, "pass_rate": <float in [0, 1]>} or
-    {"id": ..., "rewards": [0/1, ...]} (the k sampled verdicts; pass rate = their mean). Ids in the file but not in
-    problems are ignored; a problem missing from the file is an error (a file from another split or dataset).
-    thresholds: tier -> minimum pass rate (inclusive); each problem gets the tier with the highest minimum that its
-    pass rate reaches, or None below all of them. Select a split with [p for p in tiered if p.tier == "hard"].
+    pass_rates_path: jsonl, one line per problem, {"id": <Problem.id>, "pass_rate": <float in
+    [0, 1]>} or {"id": ..., "rewards": [0/1, ...]} (the k sampled verdicts; pass rate = their mean).
+    Ids in the file but not in problems are ignored; a problem missing from the file is an error (a
+    file from another split or dataset).
+    thresholds: tier -> minimum pass rate (inclusive); each problem gets the tier with the highest
+    minimum that its pass rate reaches, or None below all of them. Select a split with
+    [p for p in tiered if p.tier == "hard"].
     """
     mins = dict(thresholds)
-    if not mins or any(not 0.0 <= m <= 1.0 for m in mins.values()) or len(set(mins.values())) != len(mins):
-        raise ValueError(f"thresholds must map tiers to distinct minimum pass rates in [0, 1], got {mins}")
+    if (not mins or any(not 0.0 <= m <= 1.0 for m in mins.values())
+            or len(set(mins.values())) != len(mins)):
+        raise ValueError("thresholds must map tiers to distinct minimum pass rates in [0, 1], "
+                         f"got {mins}")
     ordered = sorted(mins.items(), key=lambda kv: -kv[1])
     rates = _read_pass_rates(Path(pass_rates_path))
     problems = list(problems)
     missing = [p.id for p in problems if p.id not in rates]
     if missing:
-        raise ValueError(f"{pass_rates_path}: no pass rate for {len(missing)} of {len(problems)} problems, "
-                         f"e.g. {missing[:3]}")
-    return [replace(p, tier=next((t for t, m in ordered if rates[p.id] >= m), None)) for p in problems]
+        raise ValueError(f"{pass_rates_path}: no pass rate for {len(missing)} of {len(problems)} "
+                         f"problems, e.g. {missing[:3]}")
+    return [replace(p, tier=next((t for t, m in ordered if rates[p.id] >= m), None))
+            for p in problems]
 
 
-# --- Prompts -------------------------------------------------------------------------------------------------------
+# --- Prompts --------------------------------------------------------------------------------------
 
-QWEN_CHAT_TEMPLATE = ("<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{}."
-                      "<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
+QWEN_CHAT_TEMPLATE = ("<|im_start|>system\nPlease reason step by step, and put your final answer "
+                      "within \\boxed{}.<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
+                      "<|im_start|>assistant\n")
 PLAIN_TEMPLATE = "Question: {question}\nAnswer:"
 PAPER_TEMPLATE = "{exemplars}Question: {question}\nSolution: Let's think step by step. "
-PAPER_GOLD_TEMPLATE = "{exemplars}Question: {question}\nSolution: Let's think step by step. {reasoning} "
+PAPER_GOLD_TEMPLATE = ("{exemplars}Question: {question}\nSolution: Let's think step by step. "
+                       "{reasoning} ")
 
-# The authors' hand-written exemplars (Caitlyn-Yin/grpo_norm gsm8k_difficulty.py, math_datasets.py), as their
-# formatter renders them: GSM8K picks one by the training tier; MATH uses both, in the order random.seed(42) gives.
+# The authors' hand-written exemplars (Caitlyn-Yin/grpo_norm gsm8k_difficulty.py, math_datasets.py),
+# as their formatter renders them: GSM8K picks one by the training tier; MATH uses both, in the
+# order random.seed(42) gives.
 PAPER_EXEMPLARS: dict[str, str] = {
     "easy": (
         "Question: John has 5 apples. He buys 3 more apples. How many apples does he have?\n"
-        "Solution: Let's think step by step. John starts with 5 apples. He buys 3 more. So he has 5 + 3 = 8 apples "
-        "#### The final answer is 8\n\n"),
+        "Solution: Let's think step by step. John starts with 5 apples. He buys 3 more. "
+        "So he has 5 + 3 = 8 apples #### The final answer is 8\n\n"),
     "medium": (
-        "Question: A store sells apples for $2 each and oranges for $3 each. If John buys 4 apples and 5 oranges, "
-        "how much does he spend?\n"
-        "Solution: Let's think step by step. Apples cost $2 each, so 4 apples cost 4 × 2 = $8. Oranges cost $3 each, "
-        "so 5 oranges cost 5 × 3 = $15. Total cost is 8 + 15 = $23 #### The final answer is 23\n\n"),
+        "Question: A store sells apples for $2 each and oranges for $3 each. "
+        "If John buys 4 apples and 5 oranges, how much does he spend?\n"
+        "Solution: Let's think step by step. Apples cost $2 each, so 4 apples cost 4 × 2 = $8. "
+        "Oranges cost $3 each, so 5 oranges cost 5 × 3 = $15. Total cost is 8 + 15 = $23 "
+        "#### The final answer is 23\n\n"),
     "hard": (
-        "Question: A factory produces 240 widgets per day. Due to increased demand, they increase production by "
-        "25%. Then, due to equipment issues, they have to reduce the new production rate by 10%. How many widgets "
-        "do they produce per day now?\n"
-        "Solution: Let's think step by step. Initial production is 240 widgets. After 25% increase: "
-        "240 × 1.25 = 300 widgets. After 10% decrease: 300 × 0.9 = 270 widgets #### The final answer is 270\n\n"),
+        "Question: A factory produces 240 widgets per day. Due to increased demand, "
+        "they increase production by 25%. Then, due to equipment issues, they have to reduce "
+        "the new production rate by 10%. How many widgets do they produce per day now?\n"
+        "Solution: Let's think step by step. Initial production is 240 widgets. "
+        "After 25% increase: 240 × 1.25 = 300 widgets. "
+        "After 10% decrease: 300 × 0.9 = 270 widgets "
+        "#### The final answer is 270\n\n"),
     "math": (
         "Question: Find the value of x if 2x + 3 = 11\n"
-        "Solution: Let's think step by step. We have 2x + 3 = 11. Subtracting 3 from both sides: 2x = 8. "
-        "Dividing by 2: x = 4 #### The final answer is 4\n\n"
+        "Solution: Let's think step by step. We have 2x + 3 = 11. "
+        "Subtracting 3 from both sides: 2x = 8. Dividing by 2: x = 4 #### The final answer is 4\n\n"
         "Question: What is the area of a rectangle with length 5 and width 3?\n"
-        "Solution: Let's think step by step. The area of a rectangle is length times width. So area = 5 × 3 = 15 "
-        "#### The final answer is 15\n\n"),
+        "Solution: Let's think step by step. The area of a rectangle is length times width. "
+        "So area = 5 × 3 = 15 #### The final answer is 15\n\n"),
 }
 
 _PLACEHOLDER = re.compile(r"\{(question|exemplars|reasoning)\}")
@@ -402,93 +392,6 @@ PROMPT_TEMPLATES: dict[str, str] = {
     "paper": PAPER_TEMPLATE,
     "paper-gold": PAPER_GOLD_TEMPLATE,
 }
-
-
-def _gold_reasoning(problem: Problem) -> str:
-    """The authors' cleaning of the gold solution for the prompt (their _clean_reasoning), final answer withheld.
-
-    One deliberate difference: MATH boxes are removed brace-matched; their regex \\boxed\\{[^}]*\\} left the tail
-    of nested answers in the prompt (\\boxed{\\frac{1}{2}} -> "{2}}").
-    """
-    text = problem.solution
-    if problem.type is None:  # GSM8K: drop calculator annotations
-        text = re.sub(r"<<.*?>>", "", text)
-    else:
-        text = _remove_boxes(text).strip()
-        text = re.sub(r"\\[a-zA-Z]+\{([^}]*)\}", r"\1", text)
-        text = re.sub(r"\$([^\$]*)\$", r"\1", text)
-    text = ". ".join(text.split("\n"))
-    return re.sub(r"\.+", ".", text).strip()
-
-
-def format_prompt(problem: Problem, template: str = "qwen-chat") -> str:
-    """The prompt text for one problem. template: a key of PROMPT_TEMPLATES."""
-    if template not in PROMPT_TEMPLATES:
-        raise ValueError(f"unknown prompt template {template!r}; choose from {sorted(PROMPT_TEMPLATES)}")
-    fields = {"question": problem.question}
-    if template.startswith("paper"):
-        key = "math" if problem.type is not None else (problem.tier if problem.tier in PAPER_EXEMPLARS else "easy")
-        fields["exemplars"] = PAPER_EXEMPLARS[key]
-    if template == "paper-gold":
-        if not problem.solution:
-            raise ValueError(f"problem {problem.id!r} has no gold solution for the paper-gold template")
-        fields["reasoning"] = _gold_reasoning(problem)
-    # One pass over the template: inserted text (LaTeX braces, a literal "{question}") is never rescanned.
-    return _PLACEHOLDER.sub(lambda m: fields[m.group(1)], PROMPT_TEMPLATES[template])
-
-
-# --- Answer extraction ---------------------------------------------------------------------------------------------
-
-MAX_COMPLETION_CHARS = 32_768  # completion tail read by the extractor (> any 4,096-token completion)
-MAX_ANSWER_CHARS = 512  # longest answer compared (the longest MATH gold is 159 characters)
-MAX_DIGITS = 100  # longest number literal compared
-MAX_EXPONENT = 300  # largest |n| in x^n and in 1e±n
-MAX_BITS = 1000  # largest numerator/denominator of an exact value (floats stay finite below 2**1024)
-MAX_NESTING = 40  # parser recursion depth
-MAX_ELEMENTS = 64  # elements per tuple, set, union or matrix
-
-_NO_BOX = object()  # sentinel: the text has no \boxed at all (None means a malformed or empty last box)
-# Where a model's turn ends: special tokens (Qwen, Llama 3, Llama 2 / Mistral, DeepSeek), left in the text when it
-# was decoded with them, and the start of a turn a model invents at the start of a line (a base model continuing
-# its few-shot prompt, or a chat model writing the user's next message).
-_END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|im_start|>", "<|eot_id|>", "<|end_of_text|>",
-                "<|start_header_id|>", "</s>", "<\uff5cend\u2581of\u2581sentence\uff5c>", "<|user|>")
-_INVENTED_TURN = re.compile(r"\n[ \t]{0,8}(?:Human|User|USER|Question|Problem|Q)[ \t]{0,3}:"
-                            r"|\n(?:user|assistant)[ \t]{0,3}\n")  # ChatML decoded with its special tokens skipped
-_BRACE = re.compile(r"[{}]")
-
-
-def _brace_group(text: str, start: int) -> str | None:
-    """Content of the {...} group opening at text[start], or None if unbalanced or longer than MAX_ANSWER_CHARS."""
-    depth = 0
-    for m in _BRACE.finditer(text, start, min(len(text), start + MAX_ANSWER_CHARS + 2)):
-        depth += 1 if m.group() == "{" else -1
-        if depth == 0:
-            return text[start + 1:m.start()]
-    return None
-
-
-def _last_boxed(text: str) -> object:
-    """Content of the last \\boxed / \\fbox (stripped), None if that box is empty or malformed, _NO_BOX if none."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return _NO_BOX
-    i = start + (6 if text.startswith("\\boxed", start) else 5)
-    j = i
-    while j < len(text) and text[j] in " \t\n":
-        j += 1
-    if j < len(text) and text[j] == "{":
-        content = _brace_group(text, j)
-    elif j > i and j < len(text):  # "\boxed 5": one token, ended by space or "$"
-        end = j
-        while end < len(text) and end - j < MAX_ANSWER_CHARS and text[end] not in " \t\n$":
-            end += 1
-        content = text[j:end].rstrip(".,;")
-    else:
-        content = None  # "\boxed" at the end, or another command such as "\boxedA"
-    if content is None:
-        return None
-    return content.strip() or None
 
 
 def _remove_boxes(text: str) -> str:
@@ -512,923 +415,52 @@ def _remove_boxes(text: str) -> str:
     return text
 
 
-# Final-answer markers. Words are read on ASCII-lowered bytes (one byte per character, so indices stay those of
-# the text): "answer is", "answers are", "answer would be", "Answer:", "**Answer:**", "answer to the question is".
-_ANSWER_MARKER = re.compile(rb"answers?(?:\*\*|\s){0,4}(?:(?:is|are|was|would be|will be|should be|must be)\b"
-                            rb"(?:\*\*|\s){0,4}:?|:|=(?!=)|(?:to|for|of)\b[^.\n$:=]{1,60}?\b(?:is|are)\b:?)")
-_HEADER_END = re.compile(r"[ \t*#:]{0,8}\n")  # "**Final Answer**" alone on its line: the answer follows it
-_FINAL_ANSWER_PREFIX = re.compile(r"\s{0,4}(?:the\s{1,4})?(?:final\s{1,4})?answer\s{0,4}(?:is\b)?\s{0,4}:?",
-                                  re.IGNORECASE)
-_MINERVA = "I hope it is correct"  # "Final Answer: The final answer is $x$. I hope it is correct."
-_HASHES = re.compile(r"#+")
-_PLAIN_NUMBER = re.compile(r"[ \t]{0,8}(-?\d{1,3}(?:,\d{3}){1,12}(?:\.\d{1,30})?|-?\d{1,40}(?:\.\d{1,30})?)"
-                           r"\.?[ \t]{0,8}(?:\n|\Z)")  # a number alone on the rest of its line
-_DELIMITERS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
-_WORDS = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")  # words of prose; \commands are not words
-_SIGNED = frozenset("0123456789\\(")  # what a "-" or "." opening math stands before
-_MATH_CHAR = re.compile(r"[\d\\$({\[.-]")  # where math may start ("-" and "." only before a digit, \ or ()
-_FILLER = re.compile(r"(?:approximately|about|around|roughly|exactly|equal to|equals|given by|simply|just|then|"
-                     r"therefore|thus|so|clearly|indeed)\b[\s,:]{0,4}", re.IGNORECASE)
-_NEGATION = re.compile(r"(?<![a-z])(?:n(?:ot|o|ever|either|or)|cannot|wrong|incorrect)(?![a-z])|n't(?![a-z])")
-_REASON = re.compile(r",?\s(?:because|since|as|which|where|so|given|for|when|if)\b", re.IGNORECASE)
-_LATER_NUMBER = re.compile(r"(?<![\^{])[0-9]")  # a digit that is no exponent ("cm^2")
-_QUALIFIED = re.compile(r"\b(?:at least|at most|more than|less than|greater than|fewer than|up to|between)\b")
-_TEXT_GROUP = re.compile(r"\\text\{[^{}]{0,64}\}")
-_NOT_AN_ANSWER = {"answer", "here", "below", "above", "follows", "following", "correct", "the", "this", "that",
-                  "is", "given", "as"}  # "<answer> answer here </answer>", "The answer is as follows:"
-# \(...\) or $...$ on one line ("$\\$120$" holds an escaped dollar; "$18 and $" is two currency signs)
-_MATH_GROUP = re.compile(r"\\\((.{1,512}?)\\\)|(?<![\\\d])\$((?:[^$\n\\]|\\.){1,512}?)(?<!\s)\$")
-_ARABIC_DIGIT = re.compile(r"[0-9]")  # str.isdigit() is also true of "²"
-_NUMBER_TOKEN = re.compile(r"(?<![\w.,/^])-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?%?(?![\w/^]|[.,]\d)")
-# Where an expression ends in running text: a word, \text{...} with words in it, $ and \( \) \[ \] delimiters
-# (not \$), sentence punctuation (not the ":" of a ratio, the "!" of a factorial, the "." of a decimal), a comma
-# that is not a thousands separator, a LaTeX line break, <<calculator>> brackets, any other non-ASCII character
-# than these math ones: − × ÷ · √ π ° ² ³ ≈.
-_EXPRESSION_END = re.compile(r"\\(?:text|mbox|mathrm|textrm|textit)\s{0,4}\{[^{}]{0,64}[A-Za-z][^{}]{0,64}\}"
-                             r"|(?<![\\A-Za-z])[A-Za-z]{2,}|\\[()\[\]]|(?<!\\)\$|\\\\|[\n;?&`\"'<>]|\.(?!\d)"
-                             r"|(?<!\d):|:(?!\d)|(?<!\\)!(?![})=])|(?<!\{),(?!\d|\s{0,2}\\!|\})"
-                             r"|[^\x00-\x7f\u2212\u00d7\u00f7\u00b7\u221a\u03c0\u00b0\u00b2\u00b3\u2248]")
-_EXPRESSION_SPLIT = re.compile(f"({_EXPRESSION_END.pattern})")
-_MATH_DELIMITERS = frozenset(("$", "\\(", "\\)", "\\[", "\\]"))
-_MATRIX_SPAN = re.compile(r"\\begin\{([pb]matrix)\}.{0,512}?\\end\{\1\}")
-_LAST_NUMBER = re.compile(r"(?:(?<![\w)\]}])-)?\d+(?:,\d{3})*(?:\.\d+)?")
-
-
-def _lower(text: str) -> bytes:
-    return text.encode("ascii", "replace").lower()  # one byte per character: indices stay aligned with text
-
-
-def _own_turn(text: str) -> str:
-    """The completion's last MAX_COMPLETION_CHARS, ended where the model's turn ends: at its first end-of-turn token,
-    or at a next turn it invents on a line of its own ("\\n\\nQuestion: ...") after some text of its own."""
-    text = text[-MAX_COMPLETION_CHARS:]  # first, so that no scan below reads more than this bound
-    if "|>" in text or "</s>" in text or "\uff5c>" in text:  # what every _END_OF_TURN token ends with
-        for marker in _END_OF_TURN:  # (str.find: one regex alternation over them all scans 5x slower)
-            cut = text.find(marker)
-            if cut >= 0:
-                text = text[:cut]
-    m = _INVENTED_TURN.search(text)
-    if m and not text[:m.start()].strip():  # a turn marker before any text of the model's own: look further
-        m = _INVENTED_TURN.search(text, m.end())
-    return text[:m.start()] if m else text
-
-
-def _balanced(s: str) -> bool:
-    depth = 0
-    for c in s:
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-            if depth < 0:
-                return False
-    return depth == 0
-
-
-def _last_side(s: str) -> str:
-    """The right-hand side of the last '=' in s (not of <=, >=, !=), or s."""
-    i = len(s)
-    for _ in range(16):
-        i = s.rfind("=", 0, i)
-        if i < 0:
-            return s
-        if i > 0 and s[i - 1] in "<>!=" or s.startswith("=", i + 1):
-            continue
-        return s[i + 1:].strip() or s  # "6 - 7 =" states no value
-    return s
-
-
-def _tidy(piece: str) -> str | None:
-    """A run of math cut out of running text, as an answer: ends trimmed, brackets balanced, an equation read at
-    its last side ("48 + 24 = 72" -> "72"); None if no number is left, or if it ends in "=" (a sum never done)."""
-    s = piece.strip().lstrip("*/^=,+)]}|").rstrip("*/^,+-([{|\\").strip()
-    if s.endswith("="):
-        return None
-    if len(s) >= 3 and s[0].isalpha() and s[1] == " " and s[2] in "0123456789":
-        s = s[1:].strip()  # "a 5-pack", "I 3": an article, not a variable
-    if len(s) >= 3 and s[-1].isalpha() and s[-2] == " " and s[-3] in "0123456789":
-        s = s[:-2]  # "18 a" (day), "5 m": a unit or an article
-    if not _balanced(s):
-        return None
-    s = _last_side(s)
-    return s if s and len(s) <= MAX_ANSWER_CHARS and _ARABIC_DIGIT.search(s) else None
-
-
-def _leading_expression(s: str) -> str | None:
-    """The math that s opens with: '$18 a day' -> '18', '\\frac{1}{2} of them' -> '\\frac{1}{2}'."""
-    s = s.lstrip(" \t*")
-    for opener in ("\\$", "$", "\\(", "\\["):
-        if s.startswith(opener):
-            s = s[len(opener):]
-            break
-    m = _EXPRESSION_END.search(s)
-    return _tidy(s[:m.start()] if m else s)
-
-
-_BRACKET = re.compile(r"\\[{}]|[()\[\]]")  # ( [ \{ and their closers; LaTeX argument braces balance on their own
-
-
-def _unmatched(s: str) -> tuple[bool, bool]:
-    """Whether s closes a bracket it did not open, and whether it opens one it does not close."""
-    depth = low = 0
-    for m in _BRACKET.finditer(s):
-        depth += 1 if m.group() in ("(", "[", "\\{") else -1
-        low = min(low, depth)
-    return low < 0, depth > low
-
-
-def _last_expression(text: str) -> str | None:
-    """Lenient fallback: the whole number or expression around the last digit of the text: "\\frac{1}{3}", not 3;
-    "3\\sqrt{13}", not 13; "1/8", not 8; "x = 5" is 5. An expression is the math between two words, delimiters or
-    sentence ends on one line (see _EXPRESSION_END)."""
-    end = max(text.rfind(d) for d in "0123456789")  # C-speed scans; a regex over the whole text is 30x slower
-    if end < 0:
-        return None
-    start, limit = end, max(0, end - 2 * MAX_DIGITS)
-    while start > limit and (text[start - 1].isdigit() or text[start - 1] in ",."):
-        start -= 1
-    if start == limit and start > 0 and text[start - 1].isdigit():
-        return None  # a digit run longer than any number we compare
-    line_start = max(text.rfind("\n", 0, end) + 1, end - 2 * MAX_ANSWER_CHARS)
-    line_end = text.find("\n", end, end + MAX_ANSWER_CHARS)
-    line = text[line_start:line_end if line_end >= 0 else end + MAX_ANSWER_CHARS]
-    if "\\begin{" in line:
-        for m in _MATRIX_SPAN.finditer(line):
-            if m.start() <= end - line_start < m.end():
-                return m.group()
-    parts = _EXPRESSION_SPLIT.split(line)  # pieces at even indices, the separators between them at odd ones
-    for i in range(len(parts) - 1, max(-1, len(parts) - 2 * MAX_ELEMENTS), -2):
-        if not _ARABIC_DIGIT.search(parts[i]):
-            continue
-        if parts[i].lstrip().startswith("^") and i and (parts[i - 1][-1:].isalpha() or parts[i - 1][-1:] == "}"):
-            continue  # "440 \\text{ cm}^2", "cm^2": the exponent of a unit
-        j = k = i  # widened over the commas of a tuple, interval or set: "(2, 3)", "[0,\\infty)"
-        while k - j < 2 * MAX_ELEMENTS:
-            left, right = _unmatched("".join(parts[j:k + 1]))
-            if left and j >= 2 and parts[j - 1] == ",":
-                j -= 2
-            elif right and k + 2 < len(parts) and parts[k + 1] == ",":
-                k += 2
-            else:
-                break
-        answer = _tidy("".join(parts[j:k + 1]))
-        if answer is None:
-            break
-        while j >= 2 and parts[j - 1] == "," and _ARABIC_DIGIT.search(parts[j - 2]):
-            j -= 2  # a list of values that fills a math group: "$-4, 4$"
-        if (j >= 1 and parts[j - 1] in _MATH_DELIMITERS and k + 1 < len(parts) and parts[k + 1] in _MATH_DELIMITERS
-                and (listed := _tidy("".join(parts[j:k + 1]))) and "=" not in listed):
-            return listed
-        return answer
-    last = None  # unbalanced brackets around the number, e.g. "(18": the number alone
-    for last in _LAST_NUMBER.finditer(text, max(0, start - 1), end + 1):
-        pass
-    return last.group() if last is not None else None
-
-
-def _stated_answer(s: str, scope: str, lenient: bool = False) -> str | None:
-    """The answer written at the start of s, which follows a final-answer marker, or None if s says none.
-
-    scope: "sentence" (after "answer is" / "Answer:": up to the end of its sentence), "line" (after ####: the whole
-    line, which must be an answer, not a markdown heading), "tag" (the content of <answer> tags). A math group
-    ($...$, \\(...\\), \\[...\\], $$...$$) opening s is the answer. Otherwise the clause is the answer when it is
-    short (_is_short: "18", "x = 5", "23 + 16 = 39 minutes", "18 square feet", the "5" of "5 because 2 + 3 = 5"),
-    or a word answer of up to three words ("Friday"). In prose ("the solution, which is $x=11$") the answer is its
-    last math group, else what follows its last "=" or "is", else its only number (lenient: its first number);
-    never the prose itself, and nothing in a sentence with a negation ("not 5") or a bound ("at least 5")."""
-    if m := _PLAIN_NUMBER.match(s):  # fast path: "#### 72", "The answer is 18."
-        return m.group(1)
-    s = s.lstrip(" \t*:")
-    if s[:1] in ("\n", "\r"):  # "Final Answer:\n\n$$18$$", "####\n72": the answer is on a later line
-        s = s.lstrip().lstrip(" \t*:")
-    if scope != "line" and s[:1] in ("$", "\\") and (joined := _joined_groups(s)):
-        return joined
-    for open_, close in _DELIMITERS:
-        if s.startswith(open_):
-            end = s.find(close, len(open_))
-            while end > 0 and close == "$" and s[end - 1] == "\\":  # "$\\$18$": an escaped dollar inside
-                end = s.find(close, end + 1)
-            content = s[len(open_):end] if end >= 0 else ""
-            if content.strip() and (open_ != "$" or ("\n" not in content and not content[-1].isspace())):
-                content = content.strip()
-                return _checked_answer(content)
-            s = s[len(open_):]  # a lone "$" is a currency sign ("$18 a day"); an unclosed \[ is read on
-            break
-    if scope == "tag":
-        clause = s.strip()
-    else:
-        clause = s.split("\n", 1)[0]
-        if scope == "sentence":  # up to ". " or ";" (str.find: a regex scan is 10x slower on long lines)
-            semi = clause.find(";")
-            while semi > 0 and clause[semi - 1] == "\\":  # "10\\;\\text{edges}": a LaTeX space
-                semi = clause.find(";", semi + 1)
-            ends = [i for i in (clause.find(". "), clause.find(".\t"), semi) if i >= 0]
-            clause = clause[:min(ends)] if ends else clause
-    clause = clause.strip().rstrip(".").strip("* ")
-    if (m := _FILLER.match(clause)) and m.end() < len(clause):
-        clause = clause[m.end():]
-    if not clause or len(clause) > (4 if scope == "tag" else 1) * MAX_ANSWER_CHARS:
-        return None
-    start = _math_start(clause)
-    if start < 0:  # a word answer ("Friday", "B, C", "p+q-r"), or prose with no number in it
-        if len(clause) > 40 or _negated(clause):
-            return None
-        words = _WORDS.findall(clause)
-        if len(words) > 3 or {w.lower() for w in words} & _NOT_AN_ANSWER:
-            return None
-        return _checked_answer(clause)
-    short = _is_short(clause, start, len(clause))
-    if short and scope == "line" and ". " in clause:
-        return None  # "#### 1. Count the eggs": a heading
-    if _negated(clause):
-        return None
-    if scope == "line":
-        return _checked_answer(clause) if short else None
-    if (cut := _REASON.search(clause, start)) and _is_short(clause, start, cut.start()):
-        return _checked_answer(clause[:cut.start()])  # "5 because 2 + 3 = 5", "18 for each of them"
-    if short:
-        return _checked_answer(clause)
-    if _QUALIFIED.search(clause.lower()):
-        return None  # "at least 5", "between 10 and 20"
-    groups = list(_MATH_GROUP.finditer(clause))
-    if groups:
-        return _checked_answer((groups[-1].group(1) or groups[-1].group(2)).strip())
-    at, verb = max((clause.rfind(verb), verb) for verb in (" is ", " are ", " equals ", "="))
-    if at >= 0 and (answer := _leading_expression(clause[at + len(verb):])):
-        return answer  # what follows the last "=" or "is": "she makes 9 * 2 = $18 a day", "..., which is 18"
-    numbers = _NUMBER_TOKEN.findall(clause)
-    return numbers[0] if len(numbers) == 1 or (lenient and numbers) else None
-
-
-_CONNECTOR = re.compile(r"\s{0,4}(?:,\s{0,4})?(?:(?:and|or)\s{1,4})?")
-
-
-def _joined_groups(s: str) -> str | None:
-    """'$2$ and $-3$' (two or more math groups joined by commas, "and", "or") as the list '2, -3'."""
-    line = s[:2 * MAX_ANSWER_CHARS].split("\n", 1)[0]
-    groups, last = [], 0
-    for m in _MATH_GROUP.finditer(line):
-        if not _CONNECTOR.fullmatch(line, last, m.start()) or len(groups) == MAX_ELEMENTS:
-            break
-        groups.append((m.group(1) or m.group(2)).strip())
-        last = m.end()
-    return ", ".join(groups) if len(groups) >= 2 else None
-
-
-def _math_start(s: str) -> int:
-    for m in _MATH_CHAR.finditer(s):
-        if m.group() not in "-." or s[m.end():m.end() + 1] in _SIGNED:
-            return m.start()
-    return -1
-
-
-def _checked_answer(s: str) -> str | None:
-    """s, unless it is too long or holds no letter or digit ("$$", "**": what is left of a missing answer)."""
-    return s if len(s) <= MAX_ANSWER_CHARS and any(c.isalnum() for c in s) else None
-
-
-def _negated(clause: str) -> bool:
-    """A negation outside \\text{...} ("not 18", "isn't"; the answer "\\text{neither}" is none)."""
-    if "\\text" in clause:
-        clause = _TEXT_GROUP.sub("", clause)
-    return _NEGATION.search(clause.lower()) is not None
-
-
-def _is_short(clause: str, start: int, end: int) -> bool:
-    """clause[:end] is a short answer whose math starts at start: no words before it, at most three after it, and
-    after the first of these (other than "and" / "or") no number: "18 square feet", "2, 3 and 4", not "1/2 of 36"."""
-    if _WORDS.search(clause, 0, start):
-        return False
-    for n, m in enumerate(_WORDS.finditer(clause, start, end), 1):
-        if n > 3:
-            return False
-        prose = clause[m.start() - 1].isspace() and m.group().lower() not in ("and", "or")  # not "3qr", "{June"
-        if prose and _LATER_NUMBER.search(clause, m.end(), end):
-            return False
-    return True
-
-
-def _minerva_answer(text: str) -> str | None:
-    """The answer of the last "final answer is ... I hope it is correct" (Minerva's few-shot format)."""
-    hope = text.rfind(_MINERVA)
-    if hope < 0:
-        return None
-    start = max(0, hope - 4 * MAX_ANSWER_CHARS)
-    i = _lower(text[start:hope]).rfind(b"final answer is")
-    return _stated_answer(text[start + i + 15:hope], "sentence") if i >= 0 else None
-
-
-def _tagged_answer(text: str, lenient: bool) -> str | None:
-    """The answer inside the last <answer>...</answer> (r1 template; the closing tag may be cut off as a stop)."""
-    start = text.rfind("<answer>")
-    if start < 0:
-        return None
-    end = text.find("</answer>", start)
-    content = text[start + 8:end if end >= 0 else len(text)]
-    if len(content) > 4 * MAX_ANSWER_CHARS:
-        return None
-    boxed = _last_boxed(content)
-    if boxed is not _NO_BOX:
-        return boxed  # type: ignore[return-value]
-    return _marked_answer(content, lenient) or _stated_answer(content, "tag", lenient)
-
-
-def _hashes_answer(text: str) -> str | None:
-    """The first #### line that states an answer (GSM8K; "#### The final answer is N" as the paper's exemplars).
-    The first, not the last: a base model that runs on past its answer writes the next exemplar's ####."""
-    pos = text.find("####")
-    for _ in range(8):
-        if pos < 0:
-            return None
-        start = _HASHES.match(text, pos).end()
-        if m := _PLAIN_NUMBER.match(text, start):  # fast path: "#### 72"
-            return m.group(1)
-        m = _FINAL_ANSWER_PREFIX.match(text, start)
-        start = m.end() if m else start
-        answer = _stated_answer(text[start:start + 2 * MAX_ANSWER_CHARS], "line")
-        if answer is not None:
-            return answer
-        pos = text.find("####", start)
-    return None
-
-
-def _marked_answer(text: str, lenient: bool) -> str | None:
-    """The answer after the last "answer is" / "Answer:" / "Final Answer" header that states one."""
-    lowered = _lower(text)
-    pos = lowered.rfind(b"answer")
-    for _ in range(16):  # bounded: adversarial "answer is answer is ..." gives up
-        if pos < 0:
-            return None
-        m = _ANSWER_MARKER.match(lowered, pos)
-        end = m.end() if m else -1
-        if m is None and (h := _HEADER_END.match(text, pos + 6)):
-            line_start = text.rfind("\n", 0, pos) + 1
-            if lowered.endswith(b"final ", 0, pos) or not text[line_start:pos].strip(" \t*#"):
-                end = h.end()
-        if end >= 0:
-            answer = _stated_answer(text[end:end + 2 * MAX_ANSWER_CHARS], "sentence", lenient)
-            if answer is not None:
-                return answer
-        pos = lowered.rfind(b"answer", 0, pos)
-    return None
-
-
-def extract_answer(text: str, strict: bool = False) -> str | None:
-    """The final answer written in a completion, or None (rules in the module docstring, in this order). strict:
-    only explicit final-answer markers count; lenient (strict=False) adds the last whole number or expression.
-    Never raises on a str."""
-    if not isinstance(text, str):
-        return None
-    text = _own_turn(text)
-    answer = _minerva_answer(text) or _tagged_answer(text, not strict)
-    if answer is not None:
-        return answer
-    boxed = _last_boxed(text)
-    if boxed is not _NO_BOX:
-        return boxed  # type: ignore[return-value]
-    answer = _hashes_answer(text) or _marked_answer(text, not strict)
-    if answer is not None or strict:
-        return answer
-    return _last_expression(text)
-
-
-# --- Answer comparison ---------------------------------------------------------------------------------------------
-
-_UNICODE = (("\u2212", "-"), ("\u2013", "-"), ("\u00b0", ""), ("\u03c0", "\\pi"), ("\u00d7", "\\times"),
-            ("\u00f7", "\\div"), ("\u221a", "\\sqrt"), ("\u00a0", " "), ("\x00", ""), ("\u2248", "\\approx"),
-            ("\u00b7", "\\cdot"), ("\u00b2", "^2"), ("\u00b3", "^3"), ("\u221e", "\\infty"))
-_DROP = ("\\$", "$", "\\%", "%", "^{\\circ}", "^\\circ", "\\circ", "\\degree", "\\displaystyle")
-_LATEX_NOISE = re.compile(r"(?<!\\)\\(?:[,;:! ()\[\]]|q?quad\b|left\b|right\b)")
-_WRAPPER = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mathbf|mathit|mbox|operatorname|boxed|fbox)"
-                      r"\s{0,4}\{|[{}]")
-_TEXT_UNIT = re.compile(r"\\(?:text|mbox|mathrm)\{\s{0,4}[A-Za-z][A-Za-z ]{0,30}\}(?:\^\{?[23]\}?)?\s{0,4}\.?\s{0,4}\Z")
-_WORD_UNIT = re.compile(r"\s(?:[A-Za-z]{2,24}|[A-Za-z](?=\^\{?[23]))(?:\^\{?[23]\}?)?\s{0,4}\.?\s{0,4}\Z")
-_ARTICLE_UNIT = re.compile(r"\s(?:a|an|per)\s{0,4}\Z")  # "18 a day" once "day" is gone
-_THIN_THOUSANDS = re.compile(r"(?<=\d),\s{0,2}\\!\s{0,2}(?=\d{3}(?!\d))")  # "11,\! 111,\! 100"
-_MEMBER_OF = re.compile(r"[A-Za-z]\s{0,4}\\in(?![A-Za-z])\s{0,4}")  # "x \in [-2,7]"
-_BRACED_SUBSCRIPT = re.compile(r"_\{(\w{1,12})\}")  # "4210_{5}" is "4210_5"
-_CHOOSE = re.compile(r"\{\s{0,4}(\w{1,12})\s{0,4}\\choose\s{0,4}(\w{1,12})\s{0,4}\}")
-_AND_OR = re.compile(r",?\s{1,8}(?:and|or)\s{1,8}")
-_COMMA_SPACE = re.compile(r",\s+")
-_GROUPED = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_GROUPED_IN_BRACES = re.compile(r"\{([-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?)\}")
-_LHS = re.compile(r"[A-Za-z]=")
-_LHS_LIST = re.compile(r"([A-Za-z])=[^=,]{1,64}(?:, ?\1=[^=,]{1,64}){1,63}")  # one variable's values
-_EACH_LHS = re.compile(r"(^|, ?)[A-Za-z]=")
-_CHOICE = re.compile(r"\(([A-Z])\)")
-_WORD = re.compile(r"[A-Za-z]{2,}")
-_DIGIT = re.compile(r"\d")
-
-
-def _unwrap(s: str) -> str:
-    """Drop \\text{...}-like wrappers, keeping their content (one linear pass; unbalanced input is left as is)."""
-    if "\\" not in s:
-        return s
-    out, stack, last = [], [], 0
-    for m in _WRAPPER.finditer(s):
-        token = m.group()
-        if token == "{":
-            stack.append(False)
-        elif token == "}":
-            if stack and stack.pop():
-                out.append(s[last:m.start()])
-                last = m.end()
-        else:
-            stack.append(True)
-            out.append(s[last:m.start()])
-            last = m.end()
-    out.append(s[last:])
-    return "".join(out)
-
-
-def _strip_units(s: str) -> str:
-    """Drop trailing unit words after a number: '18 dollars', '5 \\text{ cm}^2', '164\\pi square feet'."""
-    stripped = False
-    for _ in range(4):
-        tail = s[-64:]
-        m = _TEXT_UNIT.search(tail) or _WORD_UNIT.search(tail) or (stripped and _ARTICLE_UNIT.search(tail))
-        if not m:
-            break
-        head = s[:len(s) - len(tail) + m.start()]
-        if not _DIGIT.search(head):
-            break  # a word answer such as "New York", not a unit
-        s, stripped = head, True
-    return s
-
-
-def _normalize(s: str) -> str:
-    """The documented normalisation (module docstring); '' for an unusable answer."""
-    if len(s) > MAX_ANSWER_CHARS:
-        return ""
-    if _SIMPLE.fullmatch(s):
-        return s  # a plain number ("72", "-0.5") is its own normal form
-    for a, b in _UNICODE:
-        if a in s:
-            s = s.replace(a, b)
-    for a in _DROP:
-        if a in s:
-            s = s.replace(a, "")
-    if "\\!" in s:
-        s = _THIN_THOUSANDS.sub(",", s)
-    s = _LATEX_NOISE.sub("", s).replace("{,}", ",").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = s.replace("bmatrix", "pmatrix").replace("\\dbinom", "\\binom").replace("\\tbinom", "\\binom").strip()
-    if m := _MEMBER_OF.match(s):
-        s = s[m.end():]
-    if "\\choose" in s:
-        s = _CHOOSE.sub(r"\\binom{\1}{\2}", s)
-    if "_{" in s:
-        s = _BRACED_SUBSCRIPT.sub(r"_\1", s)
-    if s.startswith("\\approx"):
-        s = s[7:]
-    s = _strip_units(_unwrap(_strip_units(s)))  # units in \\text{} first, then bare unit words
-    s = _AND_OR.sub(", ", s)
-    s = "".join(_COMMA_SPACE.sub(",\x00", s).split()).replace("\x00", " ")  # keep "a, b" apart from "1,000"
-    s = s.rstrip(".;").strip()
-    if _LHS.match(s) and s.count("=") == 1:
-        s = s[2:]
-    elif s.count("=") > 1 and _LHS_LIST.fullmatch(s):  # "x=2, x=3": the solutions 2 and 3
-        s = _EACH_LHS.sub(r"\1", s)
-    if _GROUPED.fullmatch(s):
-        s = s.replace(",", "")
-    elif "," in s and "{" in s:
-        s = _GROUPED_IN_BRACES.sub(lambda m: "{" + m.group(1).replace(",", "") + "}", s)
-    m = _CHOICE.fullmatch(s)
-    if m:
-        s = m.group(1)
-    elif _WORD.fullmatch(s):
-        s = s.lower()
-    return s
-
-
-class _Unevaluable(Exception):
-    pass
-
-
-Value = Union[Fraction, float]  # Fraction: exact rational; float: has an irrational part
-_NUMBER = re.compile(r"(\d+)(?:\.(\d+))?|\.(\d+)")
-_SCI = re.compile(r"[eE]([-+]?\d{1,4})(?![\d])")
-_SIMPLE = re.compile(r"[-+]?(?:\d+(?:\.\d+)?|\.\d+)")
-_INT_ARG = re.compile(r"\d{1,30}\}")
-_ROOT_INDEX = re.compile(r"([2-9])\]")
-
-
-def _checked(v: Value) -> Value:
-    if isinstance(v, Fraction):
-        if v.numerator.bit_length() > MAX_BITS or v.denominator.bit_length() > MAX_BITS:
-            raise _Unevaluable
-    elif not math.isfinite(v) or abs(v) > 1e300:
-        raise _Unevaluable
-    return v
-
-
-def _power(base: Value, exp: Value) -> Value:
-    if isinstance(exp, Fraction) and exp.denominator == 1:
-        n = exp.numerator
-        if abs(n) > MAX_EXPONENT:
-            raise _Unevaluable
-        if isinstance(base, Fraction):
-            size = max(abs(base.numerator).bit_length(), base.denominator.bit_length())
-            if size * abs(n) > MAX_BITS:
-                raise _Unevaluable
-            return _checked(base ** n)
-        return _checked(float(base) ** n)
-    b, e = float(base), float(exp)
-    if b <= 0 or abs(e) * abs(math.log2(b)) > MAX_BITS:
-        raise _Unevaluable
-    return _checked(b ** e)
-
-
-def _root(value: Value, n: int) -> Value:
-    if isinstance(value, Fraction):
-        if value < 0:
-            if n % 2 == 0:
-                raise _Unevaluable
-            return -_root(-value, n)
-        num, den = _iroot(value.numerator, n), _iroot(value.denominator, n)
-        if num is not None and den is not None:
-            return Fraction(num, den)
-    v = float(value)
-    if v < 0:
-        if n % 2 == 0:
-            raise _Unevaluable
-        return -((-v) ** (1 / n))
-    return v ** (1 / n)
-
-
-def _natural(v: Value) -> int:
-    if not isinstance(v, Fraction) or v.denominator != 1 or v < 0:
-        raise _Unevaluable
-    return v.numerator
-
-
-def _factorial(v: Value) -> Fraction:
-    n = _natural(v)
-    if n > 170:  # 171! > 2**1024; _checked bounds the rest
-        raise _Unevaluable
-    return _checked(Fraction(math.factorial(n)))
-
-
-def _binomial(n: Value, k: Value) -> Fraction:
-    """C(n, k) for naturals, bounded before computing it: C(n, k) <= n**k."""
-    n, k = _natural(n), _natural(k)
-    k = min(k, n - k)
-    if k < 0:
-        return Fraction(0)
-    if k * n.bit_length() > 4 * MAX_BITS:
-        raise _Unevaluable
-    return _checked(Fraction(math.comb(n, k)))
-
-
-def _iroot(k: int, n: int) -> int | None:
-    """The exact integer n-th root of k >= 0, or None."""
-    r = math.isqrt(k) if n == 2 else round(k ** (1 / n))
-    for c in (r - 1, r, r + 1):
-        if c >= 0 and c ** n == k:
-            return c
-    return None
-
-
-class _Parser:
-    """Recursive descent over a normalised answer. Grammar (no variables):
-    expr = term {(+|-) term};  term = unary {(*|/|\\cdot|\\times|\\div) unary | power};  unary = (-|+) unary | power;
-    power = atom [!] [^ exponent];
-    atom = number [mixed \\frac] | (expr) | {expr} | \\frac arg arg | \\sqrt[n] arg | \\pi | \\binom arg arg.
+def _gold_reasoning(problem: Problem) -> str:
+    """The authors' cleaning of the gold solution for the prompt (their _clean_reasoning), final
+    answer withheld.
+
+    One deliberate difference: MATH boxes are removed brace-matched; their regex
+    \\boxed\\{[^}]*\\} left the tail of nested answers in the prompt
+    (\\boxed{\\frac{1}{2}} -> "{2}}").
     """
-
-    def __init__(self, s: str):
-        self.s, self.i, self.depth = s, 0, 0
-
-    def eat(self, token: str) -> bool:
-        if self.s.startswith(token, self.i):
-            self.i += len(token)
-            return True
-        return False
-
-    def expect(self, token: str) -> None:
-        if not self.eat(token):
-            raise _Unevaluable
-
-    def run(self) -> Value:
-        v = self.expr()
-        if self.i != len(self.s):
-            raise _Unevaluable
-        return v
-
-    def expr(self) -> Value:
-        self.depth += 1
-        if self.depth > MAX_NESTING:
-            raise _Unevaluable
-        v = self.term()
-        while True:
-            if self.eat("+"):
-                v = _checked(v + self.term())
-            elif self.eat("-"):
-                v = _checked(v - self.term())
-            else:
-                break
-        self.depth -= 1
-        return v
-
-    def starts_atom(self) -> bool:
-        if self.i >= len(self.s):
-            return False
-        c = self.s[self.i]
-        return c.isdigit() or c in ".({" or self.s.startswith(("\\frac", "\\sqrt", "\\pi", "\\binom"), self.i)
-
-    def term(self) -> Value:
-        v = self.unary()
-        while True:
-            if self.eat("*") or self.eat("\\cdot") or self.eat("\\times"):
-                v = _checked(v * self.unary())
-            elif self.eat("/") or self.eat("\\div"):
-                v = _checked(v / self.unary())
-            elif self.starts_atom():  # implicit product: 2\pi, 3\sqrt{2}, (1)(2)
-                v = _checked(v * self.power())
-            else:
-                return v
-
-    def unary(self) -> Value:
-        self.depth += 1  # "------1" recurses here
-        if self.depth > MAX_NESTING:
-            raise _Unevaluable
-        if self.eat("-"):
-            v = -self.unary()
-        elif self.eat("+"):
-            v = self.unary()
-        else:
-            v = self.power()
-        self.depth -= 1
-        return v
-
-    def power(self) -> Value:
-        v = self.atom()
-        if self.eat("!"):
-            v = _factorial(v)
-        if self.eat("^"):
-            if self.eat("{"):
-                e = self.expr()
-                self.expect("}")
-            elif self.eat("-"):
-                e = -self.atom()
-            else:
-                e = self.atom()  # ^10 reads as 10 (plain-text convention), not LaTeX's ^1 0
-            v = _power(v, e)
-            if self.s.startswith("^", self.i):
-                raise _Unevaluable  # double superscript
-        return v
-
-    def number(self) -> Value:
-        m = _NUMBER.match(self.s, self.i)
-        if not m:
-            raise _Unevaluable
-        whole, frac = (m.group(1), m.group(2) or "") if m.group(1) else ("0", m.group(3))
-        if len(whole) + len(frac) > MAX_DIGITS:
-            raise _Unevaluable
-        self.i = m.end()
-        v = Fraction(int(whole + frac), 10 ** len(frac))
-        e = _SCI.match(self.s, self.i)
-        if e:
-            if abs(int(e.group(1))) > MAX_EXPONENT:
-                raise _Unevaluable
-            self.i = e.end()
-            v = _checked(v * Fraction(10) ** int(e.group(1)))
-        elif not frac and self.s.startswith("\\frac", self.i):
-            v = self.mixed(v)
-        return v
-
-    def mixed(self, whole: Fraction) -> Fraction:
-        """2\\frac{1}{2} is the mixed number 5/2 when the fraction is a proper one of integer literals."""
-        saved = self.i
-        self.i += 5
-        try:
-            a, b = self.int_arg(), self.int_arg()
-        except _Unevaluable:
-            a = b = None
-        if a is None or b is None or not 0 <= a < b:
-            self.i = saved
-            return whole
-        return whole + Fraction(a, b)
-
-    def int_arg(self) -> int:
-        if self.eat("{"):
-            m = _INT_ARG.match(self.s, self.i)
-            if not m:
-                raise _Unevaluable
-            self.i = m.end()
-            return int(m.group()[:-1])
-        if self.i < len(self.s) and self.s[self.i].isdigit():
-            self.i += 1
-            return int(self.s[self.i - 1])
-        raise _Unevaluable
-
-    def arg(self) -> Value:
-        """A command argument: {expr}, (expr), one digit (\\frac12), or a command (\\frac\\pi2)."""
-        if self.eat("{"):
-            v = self.expr()
-            self.expect("}")
-            return v
-        if self.eat("("):
-            v = self.expr()
-            self.expect(")")
-            return v
-        if self.i < len(self.s) and self.s[self.i].isdigit():
-            self.i += 1
-            return Fraction(int(self.s[self.i - 1]))
-        if self.s.startswith("\\", self.i):
-            return self.atom()
-        raise _Unevaluable
-
-    def atom(self) -> Value:
-        self.depth += 1
-        if self.depth > MAX_NESTING or self.i >= len(self.s):
-            raise _Unevaluable
-        c = self.s[self.i]
-        if c.isdigit() or c == ".":
-            v = self.number()
-        elif self.eat("(") or self.eat("{"):
-            close = ")" if c == "(" else "}"
-            v = self.expr()
-            self.expect(close)
-        elif self.eat("\\frac"):
-            num = self.arg()
-            v = _checked(num / self.arg())
-        elif self.eat("\\sqrt"):
-            n = 2
-            if self.eat("["):
-                m = _ROOT_INDEX.match(self.s, self.i)
-                if not m:
-                    raise _Unevaluable
-                n, self.i = int(m.group(1)), m.end()
-            v = _checked(_root(self.arg(), n))
-        elif self.eat("\\pi"):
-            v = math.pi
-        elif self.eat("\\binom"):
-            n = self.arg()
-            v = _binomial(n, self.arg())
-        else:
-            raise _Unevaluable
-        self.depth -= 1
-        return v
+    text = problem.solution
+    if problem.type is None:  # GSM8K: drop calculator annotations
+        text = re.sub(r"<<.*?>>", "", text)
+    else:
+        text = _remove_boxes(text).strip()
+        text = re.sub(r"\\[a-zA-Z]+\{([^}]*)\}", r"\1", text)
+        text = re.sub(r"\$([^\$]*)\$", r"\1", text)
+    text = ". ".join(text.split("\n"))
+    return re.sub(r"\.+", ".", text).strip()
 
 
-def _evaluate(s: str) -> Value | None:
-    """The value of a numeric answer, or None when it is not a bounded numeric expression."""
-    if _SIMPLE.fullmatch(s):  # fast path: most answers are plain numbers (int() parses 3x faster than Fraction)
-        if len(s) > MAX_DIGITS + 2:
-            return None
-        return Fraction(s) if "." in s else Fraction(int(s))
-    try:
-        return _Parser(s).run()
-    except (_Unevaluable, ArithmeticError, ValueError):  # ZeroDivisionError, OverflowError, bad literal
-        return None
+def format_prompt(problem: Problem, template: str = "qwen-chat") -> str:
+    """The prompt text for one problem. template: a key of PROMPT_TEMPLATES."""
+    if template not in PROMPT_TEMPLATES:
+        raise ValueError(f"unknown prompt template {template!r}; "
+                         f"choose from {sorted(PROMPT_TEMPLATES)}")
+    fields = {"question": problem.question}
+    if template.startswith("paper"):
+        key = "math" if problem.type is not None else (
+            problem.tier if problem.tier in PAPER_EXEMPLARS else "easy")
+        fields["exemplars"] = PAPER_EXEMPLARS[key]
+    if template == "paper-gold":
+        if not problem.solution:
+            raise ValueError(f"problem {problem.id!r} has no gold solution "
+                             "for the paper-gold template")
+        fields["reasoning"] = _gold_reasoning(problem)
+    # One pass over the template: inserted text (LaTeX braces, a literal "{question}") is never
+    # rescanned.
+    return _PLACEHOLDER.sub(lambda m: fields[m.group(1)], PROMPT_TEMPLATES[template])
 
 
-def _split_top(s: str, sep: str) -> list[str]:
-    """s split at each sep outside ()[]{} (brackets of any kind pair up, so intervals like [0,3) work)."""
-    if sep not in s:
-        return [s]
-    parts, depth, last, i = [], 0, 0, 0
-    while i < len(s):
-        c = s[i]
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        elif depth == 0 and s.startswith(sep, i):
-            parts.append(s[last:i])
-            i += len(sep)
-            last = i
-            continue
-        i += 1
-    parts.append(s[last:])
-    return parts
-
-
-def _encloses(s: str, width: int = 1) -> bool:
-    """The bracket opening at s[0] closes at the very end of s (so "(1,2)" but not "(1)+(2)")."""
-    depth = 0
-    for i, c in enumerate(s[:len(s) - width]):
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-            if depth == 0 and i >= width - 1:
-                return False
-    return True
-
-
-_MATRIX = re.compile(r"\\begin\{pmatrix\}(.*)\\end\{pmatrix\}", re.DOTALL)
-
-
-def _key(s: str, depth: int = 0) -> tuple:
-    """Canonical comparable form of a normalised answer."""
-    if depth > 3 or not s:
-        return ("text", s)
-    v = _evaluate(s)
-    if v is not None:
-        return ("exact", v) if isinstance(v, Fraction) else ("approx", v)
-
-    def items(parts: list[str]) -> tuple | None:
-        if len(parts) > MAX_ELEMENTS:
-            return None
-        return tuple(_key(p.strip(), depth + 1) for p in parts)
-
-    m = _MATRIX.fullmatch(s)
-    if m:
-        rows = [_split_top(row, "&") for row in _split_top(m.group(1), "\\\\")]
-        if len(rows) * max(len(r) for r in rows) <= MAX_ELEMENTS:
-            return ("matrix", tuple(items(r) for r in rows))
-    parts = _split_top(s, "\\cup")
-    if len(parts) > 1 and (keys := items(parts)) is not None:
-        return ("union", keys)
-    if s.startswith("\\{") and s.endswith("\\}") and len(s) >= 4 and _encloses(s, 2):
-        if (keys := items(_split_top(s[2:-2], ","))) is not None:
-            return ("set", keys)
-    if s[0] in "([" and s[-1] in ")]" and len(s) >= 2 and _encloses(s):
-        if (keys := items(_split_top(s[1:-1], ","))) is not None:
-            return ("seq", s[0] + s[-1], keys)
-    parts = _split_top(s, ",")
-    if len(parts) > 1 and (keys := items(parts)) is not None:
-        return ("set", keys)  # a bare list "1, 2": the solutions, in any order
-    return ("text", s)
-
-
-def _same(a: tuple, b: tuple) -> bool:
-    kind = a[0]
-    if kind != b[0]:
-        return False  # exact vs approx included: a decimal never equals a surd
-    if kind in ("exact", "text"):
-        return a[1] == b[1]
-    if kind == "approx":
-        return math.isclose(a[1], b[1], rel_tol=1e-9, abs_tol=1e-12)
-    if kind == "seq":
-        return a[1] == b[1] and len(a[2]) == len(b[2]) and all(map(_same, a[2], b[2]))
-    if kind == "matrix":
-        return len(a[1]) == len(b[1]) and all(
-            len(x) == len(y) and all(map(_same, x, y)) for x, y in zip(a[1], b[1]))
-    # set / union: order-insensitive multiset match
-    if len(a[1]) != len(b[1]):
-        return False
-    unused = list(b[1])
-    for x in a[1]:
-        for j, y in enumerate(unused):
-            if _same(x, y):
-                del unused[j]
-                break
-        else:
-            return False
-    return True
-
-
-@lru_cache(maxsize=1 << 14)
-def _canonical(answer: str) -> tuple[str, tuple] | None:
-    norm = _normalize(answer)
-    return (norm, _key(norm)) if norm else None
-
-
-def math_equal(pred: str, gold: str) -> bool:
-    """Whether a predicted final answer equals the gold one (rules in the module docstring). Never raises on str."""
-    if not isinstance(pred, str) or not isinstance(gold, str):
-        return False
-    if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
-        return False
-    p, g = _canonical(pred), _canonical(gold)
-    if p is None or g is None:
-        return False
-    if p[0] == g[0] or _same(p[1], g[1]):
-        return True
-    if "=" in g[0] or "\\approx" in g[0]:
-        return False  # an equation is the answer: compared whole
-    return any(_same(_key(side), g[1]) for side in _stated_sides(p[0]))
-
-
-def _stated_sides(norm: str) -> list[str]:
-    """The value an equation or approximation states: its last side ("23+16=39" -> 39), and for "a \\approx b"
-    both a and b ("\\frac{1}{3}\\approx0.33")."""
-    side = _last_side(norm)
-    if "\\approx" not in side:
-        return [side] if side is not norm else []
-    return [part for part in side.split("\\approx")[-2:] if part]
-
-
-# --- Reward --------------------------------------------------------------------------------------------------------
-
-
-def reward(completion: str, gold: str, strict: bool = True) -> float:
-    """1.0 if the completion's final answer equals gold, else 0.0. Strict by default (no last-number fallback)."""
-    try:
-        pred = extract_answer(completion, strict=strict)
-        return 1.0 if pred is not None and math_equal(pred, gold) else 0.0
-    except Exception:  # last line of defence: a grader bug must cost one sample, not the run (the fuzz tests
-        return 0.0  # call extract_answer and math_equal directly, so bugs still surface there)
-
-
-# --- Synthetic arithmetic word problems (demo) ---------------------------------------------------------------------
-# GSM8K-shaped problems a laptop-sized model can learn: a starting amount, then 1-2 (easy) or 3-4 (hard) additions
-# and subtractions, every running value in 0..99. Worked solutions write one step per sentence and end in "#### N".
-# To pretrain the demo model, each written step result is wrong with probability `slip` (off by 1, 2 or 10, carried
-# forward), so the model "knows but slips": greedy decoding is mostly right, sampling often is not, and RL has
-# something to sharpen (demo/make_demo_model.py).
+# --- Synthetic arithmetic word problems (demo) ----------------------------------------------------
+# GSM8K-shaped problems a laptop-sized model can learn: a starting amount, then 1-2 (easy) or 3-4
+# (hard) additions and subtractions, every running value in 0..99. Worked solutions write one step
+# per sentence and end in "#### N". To pretrain the demo model, each written step result is wrong
+# with probability `slip` (off by 1, 2 or 10, carried forward), so the model "knows but slips":
+# greedy decoding is mostly right, sampling often is not, and RL has something to sharpen
+# (demo/make_demo_model.py).
 
 SYNTHETIC_TRAIN_SEED, SYNTHETIC_TRAIN_SIZE = 2024, 20_000  # the demo's training pool
 SYNTHETIC_TEST_SEED, SYNTHETIC_TEST_SIZE = 7, 1_000  # its held-out set (eval.py --data demo)
@@ -1453,9 +485,11 @@ def arithmetic_steps(rng: random.Random, n_ops: int) -> tuple[int, list[int]]:
     return start, deltas
 
 
-def worked_solution(start: int, deltas: list[int], rng: random.Random | None = None, slip: float = 0.0) -> tuple[str, int]:
-    """'12 + 5 = 17. 17 - 3 = 14. #### 14' and its final value. With slip > 0 a step result may be off by 1, 2
-    or 10; later steps carry the wrong value forward (offsets that would leave 0..99 later are not used)."""
+def worked_solution(start: int, deltas: list[int], rng: random.Random | None = None,
+                    slip: float = 0.0) -> tuple[str, int]:
+    """'12 + 5 = 17. 17 - 3 = 14. #### 14' and its final value. With slip > 0 a step result may be
+    off by 1, 2 or 10; later steps carry the wrong value forward (offsets that would leave 0..99
+    later are not used)."""
     parts, value, offset = [], start, 0
     true_values = [start + sum(deltas[:i + 1]) for i in range(len(deltas))]
     for i, d in enumerate(deltas):
@@ -1470,17 +504,20 @@ def worked_solution(start: int, deltas: list[int], rng: random.Random | None = N
 
 
 def synthetic_problem(rng: random.Random, tier: str, index: int = 0, slip: float = 0.0) -> Problem:
-    """One problem; `solution` is the worked solution, with slips when slip > 0 (`answer` stays correct)."""
+    """One problem; `solution` is the worked solution, with slips when slip > 0 (`answer` stays
+    correct)."""
     n_ops = rng.randint(*TIER_OPS[tier])
     start, deltas = arithmetic_steps(rng, n_ops)
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     sentences = [f"{name} has {start} {item}."]
     for d in deltas:
-        sentences.append("Then " + name + " " + rng.choice(GAIN if d > 0 else LOSS).format(n=abs(d)) + ".")
+        sentences.append("Then " + name + " "
+                         + rng.choice(GAIN if d > 0 else LOSS).format(n=abs(d)) + ".")
     question = " ".join(sentences) + f" How many {item} does {name} have now?"
     solution, _ = worked_solution(start, deltas, rng, slip)
     answer = start + sum(deltas)
-    return Problem(question=question, answer=str(answer), solution=solution, id=f"synthetic/{tier}/{index}", tier=tier)
+    return Problem(question=question, answer=str(answer), solution=solution,
+                   id=f"synthetic/{tier}/{index}", tier=tier)
 
 
 def synthetic_problems(n: int, tiers=("easy", "hard"), seed: int = 0) -> list[Problem]:

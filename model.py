@@ -2,28 +2,32 @@
 Qwen2 by hand: the network, HF checkpoint loading, a batched KV-cache sampler and chunked log-probs.
 
 Design
-- Parameter names equal the HF checkpoint's (model.layers.0.self_attn.q_proj.weight, ...), so loading is a
-  plain strict state-dict load and any Qwen2 / Qwen2.5(-Math) checkpoint works without a conversion table.
-- `Qwen2.forward(input_ids)` returns logits [B, T, V]. `Qwen2.hidden_states(...)` is the same network up to
-  the final norm; it also takes explicit positions, a boolean attention mask and a KV cache, which is all the
-  sampler needs. The learner never asks for full logits: `completion_logprobs` applies the LM head in chunks,
-  and runs each prompt once for all its samples (PrefixCache), as the sampler prefills it once.
-- Sampling (`generate`): prompts are left-padded to a common length and padding is tracked by length, never
-  by token id (Qwen's pad token is also its EOS). Each prompt is prefilled once and its cache fanned out to its
-  K samples. Each row draws from its own pre-generated uniforms (inverse-CDF sampling), so a row's tokens
-  depend only on the seed, the row index and its own logits, never on what else is in the batch. The decode
-  loop here (_decode_plain) is the reference; generate runs by default the same step rebuilt for speed in
-  fast_decode.py (fused weights; compiled and replayed as CUDA graphs on a GPU), tested equal to it.
+- Parameter names equal the HF checkpoint's (model.layers.0.self_attn.q_proj.weight, ...), so
+  loading is a plain strict state-dict load and any Qwen2 / Qwen2.5(-Math) checkpoint works without
+  a conversion table.
+- `Qwen2.forward(input_ids)` returns logits [B, T, V]. `Qwen2.hidden_states(...)` is the same
+  network up to the final norm; it also takes explicit positions, a boolean attention mask and a KV
+  cache, which is all the sampler needs. The learner never asks for full logits:
+  `completion_logprobs` applies the LM head in chunks, and runs each prompt once for all its samples
+  (PrefixCache), as the sampler prefills it once.
+- Sampling (`generate`): prompts are left-padded to a common length and padding is tracked by
+  length, never by token id (Qwen's pad token is also its EOS). Each prompt is prefilled once and
+  its cache fanned out to its K samples. Each row draws from its own pre-generated uniforms
+  (inverse-CDF sampling), so a row's tokens depend only on the seed, the row index and its own
+  logits, never on what else is in the batch. The prefill's result and the sampler's settings are
+  one DecodeInputs, which the decode loop takes. The loop here (_decode_plain) is the reference;
+  generate runs by default the same step rebuilt for speed in fast_decode.py (fused weights;
+  compiled and replayed as CUDA graphs on a GPU), tested equal to it.
 
     model = load_model("Qwen/Qwen2.5-Math-1.5B")          # or a local folder; safetensors only
     tok = load_tokenizer("Qwen/Qwen2.5-Math-1.5B")
-    out = generate(model, [tok.encode("1+1=")], max_new_tokens=16, temperature=0, eos_token_id=tok.eos_token_id)
+    out = generate(model, [tok.encode("1+1=")], max_new_tokens=16, temperature=0,
+                   eos_token_id=tok.eos_token_id)
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -59,17 +63,20 @@ class Qwen2Config:
         arch = raw.get("model_type")
         if arch != "qwen2":
             archs = raw.get("architectures") or []
-            raise ValueError(f"{source}: model_type is {arch!r} (architectures {archs}); only Qwen2 models "
-                             "(model_type 'qwen2', e.g. Qwen2.5-Math) are supported")
+            raise ValueError(f"{source}: model_type is {arch!r} (architectures {archs}); "
+                             "only Qwen2 models (model_type 'qwen2', e.g. Qwen2.5-Math) "
+                             "are supported")
         if raw.get("use_sliding_window"):
             raise ValueError(f"{source}: use_sliding_window=true is not supported")
         rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
         if rope.get("rope_type", rope.get("type", "default")) != "default":
             raise ValueError(f"{source}: rope scaling {rope} is not supported (plain RoPE only)")
         if raw.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"{source}: hidden_act {raw['hidden_act']!r} is not supported (Qwen2 uses silu)")
+            raise ValueError(f"{source}: hidden_act {raw['hidden_act']!r} is not supported "
+                             "(Qwen2 uses silu)")
         names = {f.name for f in fields(cls)}
-        missing = sorted(n for n in names if n not in raw and n not in ("tie_word_embeddings", "rope_theta"))
+        optional = ("tie_word_embeddings", "rope_theta")
+        missing = sorted(n for n in names if n not in raw and n not in optional)
         if missing:
             raise ValueError(f"{source}: missing keys {missing}")
         # Newer transformers write rope_theta inside rope_parameters.
@@ -77,10 +84,13 @@ class Qwen2Config:
         if "rope_theta" not in raw and isinstance(raw.get("rope_parameters"), dict):
             raw["rope_theta"] = raw["rope_parameters"].get("rope_theta", cls.rope_theta)
         config = cls(**{n: raw[n] for n in names if n in raw})
-        if config.hidden_size % config.num_attention_heads or config.num_attention_heads % config.num_key_value_heads:
-            raise ValueError(f"{source}: hidden_size must divide into heads and heads into kv heads")
+        if (config.hidden_size % config.num_attention_heads
+                or config.num_attention_heads % config.num_key_value_heads):
+            raise ValueError(f"{source}: hidden_size must divide into heads "
+                             "and heads into kv heads")
         if raw.get("head_dim", config.head_dim) != config.head_dim:
-            raise ValueError(f"{source}: head_dim {raw['head_dim']} != hidden_size / num_attention_heads")
+            raise ValueError(f"{source}: head_dim {raw['head_dim']} "
+                             "!= hidden_size / num_attention_heads")
         return config
 
     @classmethod
@@ -118,7 +128,8 @@ class RMSNorm(nn.Module):
 
 def rotary_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
     """cos, sin of shape [B, 1, T, head_dim] for integer positions [B, T] (computed in float32)."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+    exponents = torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim
+    inv_freq = 1.0 / theta ** exponents
     freqs = positions.float()[..., None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)[:, None]
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -132,9 +143,11 @@ def apply_rotary(x, cos, sin):
 class Attention(nn.Module):
     def __init__(self, config: Qwen2Config):
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.n_heads, self.n_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = config.head_dim
         d = config.hidden_size
-        self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=True)  # Qwen2: biases on q, k, v only
+        # Qwen2: biases on q, k, v only
+        self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=True)
         self.k_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=True)
         self.v_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=True)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
@@ -148,10 +161,11 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)
         if mask is None:  # a plain causal batch starting at position 0 (training, full recompute)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_heads != self.n_kv_heads)
+            gqa = self.n_heads != self.n_kv_heads
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
-            # Grouped-query attention without copying K/V: the G query heads that share a KV head become
-            # G*T query rows of that head, each with its own row of the mask.
+            # Grouped-query attention without copying K/V: the G query heads that share a KV head
+            # become G*T query rows of that head, each with its own row of the mask.
             G, S = self.n_heads // self.n_kv_heads, k.shape[2]
             q = q.reshape(B, self.n_kv_heads, G * T, self.head_dim)
             mask = mask.unsqueeze(2).expand(B, 1, G, T, S).reshape(B, 1, G * T, S)
@@ -195,7 +209,8 @@ class Qwen2(nn.Module):
         ))
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
-        self.gradient_checkpointing = False  # recompute each block's activations in backward (training memory)
+        # Recompute each block's activations in backward (training memory).
+        self.gradient_checkpointing = False
 
     def tie_weights(self):
         if self.config.tie_word_embeddings:
@@ -204,26 +219,28 @@ class Qwen2(nn.Module):
     def hidden_states(self, input_ids, positions=None, mask=None, cache=None):
         """Final-norm hidden states [B, T, H].
 
-        positions: [B, T] rotary positions (default 0..T-1, plus the cache length when one is given).
-        mask: bool [B, 1, T, S], True where a query may attend to a key; S = cache length + T with a cache.
-              None means causal with no padding.
-        cache: a KVCache; the new keys/values are written at its current length, which then advances by T.
+        positions: [B, T] rotary positions (default 0..T-1, after the cache length with a cache).
+        mask: bool [B, 1, T, S], True where a query may attend to a key; S = cache length + T with a
+              cache. None means causal with no padding.
+        cache: a KVCache or PrefixCache: it keeps each layer's new keys/values and its own length.
         """
         B, T = input_ids.shape
+        start = cache.length if cache is not None else 0
         if positions is None:
-            start = cache.length if cache is not None else 0
             positions = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
-        if mask is None and cache is not None and cache.length > 0:
-            mask = causal_mask(torch.ones(B, cache.length + T, dtype=torch.bool, device=input_ids.device), T)
+        if mask is None and start > 0:
+            all_valid = torch.ones(B, start + T, dtype=torch.bool, device=input_ids.device)
+            mask = causal_mask(all_valid, T)
         x = self.model.embed_tokens(input_ids)
         cos, sin = rotary_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        # Recomputing a block in backward must not write the cache twice: no cache, or a frozen one.
+        recompute = (self.gradient_checkpointing and torch.is_grad_enabled()
+                     and (cache is None or getattr(cache, "frozen", False)))
         for i, block in enumerate(self.model.layers):
-            if self.gradient_checkpointing and torch.is_grad_enabled() and (cache is None or getattr(cache, "frozen", False)):
+            if recompute:
                 x = checkpoint(block, x, cos, sin, mask, cache, i, use_reentrant=False)
             else:
                 x = block(x, cos, sin, mask, cache, i)
-        if cache is not None:
-            cache.length += T
         return self.model.norm(x)
 
     def forward(self, input_ids, positions=None, mask=None, cache=None):
@@ -235,25 +252,38 @@ class Qwen2(nn.Module):
 
 
 class KVCache:
-    """Preallocated keys and values, one tensor per layer: kv[layer] is [2, batch, kv_heads, max_len, head_dim]
-    (keys, then values); `length` columns are filled.
+    """The sampler's keys and values, preallocated: kv[layer] is [2, batch, kv_heads, max_len,
+    head_dim] (keys, then values), and columns < `length` are filled.
 
-    All rows share one write position (prompts are left-padded); which columns are padding is the caller's
-    business, expressed in the attention mask.
+    The cache keeps its own length: a forward pass writes each layer's new keys/values at column
+    `length` (update), and the last layer's write moves `length` past them. All rows share that
+    write position (prompts are left-padded); which columns are padding is the attention mask's
+    business. fast_decode.py's step writes kv[layer] itself, at a column held in a device tensor
+    (what a CUDA graph can replay), and leaves `length` at the prompt's; its loops count columns
+    from there.
+
+    The sampler decodes over it in two ways, each needed (generate's default on one device):
+    - shrinking batch (CPU): rows that have ended leave (select), so later steps cost less;
+    - fixed shapes (CUDA, fast_decode.py): each step is one CUDA graph replay, as kernel launches
+      bound a GPU step; it attends over unwritten columns too, so fan_out fills them with zeros.
     """
 
     def __init__(self, config: Qwen2Config, batch_size: int, max_len: int, dtype, device):
         shape = (2, batch_size, config.num_key_value_heads, max_len, config.head_dim)
-        self.kv = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.kv = [torch.empty(shape, dtype=dtype, device=device)
+                   for _ in range(config.num_hidden_layers)]
         self.length = 0
 
     def update(self, layer: int, k, v):
+        """Write k, v [B, kv_heads, T, D] at column `length` -> the layer's filled keys, values."""
         start, end = self.length, self.length + k.shape[2]
         kv = self.kv[layer]
         if end > kv.shape[3]:
             raise RuntimeError(f"KV cache overflow: {end} > {kv.shape[3]} columns")
         kv[0, :, :, start:end] = k
         kv[1, :, :, start:end] = v
+        if layer == len(self.kv) - 1:  # every layer holds the new columns now
+            self.length = end
         return kv[0, :, :, :end], kv[1, :, :, :end]
 
     def select(self, rows: torch.Tensor) -> KVCache:
@@ -263,10 +293,12 @@ class KVCache:
         return new
 
     def fan_out(self, copies: int, max_len: int) -> KVCache:
-        """A new cache with each row repeated `copies` times (row b -> rows b*copies .. b*copies+copies-1)."""
+        """A new cache with each row repeated `copies` times
+        (row b -> rows b*copies .. b*copies+copies-1)."""
         new = object.__new__(KVCache)
         _, B, H, _, D = self.kv[0].shape
-        # Zeros, not garbage: fixed-shape decoding attends over unwritten columns with weight 0, and 0 * NaN = NaN.
+        # Zeros, not garbage: fixed-shape decoding attends over unwritten columns with weight 0,
+        # and 0 * NaN = NaN.
         new.kv = [kv.new_zeros((2, B * copies, H, max_len, D)) for kv in self.kv]
         new.length = self.length
         for old, kv in zip(self.kv, new.kv):
@@ -277,13 +309,18 @@ class KVCache:
 class PrefixCache:
     """Keys/values of a shared prefix that autograd can see through (the learner's prompt pass).
 
-    The first pass through each layer stores its keys/values; `select(rows)` gives each completion its prompt's
-    entries (a differentiable gather) and freezes the cache; a frozen cache only prepends, writing nothing, so
-    the completion pass may use activation checkpointing.
+    The first pass through each layer stores its keys/values; `select(rows)` gives each completion
+    its prompt's entries (a differentiable gather) and freezes the cache; a frozen cache only
+    prepends, writing nothing, so the completion pass may use activation checkpointing.
     """
 
     def __init__(self):
-        self.k, self.v, self.length, self.frozen = [], [], 0, False
+        self.k, self.v, self.frozen = [], [], False
+
+    @property
+    def length(self) -> int:
+        """Columns held: the prefix's (a frozen cache keeps nothing of the passes after it)."""
+        return self.k[0].shape[2] if self.k else 0
 
     def update(self, layer: int, k, v):
         if self.frozen:
@@ -295,15 +332,17 @@ class PrefixCache:
     def select(self, rows: torch.Tensor) -> PrefixCache:
         new = PrefixCache()
         new.k, new.v = [k[rows] for k in self.k], [v[rows] for v in self.v]
-        new.length, new.frozen = self.length, True
+        new.frozen = True
         return new
 
 
 def left_pad(prompts: list[list[int]], device, width: int | None = None):
-    """Left-pad prompts to the longest, P: (ids [B, P], lengths [B], key_valid [B, width or P], positions [B, P]).
+    """Left-pad prompts to the longest, P
+    -> (ids [B, P], lengths [B], key_valid [B, width or P], positions [B, P]).
 
-    Padding is tracked by length (key_valid: False on a row's padding columns), never by token id; columns past P
-    (room for generated tokens) are valid. Positions count from each row's first real token.
+    Padding is tracked by length (key_valid: False on a row's padding columns), never by token id;
+    columns past P (room for generated tokens) are valid. Positions count from each row's first real
+    token.
     """
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     P = int(lengths.max())
@@ -319,8 +358,9 @@ def left_pad(prompts: list[list[int]], device, width: int | None = None):
 def causal_mask(key_valid: torch.Tensor, T: int) -> torch.Tensor:
     """bool [B, 1, T, S] for T new queries at columns S-T .. S-1 over keys 0 .. S-1.
 
-    A query attends to valid keys at or before its own column. Padding queries have no valid key, so they
-    attend to themselves only (their outputs are never used, but SDPA must not see an all-masked row).
+    A query attends to valid keys at or before its own column. Padding queries have no valid key, so
+    they attend to themselves only (their outputs are never used, but SDPA must not see an
+    all-masked row).
     """
     B, S = key_valid.shape
     q_col = torch.arange(S - T, S, device=key_valid.device)[:, None]
@@ -334,27 +374,48 @@ def causal_mask(key_valid: torch.Tensor, T: int) -> torch.Tensor:
 # Sampling
 
 
+@dataclass
+class DecodeInputs:
+    """What a decode loop starts from: generate's prefill, fanned out to B rows, and the sampler's
+    settings. N = the new tokens to draw; P = the longest prompt (the cache's length at the start).
+    """
+    h: torch.Tensor              # [B, H] final-norm hidden state of each prompt's last column
+    cache: KVCache               # the prompts' keys/values, with room for N more columns
+    key_valid: torch.Tensor      # bool [B, P + N]: False on each row's left padding
+    next_position: torch.Tensor  # [B, 1] rotary position of the first new token (the prompt length)
+    uniforms: torch.Tensor       # float64 [B, N]: row b draws its token t with uniforms[b, t]
+    temperature: float           # 0 is greedy
+    top_p: float
+    vocab_size: int | None       # ids >= it are never drawn
+    eos: torch.Tensor            # the ids that end a row (none: every row runs N tokens)
+
+
 @torch.no_grad()
 def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
-             top_p: float = 1.0, eos_token_id: int | list[int] | None = None, seed: int | None = None,
-             num_samples: int = 1, vocab_size: int | None = None, fast: bool = True,
-             fixed_shapes: bool | None = None, compile: bool | None = None, return_logprobs: bool = False,
-             first_row: int = 0):
-    """Sample `num_samples` completions for each prompt; returns len(prompts) * num_samples token lists,
-    prompt-major (the samples of prompt i are rows i*num_samples ... i*num_samples + num_samples - 1), each cut
-    after its first EOS (the EOS is kept: it is a sampled action the learner must train).
+             top_p: float = 1.0, eos_token_id: int | list[int] | None = None,
+             seed: int | None = None, num_samples: int = 1, vocab_size: int | None = None,
+             fast: bool = True, fixed_shapes: bool | None = None, compile: bool | None = None,
+             return_logprobs: bool = False, first_row: int = 0):
+    """Sample `num_samples` completions for each prompt; returns len(prompts) * num_samples token
+    lists, prompt-major (the samples of prompt i are rows i*num_samples ... i*num_samples +
+    num_samples - 1), each cut after its first EOS (the EOS is kept: it is a sampled action the
+    learner must train).
 
-    temperature 0 is greedy. vocab_size: ids >= it (embedding rows the tokenizer does not have) are never drawn.
-    first_row: row r of this call draws from row first_row + r of the seed's stream, so a batch split across
-    processes (each calling with its own share) draws what one call with the whole batch would.
-    fast (default): decode with fast_decode.py, the same function over fused weights; fast=False runs the plain
-    loop below (_decode_plain), the reference the fast one is tested against. Options of the fast loop:
-      fixed_shapes (default: on CUDA): the whole batch to the end with fixed shapes, so that on CUDA each step is
-        one CUDA graph replay instead of a launch per kernel (what bounds a GPU decode step); otherwise rows that
-        have ended leave the batch as it goes, which is what pays on a CPU. Both draw the same tokens.
+    temperature 0 is greedy. vocab_size: ids >= it (embedding rows the tokenizer does not have) are
+    never drawn. first_row: row r of this call draws from row first_row + r of the seed's stream, so
+    a batch split across processes (each calling with its own share) draws what one call with the
+    whole batch would.
+    fast (default): decode with fast_decode.py, the same function over fused weights; fast=False
+    runs the plain loop below (_decode_plain), the reference the fast one is tested against. Options
+    of the fast loop:
+      fixed_shapes (default: on CUDA): the whole batch to the end with fixed shapes, so that on CUDA
+        each step is one CUDA graph replay instead of a launch per kernel (what bounds a GPU decode
+        step); otherwise rows that have ended leave the batch as it goes, which is what pays on a
+        CPU. Both draw the same tokens.
       compile (default: on CUDA): torch.compile the step's pointwise and reduction pieces.
-      return_logprobs: also return each row's per-token log-probs under the distribution it was drawn from
-        (softmax(logits / temperature) over the first vocab_size ids): (completions, logprobs).
+      return_logprobs: also return each row's per-token log-probs under the distribution it was
+        drawn from (softmax(logits / temperature) over the first vocab_size ids):
+        (completions, logprobs).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt and no empty prompt")
@@ -363,17 +424,19 @@ def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temper
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if not fast and (fixed_shapes or compile or return_logprobs):
-        raise ValueError("fixed_shapes, compile and return_logprobs are options of the fast loop (fast=True)")
+        raise ValueError("fixed_shapes, compile and return_logprobs are options of the fast loop "
+                         "(fast=True)")
     if return_logprobs and (temperature == 0 or top_p < 1.0):
-        raise ValueError("return_logprobs needs temperature > 0 and top_p = 1 (the distribution the learner scores)")
+        raise ValueError("return_logprobs needs temperature > 0 and top_p = 1 "
+                         "(the distribution the learner scores)")
     config, device = model.config, model.lm_head.weight.device
     dtype = model.lm_head.weight.dtype
     P = max(len(p) for p in prompts)
     if P + max_new_tokens > config.max_position_embeddings:
         raise ValueError(f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                          f"max_position_embeddings ({config.max_position_embeddings})")
-    eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or []),
-                       dtype=torch.long, device=device)
+    eos_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+    eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
 
     ids, lengths, key_valid, positions = left_pad(prompts, device, width=P + max_new_tokens)
 
@@ -385,24 +448,26 @@ def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temper
     key_valid = key_valid.repeat_interleave(num_samples, dim=0)
     next_position = lengths.repeat_interleave(num_samples)[:, None]
 
-    # Per-row uniforms drawn on the CPU from one seeded stream: row r gets draws r*N .. r*N+N-1, whatever
-    # the batch holds (a CPU generator is reproducible across devices; CUDA's is not across batch shapes).
+    # Per-row uniforms drawn on the CPU from one seeded stream: row r gets draws r*N .. r*N+N-1,
+    # whatever the batch holds (a CPU generator is reproducible across devices; CUDA's is not across
+    # batch shapes).
     B = len(prompts) * num_samples
     generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
     stream = torch.rand(first_row + B, max_new_tokens, generator=generator, dtype=torch.float64)
     uniforms = stream[first_row:].to(device)
 
+    inputs = DecodeInputs(h=h, cache=cache, key_valid=key_valid, next_position=next_position,
+                          uniforms=uniforms, temperature=temperature, top_p=top_p,
+                          vocab_size=vocab_size, eos=eos)
     logprobs = None
     if fast:
         from fast_decode import decode  # here, not at the top: fast_decode builds on this module
         on_cuda = device.type == "cuda"
-        out, n_steps, logprobs = decode(model, h, cache, key_valid, next_position, uniforms, P, temperature, top_p,
-                                        vocab_size, eos, fixed_shapes=on_cuda if fixed_shapes is None else fixed_shapes,
-                                        compile=on_cuda if compile is None else compile,
-                                        return_logprobs=return_logprobs)
+        out, n_steps, logprobs = decode(
+            model, inputs, fixed_shapes=on_cuda if fixed_shapes is None else fixed_shapes,
+            compile=on_cuda if compile is None else compile, return_logprobs=return_logprobs)
     else:
-        out, n_steps = _decode_plain(model, h, cache, key_valid, next_position, uniforms, P, temperature, top_p,
-                                     vocab_size, eos)
+        out, n_steps = _decode_plain(model, inputs)
 
     # Cut each row after its first EOS.
     stop, result, result_logprobs = set(eos.tolist()), [], []
@@ -414,8 +479,11 @@ def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temper
     return (result, result_logprobs) if return_logprobs else result
 
 
-def _decode_plain(model, h, cache, key_valid, next_position, uniforms, P, temperature, top_p, vocab_size, eos):
-    """The decode loop, with rows that have ended dropped from the batch as it goes -> (tokens [B, N], steps run)."""
+def _decode_plain(model: Qwen2, inputs: DecodeInputs):
+    """The decode loop, with rows that have ended dropped from the batch as it goes
+    -> (tokens [B, N], steps run)."""
+    h, cache, key_valid = inputs.h, inputs.cache, inputs.key_valid
+    next_position, uniforms, eos = inputs.next_position, inputs.uniforms, inputs.eos
     B, max_new_tokens = uniforms.shape
     device = uniforms.device
     out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
@@ -424,14 +492,15 @@ def _decode_plain(model, h, cache, key_valid, next_position, uniforms, P, temper
     n_steps = 0
     for t in range(max_new_tokens):
         logits = model.lm_head(h).float()
-        token = sample_token(logits, temperature, top_p, uniforms[rows, t], vocab_size)
+        token = sample_token(logits, inputs.temperature, inputs.top_p, uniforms[rows, t],
+                             inputs.vocab_size)
         out[rows, t] = token
         n_steps = t + 1
         done[rows] |= torch.isin(token, eos)
         if t == max_new_tokens - 1:
             break
-        # Looking at `done` syncs with the GPU, so only every 16 steps: stop when every row has ended, and drop
-        # ended rows once they are a quarter of the batch (the rest decode faster).
+        # Looking at `done` syncs with the GPU, so only every 16 steps: stop when every row has
+        # ended, and drop ended rows once they are a quarter of the batch (the rest decode faster).
         if eos.numel() and t % 16 == 15:
             live = ~done[rows]
             n_live = int(live.sum())
@@ -441,18 +510,21 @@ def _decode_plain(model, h, cache, key_valid, next_position, uniforms, P, temper
                 keep = live.nonzero().squeeze(1)
                 rows, token, cache = rows[keep], token[keep], cache.select(keep)
                 key_valid, next_position = key_valid[keep], next_position[keep]
-        h = model.hidden_states(token[:, None], next_position + t, causal_mask(key_valid[:, :P + t + 1], 1), cache)[:, -1]
+        mask = causal_mask(key_valid[:, :cache.length + 1], 1)  # token t goes to column P + t
+        h = model.hidden_states(token[:, None], next_position + t, mask, cache)[:, -1]
     return out, n_steps
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor,
                  vocab_size: int | None = None) -> torch.Tensor:
-    """One token per row of float logits [B, V], by inverse CDF with one uniform in [0, 1) per row."""
+    """One token per row of float logits [B, V], by inverse CDF with one uniform in [0, 1) per
+    row."""
     if vocab_size is not None and vocab_size < logits.shape[-1]:
         logits = logits.clone()
         logits[:, vocab_size:] = float("-inf")
     if temperature == 0:
-        return logits.max(-1).indices  # = argmax(-1), the first of equal maxima (3x faster on a CPU)
+        # = argmax(-1), the first of equal maxima (3x faster on a CPU)
+        return logits.max(-1).indices
     probs = torch.softmax(logits / temperature, dim=-1)
     order = None
     if top_p < 1.0:
@@ -461,8 +533,10 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, uniform
         mass_before = probs.cumsum(-1) - probs
         probs = probs.masked_fill(mass_before >= top_p, 0.0)
     cdf = probs.double().cumsum(-1)
-    # right=True: the first index whose cdf exceeds the draw, so zero-probability ids are never chosen.
-    idx = torch.searchsorted(cdf, (uniforms.double() * cdf[:, -1])[:, None], right=True).clamp(max=logits.shape[-1] - 1)
+    # right=True: the first index whose cdf exceeds the draw, so zero-probability ids are never
+    # chosen.
+    draws = (uniforms.double() * cdf[:, -1])[:, None]
+    idx = torch.searchsorted(cdf, draws, right=True).clamp(max=logits.shape[-1] - 1)
     idx = idx.squeeze(-1)
     return order.gather(-1, idx[:, None]).squeeze(-1) if order is not None else idx
 
@@ -476,9 +550,9 @@ def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: 
     """log p(target) and the entropy of the next-token distribution at each position.
 
     hidden [B, T, H], targets [B, T] -> (logprobs [B, T] float32, entropy [B, T] float32, no grad).
-    The LM head runs over `chunk_size` positions at a time and, under autograd, each chunk is recomputed in
-    backward, so at most [chunk_size, V] float32 logits exist at once, never [B, T, V]. temperature and
-    vocab_size define the same distribution the sampler drew from.
+    The LM head runs over `chunk_size` positions at a time and, under autograd, each chunk is
+    recomputed in backward, so at most [chunk_size, V] float32 logits exist at once, never
+    [B, T, V]. temperature and vocab_size define the same distribution the sampler drew from.
     """
     B, T, H = hidden.shape
     flat_h, flat_t = hidden.reshape(B * T, H), targets.reshape(B * T)
@@ -486,7 +560,8 @@ def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: 
     for start in range(0, B * T, chunk_size):
         h, t = flat_h[start:start + chunk_size], flat_t[start:start + chunk_size]
         if torch.is_grad_enabled() and h.requires_grad:
-            lp, ent = checkpoint(_chunk_logprobs, h, lm_head_weight, t, temperature, vocab_size, use_reentrant=False)
+            lp, ent = checkpoint(_chunk_logprobs, h, lm_head_weight, t, temperature, vocab_size,
+                                 use_reentrant=False)
         else:
             lp, ent = _chunk_logprobs(h, lm_head_weight, t, temperature, vocab_size)
         logprobs.append(lp)
@@ -496,7 +571,8 @@ def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: 
 
 def _chunk_logprobs(h, weight, targets, temperature, vocab_size):
     logits = F.linear(h, weight)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> float32, float64 stays
+    # bf16 -> float32, float64 stays
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if vocab_size is not None:
         logits = logits[:, :vocab_size]
     if temperature != 1.0:
@@ -509,33 +585,39 @@ def _chunk_logprobs(h, weight, targets, temperature, vocab_size):
     return lp, entropy
 
 
-def completion_logprobs(model: Qwen2, prompts: list[list[int]], completions: list[list[int]], prompt_of: list[int],
-                        temperature: float = 1.0, vocab_size: int | None = None, chunk_size: int = 1024):
-    """Per-token log-probs of each completion given its prompt, with gradients; each prompt runs only once.
+def completion_logprobs(model: Qwen2, prompts: list[list[int]], completions: list[list[int]],
+                        prompt_of: list[int], temperature: float = 1.0,
+                        vocab_size: int | None = None, chunk_size: int = 1024):
+    """Per-token log-probs of each completion given its prompt, with gradients; each prompt runs
+    only once.
 
-    completions[i] continues prompts[prompt_of[i]] (non-empty). The prompts run left-padded, as in the sampler,
-    keeping their keys/values in a PrefixCache; every completion then attends to its own prompt's entries, so K
-    samples of one prompt cost one prompt pass, not K. Returns (logprobs, entropy, mask), each [N, C] with
-    C = the longest completion: position j scores completion token j.
+    completions[i] continues prompts[prompt_of[i]] (non-empty). The prompts run left-padded, as in
+    the sampler, keeping their keys/values in a PrefixCache; every completion then attends to its
+    own prompt's entries, so K samples of one prompt cost one prompt pass, not K. Returns
+    (logprobs, entropy, mask), each [N, C] with C = the longest completion: position j scores
+    completion token j.
     """
     device = model.lm_head.weight.device
     ids, lengths, key_valid, positions = left_pad(prompts, device)
     P = ids.shape[1]
     cache = PrefixCache()
-    last = model.hidden_states(ids, positions, causal_mask(key_valid, P), cache)[:, -1]  # predicts token 0
+    # The last prompt column's hidden state predicts completion token 0.
+    last = model.hidden_states(ids, positions, causal_mask(key_valid, P), cache)[:, -1]
 
     rows = torch.tensor(prompt_of, device=device)
     cache = cache.select(rows)
-    C = max(len(c) for c in completions)
-    cids = torch.zeros(len(completions), C, dtype=torch.long, device=device)
+    N, C = len(completions), max(len(c) for c in completions)
+    cids = torch.zeros(N, C, dtype=torch.long, device=device)
     for i, c in enumerate(completions):
         cids[i, :len(c)] = torch.tensor(c, dtype=torch.long)
     positions = lengths[rows][:, None] + torch.arange(C, device=device)[None, :]
-    keys = torch.cat([key_valid[rows], torch.ones(len(completions), C, dtype=torch.bool, device=device)], dim=1)
+    keys = torch.cat([key_valid[rows], torch.ones(N, C, dtype=torch.bool, device=device)], dim=1)
     h = model.hidden_states(cids, positions, causal_mask(keys, C), cache)
     hidden = torch.cat([last[rows][:, None], h[:, :-1]], dim=1)
-    logprobs, entropy = token_logprobs(hidden, model.lm_head.weight, cids, temperature, vocab_size, chunk_size)
-    mask = torch.arange(C, device=device)[None, :] < torch.tensor([len(c) for c in completions], device=device)[:, None]
+    logprobs, entropy = token_logprobs(hidden, model.lm_head.weight, cids, temperature, vocab_size,
+                                       chunk_size)
+    completion_lengths = torch.tensor([len(c) for c in completions], device=device)
+    mask = torch.arange(C, device=device)[None, :] < completion_lengths[:, None]
     return logprobs, entropy, mask
 
 
@@ -546,22 +628,24 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "merges.txt", "vocab.json"]
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
-    """A local folder as is; anything else that looks like a hub id ("org/name") is downloaded (weights and
-    configs only) with huggingface-hub."""
+    """A local folder as is; anything else that looks like a hub id ("org/name") is downloaded
+    (weights and configs only) with huggingface-hub."""
     path = Path(name_or_path)
     if path.is_dir():
         return path
     text = str(name_or_path)
-    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.exists()
+    looks_like_hub_id = (text.count("/") == 1 and not text.startswith((".", "/", "~"))
+                         and not path.exists())
     if not looks_like_hub_id:
         raise FileNotFoundError(f"model folder not found: {text}")
     try:
         from huggingface_hub import snapshot_download
         return Path(snapshot_download(repo_id=text, allow_patterns=HUB_PATTERNS))
     except Exception as e:  # offline, DNS, HTTP errors, missing repo: one clear line
-        raise ConnectionError(f"could not download '{text}' from the Hugging Face Hub ({type(e).__name__}); "
-                           f"the hub may be unreachable. Download it elsewhere and pass the local folder instead, "
-                           f"e.g. --model /path/to/{text.split('/')[-1]}") from None
+        raise ConnectionError(
+            f"could not download '{text}' from the Hugging Face Hub ({type(e).__name__}); "
+            f"the hub may be unreachable. Download it elsewhere and pass the local folder instead, "
+            f"e.g. --model /path/to/{text.split('/')[-1]}") from None
 
 
 def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
@@ -573,10 +657,12 @@ def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     elif (folder / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
-        pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
-        hint = (f" It has {pickles}: pickle checkpoints are not loaded (they can run code); convert them to "
-                "safetensors first.") if pickles else ""
-        raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json.{hint}")
+        pickles = (sorted(p.name for p in folder.glob("*.bin"))
+                   + sorted(p.name for p in folder.glob("*.pt")))
+        hint = (f" It has {pickles}: pickle checkpoints are not loaded (they can run code); "
+                "convert them to safetensors first.") if pickles else ""
+        raise FileNotFoundError(f"{folder}: no model.safetensors or "
+                                f"model.safetensors.index.json.{hint}")
     state = {}
     for name in files:
         if not (folder / name).is_file():
@@ -585,9 +671,19 @@ def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def pick_device(name: str) -> torch.device:
+    """--device: "auto" is cuda when available, else cpu; "cuda" without one is a clear error."""
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available")
+    return device
+
+
 def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None,
                device: str | torch.device = "cpu") -> Qwen2:
-    """Build on the meta device, then assign the checkpoint's tensors (cast to dtype) in one strict load.
+    """Build on the meta device, then assign the checkpoint's tensors (cast to dtype) in one strict
+    load.
 
     dtype defaults to bfloat16 on CUDA and float32 elsewhere.
     """
@@ -600,16 +696,18 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None
     state = load_state_dict(folder)
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)  # tied: the embedding is the head
-    expected = {k: v.shape for k, v in model.state_dict().items() if not (config.tie_word_embeddings and k == "lm_head.weight")}
+    expected = {k: v.shape for k, v in model.state_dict().items()
+                if not (config.tie_word_embeddings and k == "lm_head.weight")}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(s)}" for k, s in expected.items()
-             if k in state and state[k].shape != s]
+    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(s)}"
+             for k, s in expected.items() if k in state and state[k].shape != s]
     if missing or unexpected or wrong:
         problems = ([f"missing tensors: {missing}"] if missing else []) + \
                    ([f"unexpected tensors: {unexpected}"] if unexpected else []) + \
                    ([f"wrong shapes: {wrong}"] if wrong else [])
-        raise ValueError(f"{folder}: checkpoint does not match its config.json; " + "; ".join(problems))
+        raise ValueError(f"{folder}: checkpoint does not match its config.json; "
+                         + "; ".join(problems))
     state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
@@ -621,12 +719,13 @@ FUSED_GROUPS = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("mlp", ("gate_pr
 
 @torch.no_grad()
 def fuse_projection_storage(model: Qwen2) -> Qwen2:
-    """Store each layer's q/k/v weights and biases as adjacent rows of one tensor, and gate/up likewise.
+    """Store each layer's q/k/v weights and biases as adjacent rows of one tensor, and gate/up
+    likewise.
 
-    Only the storage changes: every parameter keeps its name, shape and value, so loading, saving and this
-    file's forward are untouched, while the fast decoder (fast_decode.py) reads each group as one weight matrix
-    without a copy. A model moved with .to() afterwards has separate storage again (the fast decoder then
-    concatenates the group once per generate call).
+    Only the storage changes: every parameter keeps its name, shape and value, so loading, saving
+    and this file's forward are untouched, while the fast decoder (fast_decode.py) reads each group
+    as one weight matrix without a copy. A model moved with .to() afterwards has separate storage
+    again (the fast decoder then concatenates the group once per generate call).
     """
     for block in model.model.layers:
         for part, names in FUSED_GROUPS:
@@ -642,25 +741,28 @@ def fuse_projection_storage(model: Qwen2) -> Qwen2:
 
 
 def save_model(model: Qwen2, folder: str | os.PathLike, state_dict: dict | None = None):
-    """Write an HF-format folder (config.json + model.safetensors) that load_model and transformers read."""
+    """Write an HF-format folder (config.json + model.safetensors) that load_model and transformers
+    read."""
     from safetensors.torch import save_file
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = state_dict if state_dict is not None else model.state_dict()
     if model.config.tie_word_embeddings:
         state = {k: v for k, v in state.items() if k != "lm_head.weight"}
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, folder / "model.safetensors",
-              metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(model.config.to_hf_dict() | {"torch_dtype": str(
-        model.lm_head.weight.dtype).removeprefix("torch.")}, indent=2) + "\n")
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
+              folder / "model.safetensors", metadata={"format": "pt"})
+    torch_dtype = str(model.lm_head.weight.dtype).removeprefix("torch.")
+    config = model.config.to_hf_dict() | {"torch_dtype": torch_dtype}
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 # -----------------------------------------------------------------------------
 # Tokenizer
 
-# Qwen2's pre-tokenizer regex (transformers models/qwen2/tokenization_qwen2.py): single digits split.
-QWEN2_PRETOKENIZE_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-                           r"\s*[\r\n]+|\s+(?!\S)|\s+")
+# Qwen2's pre-tokenizer regex (transformers models/qwen2/tokenization_qwen2.py): single digits
+# split.
+QWEN2_PRETOKENIZE_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+                           r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 class Tokenizer:
@@ -673,7 +775,8 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
-        """Number of ids the tokenizer can produce (added tokens included); the model may have more rows."""
+        """Number of ids the tokenizer can produce (added tokens included); the model may have more
+        rows."""
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
@@ -686,9 +789,25 @@ class Tokenizer:
         return self.tokenizer.token_to_id(token)
 
 
+def stop_ids(tok: Tokenizer) -> list[int]:
+    """End of document, end of a chat turn and start of a next one, when the tokenizer has them
+    (Qwen: <|endoftext|>, <|im_end|>, <|im_start|>): a model that opens a turn itself has ended its
+    own."""
+    ids = [tok.eos_token_id, tok.token_to_id("<|im_end|>"), tok.token_to_id("<|im_start|>")]
+    return sorted({i for i in ids if i is not None})
+
+
+def completion_text(tok: Tokenizer, ids: list[int]) -> str:
+    """The text graded: the completion up to its first stop token, decoded without special tokens
+    (decoded whole, a turn the model went on to invent would be graded as part of its answer)."""
+    stops = set(stop_ids(tok))
+    end = next((i for i, t in enumerate(ids) if t in stops), len(ids))
+    return tok.decode(ids[:end], skip_special_tokens=True)
+
+
 def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
-    """tokenizer.json when present, otherwise vocab.json + merges.txt with Qwen2's byte-level BPE and the
-    added tokens of tokenizer_config.json. The EOS is tokenizer_config's eos_token."""
+    """tokenizer.json when present, otherwise vocab.json + merges.txt with Qwen2's byte-level BPE
+    and the added tokens of tokenizer_config.json. The EOS is tokenizer_config's eos_token."""
     from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
     folder = resolve_model_path(name_or_path)
@@ -704,7 +823,8 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
         vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
         merges = []
         for line in (folder / "merges.txt").read_text(encoding="utf-8").split("\n"):
-            if line.startswith("#version") or not line:  # Qwen's file has no header: never skip line 1 blindly
+            # Qwen's file has no header: never skip line 1 blindly.
+            if line.startswith("#version") or not line:
                 continue
             a, b = line.split(" ")
             merges.append((a, b))
@@ -717,11 +837,14 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
         tokenizer.decoder = decoders.ByteLevel()
         added = sorted(((int(i), t) for i, t in config.get("added_tokens_decoder", {}).items()))
         for token_id, token in added:
-            tokenizer.add_tokens([AddedToken(token["content"], special=token.get("special", False), normalized=False,
-                                             lstrip=token.get("lstrip", False), rstrip=token.get("rstrip", False),
-                                             single_word=token.get("single_word", False))])
+            tokenizer.add_tokens([AddedToken(
+                token["content"], special=token.get("special", False), normalized=False,
+                lstrip=token.get("lstrip", False), rstrip=token.get("rstrip", False),
+                single_word=token.get("single_word", False))])
             if tokenizer.token_to_id(token["content"]) != token_id:
-                raise ValueError(f"{config_path}: added token {token['content']!r} should have id {token_id}")
+                raise ValueError(f"{config_path}: added token {token['content']!r} "
+                                 f"should have id {token_id}")
     else:
         raise FileNotFoundError(f"{folder}: no tokenizer.json, nor vocab.json + merges.txt")
-    return Tokenizer(tokenizer, token_text(config.get("eos_token")), token_text(config.get("pad_token")))
+    eos_token, pad_token = token_text(config.get("eos_token")), token_text(config.get("pad_token"))
+    return Tokenizer(tokenizer, eos_token, pad_token)

@@ -1,19 +1,21 @@
 """
-Data parallelism for grpo.py: one process per GPU (or CPU), started by torchrun, each holding whole groups.
+Data parallelism for grpo.py: one process per GPU (or CPU), started by torchrun, each holding whole
+groups.
 
     torchrun --nproc_per_node 4 grpo.py --prompts-per-step 16 ...
 
-What is split: the step's prompts, by whole groups (rank r takes prompts r*P/N .. (r+1)*P/N - 1), so each rank
-samples, scores and computes the advantages of its own groups with no communication. What is shared: the step's
-loss normaliser (token and completion counts), the batch std of --normalize batch (two sums), the LoRA gradient
-(one all-reduce of the flat gradient, summed: each rank's loss is already divided by the global normaliser), and
-the metrics (gathered to rank 0, which alone writes logs and checkpoints and runs evaluation and diagnostics).
-Every rank then clips the same gradient and takes the same optimizer step, so the adapters stay identical.
+What is split: the step's prompts, by whole groups (rank r takes prompts r*P/N .. (r+1)*P/N - 1),
+so each rank samples, scores and computes the advantages of its own groups with no communication.
+What is shared: the step's loss normaliser (token and completion counts), the batch std of
+--normalize batch (two sums), the LoRA gradient (one all-reduce of the flat gradient, summed:
+each rank's loss is already divided by the global normaliser), and the metrics (gathered to rank
+0, which alone writes logs and checkpoints and runs evaluation and diagnostics). Every rank then
+clips the same gradient and takes the same optimizer step, so the adapters stay identical.
 
-Why one all-reduce rather than DistributedDataParallel (measured: BENCHMARKS.md "Data parallel"): the gradient
-is accumulated over micro-batches and only the last backward could overlap its communication with compute
-(DDP's no_sync on the others), the LoRA gradient is small (18.5M floats at r=16), and one explicit sum after
-accumulation keeps the update one readable line.
+Why one all-reduce rather than DistributedDataParallel (measured: BENCHMARKS.md "Data parallel"):
+the gradient is accumulated over micro-batches and only the last backward could overlap its
+communication with compute (DDP's no_sync on the others), the LoRA gradient is small (18.5M floats
+at r=16), and one explicit sum after accumulation keeps the update one readable line.
 
 One process (no torchrun) is the same code with every collective the identity.
 """
@@ -28,7 +30,8 @@ import torch.distributed as dist
 
 
 class World:
-    """The data-parallel group of this process: rank, size, and the few collectives the trainer needs."""
+    """The data-parallel group of this process: rank, size, and the few collectives the trainer
+    needs."""
 
     def __init__(self, rank: int = 0, size: int = 1, local_rank: int = 0):
         self.rank, self.size, self.local_rank = rank, size, local_rank

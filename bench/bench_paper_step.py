@@ -41,7 +41,7 @@ def main():
     ap.add_argument("--micro-batch", type=int, default=4)
     ap.add_argument("--lora-rank", type=int, default=64)
     ap.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction,
-                    default=G.PRESETS["paper"]["grad_checkpointing"], help="default: the paper preset's")
+                    default=G.Config().grad_checkpointing, help="default: the paper preset's")
     ap.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
     ap.add_argument("--sampler", default="exact", choices=G.CHOICES["sampler"], help="as grpo.py --sampler")
     args = ap.parse_args()

@@ -1,7 +1,7 @@
 """Reward checker speed: checks/s and per-call latency on real completions and on adversarial inputs.
 
 The real completions are the datasets' own gold solutions (GSM8K answer text ending "#### N", MATH solutions ending
-in a \\boxed answer), each scored against its gold answer. "cold" clears data.py's answer cache before every call
+in a \\boxed answer), each scored against its gold answer. "cold" clears grader.py's answer cache before every call
 (every answer parsed from scratch: the upper bound); "warm" repeats the pass with the cache full (the lower bound;
 in training the gold and many of the 8 samples' answers repeat, so the truth lies between). Prints a markdown
 section for BENCHMARKS.md.
@@ -21,8 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
+import grader  # noqa: E402
 
-ADVERSARIAL = {  # the corpus of tests/test_data.py, scored against gold "81"
+ADVERSARIAL = {  # the corpus of tests/test_grader.py, scored against gold "81"
     "power tower \\boxed{9^{9^{9^{9}}}}": "\\boxed{9^{9^{9^{9}}}}",
     "10^6 digits in \\boxed{}": "\\boxed{" + "9" * 10**6 + "}",
     "10^6 digits after ####": "#### " + "9" * 10**6,
@@ -50,9 +51,9 @@ def measure(pairs: list[tuple[str, str]], strict: bool, cold: bool) -> list[int]
     times = []
     for completion, gold in pairs:
         if cold:
-            data._canonical.cache_clear()
+            grader._canonical.cache_clear()
         start = time.perf_counter_ns()
-        data.reward(completion, gold, strict=strict)
+        grader.reward(completion, gold, strict=strict)
         times.append(time.perf_counter_ns() - start)
     return times
 
@@ -93,7 +94,7 @@ def main() -> None:
     for pairs in sets.values():  # warm-up: regex caches, branch paths
         measure(pairs[:200], True, cold=True)
 
-    print("## Reward checker (data.py)\n")
+    print("## Reward checker (grader.py)\n")
     print(f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs (shared), Python {platform.python_version()}, "
           f"single thread. Date: {datetime.date.today().isoformat()}. Command: `python bench/bench_reward.py "
           f"--data-dir ../shared/data`.\n")
@@ -107,7 +108,7 @@ def main() -> None:
         for strict in (True, False):
             for cold in (True, False):
                 times = measure(pairs, strict, cold)
-                hits = sum(data.reward(c, g, strict) for c, g in pairs)
+                hits = sum(grader.reward(c, g, strict) for c, g in pairs)
                 mode = f"{'strict' if strict else 'lenient'}, {'cold' if cold else 'warm'}"
                 print(row(f"{name} ({mode})", times, f" {hits:,.0f}/{len(pairs):,} |"))
                 if name.startswith("GSM8K") and cold:
@@ -125,7 +126,7 @@ def main() -> None:
         times = []
         for strict in (True, False):
             times += measure([(text, "81")] * args.adversarial_repeats, strict, cold=True)
-            assert data.reward(text, "81", strict) == 0.0
+            assert grader.reward(text, "81", strict) == 0.0
         median = sorted(times)[len(times) // 2] / 1e3
         if median > worst:
             worst_name, worst = name, median

@@ -1,12 +1,13 @@
-r"""Real-looking model completions, written by hand in the forms models produce, with the verdict each grader mode
-must give: (kind, completion, gold, strict reward, lenient reward).
+r"""Real-looking model completions, written by hand in the forms models produce, with the verdict
+each grader mode must give: (kind, completion, gold, strict reward, lenient reward).
 
-The forms follow public evaluation outputs: Qwen2.5-Math base and instruct (CoT with \boxed, tool-integrated with
-```output blocks, few-shot "The answer is" / Minerva "Final Answer: ... I hope it is correct."), the r1 template's
-<think>/<answer> tags, GSM8K's "####", Llama-3.1's "## Step n" and "The final answer is: $\boxed{..}$". Every
-verdict is what a reader of the completion says about its final answer, under the rules of data.py's docstring:
-strict reads only an explicit final-answer marker; lenient adds the last whole number or expression when there is
-none. None was produced by running the grader.
+The forms follow public evaluation outputs: Qwen2.5-Math base and instruct (CoT with \boxed,
+tool-integrated with ```output blocks, few-shot "The answer is" / Minerva "Final Answer: ... I hope
+it is correct."), the r1 template's <think>/<answer> tags, GSM8K's "####", Llama-3.1's "## Step n"
+and "The final answer is: $\boxed{..}$". Every verdict is what a reader of the completion says
+about its final answer, under the rules of grader.py's docstring: strict reads only an explicit
+final-answer marker; lenient adds the last whole number or expression when there is none. None was
+produced by running the grader.
 
 kinds:
   marker      every explicit final-answer marker a model writes, right and wrong
@@ -15,7 +16,8 @@ kinds:
   whole       lenient's last number: a whole number or expression, never a piece of one
   tool        tool-integrated outputs (```python / ```output)
   turn        a completion that runs past its turn (an invented user turn, a next few-shot question)
-  gold        gold forms of the official data (MATH-500, MATH): x \in [...], 11,\! 111, \binom, factorials
+  gold        gold forms of the official data (MATH-500, MATH): x \in [...], 11,\! 111, \binom,
+              factorials
   wrong       near misses and hedges: a wrong answer is never scored right in strict mode
 """
 

@@ -1,8 +1,10 @@
-"""grpo.py: the two estimators on hand-worked groups, the loss, the update's sign, exact resume, bad input."""
+"""grpo.py: the two estimators on hand-worked groups, the loss, the update's sign,
+exact resume, bad input."""
 
 import json
 import math
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 
 import data as D
 import diagnostics as diag
+import grader
 import grpo as G
 import lora as L
 import model as M
@@ -19,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo" / "model"
 
 
-# --- the advantage formulas --------------------------------------------------------------------------------------
+# --- the advantage formulas -----------------------------------------------------------------------
 
 
 def test_one_correct_of_eight():
@@ -37,9 +40,11 @@ def test_one_correct_of_eight():
 
 
 def test_half_correct_and_several_groups():
-    """[1,1,0,0]: mean .5, std .5 -> none +-0.5, std +-1. [1,0,0,0]: mean .25, std sqrt(3)/4 = 0.4330."""
+    """[1,1,0,0]: mean .5, std .5 -> none +-0.5, std +-1.
+    [1,0,0,0]: mean .25, std sqrt(3)/4 = 0.4330."""
     r = torch.tensor([[1.0, 1, 0, 0], [1, 0, 0, 0]])
-    torch.testing.assert_close(G.group_advantages(r, "none"), torch.tensor([[.5, .5, -.5, -.5], [.75, -.25, -.25, -.25]]))
+    torch.testing.assert_close(G.group_advantages(r, "none"),
+                               torch.tensor([[.5, .5, -.5, -.5], [.75, -.25, -.25, -.25]]))
     s = math.sqrt(3) / 4
     expected = torch.tensor([[1.0, 1, -1, -1], [.75 / s, -.25 / s, -.25 / s, -.25 / s]])
     torch.testing.assert_close(G.group_advantages(r, "std"), expected, atol=1e-5, rtol=0)
@@ -52,13 +57,16 @@ def test_zero_std_groups_get_zero_advantage_in_both():
 
 
 def test_batch_std_by_hand():
-    """[1,0,0,0] and [1,1,1,0]: group means .25 and .75; all eight rewards: mean .5, population std .5.
-    batch divides each group's centred rewards by that one std: +-.25 -> +-.5, .75 -> 1.5."""
+    """[1,0,0,0] and [1,1,1,0]: group means .25 and .75; all eight rewards:
+    mean .5, population std .5. batch divides each group's centred rewards by that one std:
+    +-.25 -> +-.5, .75 -> 1.5."""
     r = torch.tensor([[1.0, 0, 0, 0], [1, 1, 1, 0]])
     expected = torch.tensor([[.75, -.25, -.25, -.25], [.25, .25, .25, -.75]]) / (0.5 + 1e-6)
     torch.testing.assert_close(G.group_advantages(r, "batch"), expected, atol=1e-6, rtol=0)
-    # std instead divides each group by its own std, sqrt(3)/4 for both here: the same set of weights
-    torch.testing.assert_close(G.group_advantages(r, "std"), expected * 0.5 / (math.sqrt(3) / 4), atol=1e-5, rtol=0)
+    # std instead divides each group by its own std, sqrt(3)/4 for both here: the
+    # same set of weights
+    torch.testing.assert_close(G.group_advantages(r, "std"), expected * 0.5 / (math.sqrt(3) / 4),
+                               atol=1e-5, rtol=0)
 
 
 def test_batch_equals_std_with_one_prompt():
@@ -78,7 +86,7 @@ def test_unknown_normalisation_is_an_error():
         G.group_advantages(torch.zeros(1, 4), "median")
 
 
-# --- the loss ------------------------------------------------------------------------------------------------------
+# --- the loss -------------------------------------------------------------------------------------
 
 
 def test_loss_aggregation_rules_by_hand():
@@ -86,9 +94,12 @@ def test_loss_aggregation_rules_by_hand():
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
     adv = torch.tensor([2.0, -1.0])
     # sums of token log-probs: -6 and -1; means: -2 and -0.5; 2 completions, 5 tokens
-    assert G.policy_loss(lp, mask, adv, "seq-sum", 2).item() == pytest.approx(-(2 * -6 + -1 * -1) / 2)
-    assert G.policy_loss(lp, mask, adv, "seq-mean", 2).item() == pytest.approx(-(2 * -2 + -1 * -0.5) / 2)
-    assert G.policy_loss(lp, mask, adv, "token-mean", 5).item() == pytest.approx(-(2 * -6 + -1 * -1) / 5)
+    assert (G.policy_loss(lp, mask, adv, "seq-sum", 2).item()
+            == pytest.approx(-(2 * -6 + -1 * -1) / 2))
+    assert (G.policy_loss(lp, mask, adv, "seq-mean", 2).item()
+            == pytest.approx(-(2 * -2 + -1 * -0.5) / 2))
+    assert (G.policy_loss(lp, mask, adv, "token-mean", 5).item()
+            == pytest.approx(-(2 * -6 + -1 * -1) / 5))
     kl = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.4, 9.0]])
     with_kl = G.policy_loss(lp, mask, adv, "seq-sum", 2, kl, kl_coef=0.5).item()
     assert with_kl == pytest.approx(-(2 * -6 + -1 * -1) / 2 + 0.5 * (0.6 + 0.8) / 2)
@@ -105,19 +116,21 @@ def test_linear_lr_decay():
     assert [G.lr_at(s, cfg) for s in range(4)] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
 
 
-# --- the update ------------------------------------------------------------------------------------------------------
+# --- the update -----------------------------------------------------------------------------------
 
 
 def test_a_step_raises_the_logprob_of_a_positive_advantage_completion(tmp_path):
     model = M.load_model(save_hf_model(make_hf_model(seed=4), tmp_path))
     params = L.apply_lora(model, r=4, alpha=8)
     torch.manual_seed(0)
-    for p in params:  # B = 0 makes A's gradient zero; start both off zero so every LoRA weight moves
+    # B = 0 makes A's gradient zero; start both off zero so every LoRA weight moves
+    for p in params:
         torch.nn.init.normal_(p, std=0.02)
     prompt, good, bad = [5, 6, 7], [10, 11, 12, 13], [20, 21, 22]
     ro = G.Rollouts(problems=[None], prompts=[prompt], completions=[good, bad], texts=["", ""],
                     rewards=torch.tensor([[1.0, 0.0]]))
-    cfg = G.Config(group_size=2, optimizer="sgd", lr=0.1, grad_clip=0, micro_batch=1, temperature=1.0)
+    cfg = G.Config(group_size=2, optimizer="sgd", lr=0.1, grad_clip=0, micro_batch=1,
+                   temperature=1.0, loss_agg="seq-sum", kl_coef=0.0)
 
     def logp(completion):
         with torch.no_grad():
@@ -126,7 +139,8 @@ def test_a_step_raises_the_logprob_of_a_positive_advantage_completion(tmp_path):
 
     before = logp(good), logp(bad)
     opt = G.make_optimizer(params, cfg)
-    loss, stats = G.update(model, params, opt, ro, G.group_advantages(ro.rewards, "std"), cfg, vocab_size=97)
+    loss, stats = G.update(model, params, opt, ro, G.group_advantages(ro.rewards, "std"), cfg,
+                           vocab_size=97)
     after = logp(good), logp(bad)
     assert after[0] > before[0] and after[1] < before[1]
     assert stats["grad_norm_preclip"] > 0 and math.isfinite(loss)
@@ -144,14 +158,16 @@ def test_micro_batching_gives_the_same_gradient(tmp_path):
         params = L.apply_lora(model, r=2, alpha=4)
         for p in params:
             torch.nn.init.normal_(p, std=0.05)
-        cfg = G.Config(group_size=2, optimizer="sgd", lr=1e-9, grad_clip=0, micro_batch=micro, loss_agg=agg)
-        G.update(model, params, G.make_optimizer(params, cfg), ro, G.group_advantages(ro.rewards, "none"), cfg, 97)
+        cfg = G.Config(group_size=2, optimizer="sgd", lr=1e-9, grad_clip=0, micro_batch=micro,
+                       loss_agg=agg, kl_coef=0.0)
+        G.update(model, params, G.make_optimizer(params, cfg), ro,
+                 G.group_advantages(ro.rewards, "none"), cfg, 97)
         grads.append(torch.cat([p.grad.flatten() for p in params]))
     torch.testing.assert_close(grads[0], grads[1], atol=1e-7, rtol=1e-5)
     torch.testing.assert_close(grads[2], grads[3], atol=1e-7, rtol=1e-5)
 
 
-# --- the switch changes the update exactly as the formulas say ------------------------------------------------------
+# --- the switch changes the update exactly as the formulas say ------------------------------------
 
 PROMPTS = [[5, 6, 7], [8, 9]]
 COMPLETIONS = [[10, 11, 12, 13], [20, 21, 22], [30], [31, 32], [40, 41], [42], [43, 44, 45], [46]]
@@ -166,7 +182,8 @@ def fresh_lora(folder):
     model = M.load_model(folder)
     params = L.apply_lora(model, r=4, alpha=8)
     torch.manual_seed(0)
-    for p in params:  # B = 0 makes A's gradient zero; start both off zero so every LoRA weight moves
+    # B = 0 makes A's gradient zero; start both off zero so every LoRA weight moves
+    for p in params:
         torch.nn.init.normal_(p, std=0.02)
     return model, params
 
@@ -181,16 +198,19 @@ def rollouts(rewards):
 def update_delta(folder, ro, normalize, **overrides):
     """The change of the LoRA weights (flat) after one update from the same initial adapter."""
     model, params = fresh_lora(folder)
-    cfg = G.Config(group_size=4, micro_batch=3, **({"optimizer": "sgd", "lr": 0.5, "grad_clip": 0.0,
-                                                     "loss_agg": "token-mean"} | overrides))
+    cfg = G.Config(group_size=4, micro_batch=3,
+                   **({"optimizer": "sgd", "lr": 0.5, "grad_clip": 0.0, "loss_agg": "token-mean",
+                       "kl_coef": 0.0} | overrides))
     before = torch.cat([p.detach().flatten().clone() for p in params])
     opt = G.make_optimizer(params, cfg)
-    _, stats = G.update(model, params, opt, ro, G.group_advantages(ro.rewards, normalize, cfg.std_eps), cfg, 97)
+    _, stats = G.update(model, params, opt, ro,
+                        G.group_advantages(ro.rewards, normalize, cfg.std_eps), cfg, 97)
     return torch.cat([p.detach().flatten() for p in params]) - before, stats
 
 
 def policy_gradient(folder, ro, weights):
-    """Independent: grad of -sum_ik w_ik log p(o_ik) / (number of tokens), by autograd on full forwards."""
+    """Independent: grad of -sum_ik w_ik log p(o_ik) / (number of tokens),
+    by autograd on full forwards."""
     model, params = fresh_lora(folder)
     n_tokens = sum(len(c) for c in ro.completions)
     loss = 0.0
@@ -198,13 +218,14 @@ def policy_gradient(folder, ro, weights):
         for k in range(4):
             c = ro.completions[i * 4 + k]
             full = torch.log_softmax(model(torch.tensor([prompt + c])), -1)[0]
-            loss = loss - weights[i][k] * sum(full[len(prompt) - 1 + j, t] for j, t in enumerate(c)) / n_tokens
+            loss = loss - weights[i][k] * sum(full[len(prompt) - 1 + j, t]
+                                              for j, t in enumerate(c)) / n_tokens
     return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
 
 
 def assert_same_vector(a, b, rel=1e-5):
-    """Equal up to float32 rounding, as vectors: |a - b| <= rel |b| (elementwise tolerances would be dominated
-    by the rounding of theta + delta - theta in the smallest entries)."""
+    """Equal up to float32 rounding, as vectors: |a - b| <= rel |b| (elementwise tolerances would be
+    dominated by the rounding of theta + delta - theta in the smallest entries)."""
     assert float((a - b).norm()) <= rel * float(b.norm()), float((a - b).norm() / b.norm())
 
 
@@ -226,13 +247,15 @@ def test_with_clipping_active_both_arms_take_the_same_update(tiny_folder):
     none, s_none = update_delta(tiny_folder, ro, "none", grad_clip=1e-3, lr=100.0)
     std, s_std = update_delta(tiny_folder, ro, "std", grad_clip=1e-3, lr=100.0)
     assert s_none["grad_clipped"] and s_std["grad_clipped"]
-    assert s_std["grad_norm_preclip"] == pytest.approx(s_none["grad_norm_preclip"] / (math.sqrt(3) / 4), rel=1e-4)
+    assert s_std["grad_norm_preclip"] == pytest.approx(
+        s_none["grad_norm_preclip"] / (math.sqrt(3) / 4), rel=1e-4)
     assert_same_vector(std, none)
     assert float(none.norm()) == pytest.approx(100 * 1e-3, rel=1e-4)  # lr x clip
 
 
 def test_two_prompts_of_different_sigma_reweight_the_direction(tiny_folder):
-    """std's update is -lr sum_i g_i / sigma_i, none's -lr sum_i g_i: the directions differ by the weights."""
+    """std's update is -lr sum_i g_i / sigma_i, none's -lr sum_i g_i:
+    the directions differ by the weights."""
     ro = rollouts([[1.0, 0, 0, 0], [1, 1, 0, 0]])
     sigmas = [math.sqrt(3) / 4 + 1e-6, 0.5 + 1e-6]
     centered = [[.75, -.25, -.25, -.25], [.5, .5, -.5, -.5]]
@@ -256,9 +279,10 @@ def test_batch_update_is_none_times_one_over_the_batch_std(tiny_folder):
 
 
 def test_token_mean_is_trls_dapo_loss(tiny_folder):
-    """TRL (git main, Sept 2025) loss_type="dapo", one completion per micro-batch, beta 0.02, written out as TRL
-    computes it: per token -exp(lp - lp.detach()) * A + beta * k3, summed, divided by the number of completion
-    tokens of the whole generation batch, micro-batch losses summed (no division by accumulation steps)."""
+    """TRL (git main, Sept 2025) loss_type="dapo", one completion per micro-batch, beta 0.02,
+    written out as TRL computes it: per token -exp(lp - lp.detach()) * A + beta * k3, summed,
+    divided by the number of completion tokens of the whole generation batch, micro-batch losses
+    summed (no division by accumulation steps)."""
     ro = rollouts([[1.0, 0, 0, 0]])
     adv = G.group_advantages(ro.rewards, "std").flatten()
     model, params = fresh_lora(tiny_folder)
@@ -270,7 +294,8 @@ def test_token_mean_is_trls_dapo_loss(tiny_folder):
         with torch.no_grad(), L.lora_disabled(model):
             ref_full = torch.log_softmax(model(torch.tensor([ro.prompts[0] + c])), -1)[0]
             ref = torch.stack([ref_full[len(ro.prompts[0]) - 1 + j, t] for j, t in enumerate(c)])
-        per_token = -torch.exp(lp - lp.detach()) * adv[k] + 0.02 * (torch.exp(ref - lp) - (ref - lp) - 1)
+        per_token = (-torch.exp(lp - lp.detach()) * adv[k]
+                     + 0.02 * (torch.exp(ref - lp) - (ref - lp) - 1))
         total = total + per_token.sum() / num_items
     trl = torch.cat([g.flatten() for g in torch.autograd.grad(total, params)])
     ours, _ = update_delta(tiny_folder, ro, "std", lr=1.0, kl_coef=0.02)
@@ -278,18 +303,22 @@ def test_token_mean_is_trls_dapo_loss(tiny_folder):
 
 
 def test_the_optimizer_steps_on_a_step_without_signal(tiny_folder):
-    """All-equal rewards, no KL: nothing is forwarded, the gradient is exactly zero, and AdamW still moves the
-    weights by its momentum: theta -= lr * m_hat / (sqrt(v_hat) + eps) with m = b1 m, v = b2 v (by hand)."""
+    """All-equal rewards, no KL: nothing is forwarded, the gradient is exactly zero, and AdamW still
+    moves the weights by its momentum: theta -= lr * m_hat / (sqrt(v_hat) + eps) with
+    m = b1 m, v = b2 v (by hand)."""
     model, params = fresh_lora(tiny_folder)
-    cfg = G.Config(group_size=4, micro_batch=8, optimizer="adamw", lr=1e-2, grad_clip=0.0)
+    cfg = G.Config(group_size=4, micro_batch=8, optimizer="adamw", lr=1e-2, grad_clip=0.0,
+                   kl_coef=0.0)
     opt = G.make_optimizer(params, cfg)
     signal, none_at_all = rollouts([[1.0, 0, 0, 0]]), rollouts([[1.0, 1, 1, 1]])
     G.update(model, params, opt, signal, G.group_advantages(signal.rewards, "std"), cfg, 97)
     before = [p.detach().clone() for p in params]
     state = [{k: v.clone() for k, v in opt.state[p].items()} for p in params]
-    loss, stats = G.update(model, params, opt, none_at_all, G.group_advantages(none_at_all.rewards, "std"), cfg, 97)
+    loss, stats = G.update(model, params, opt, none_at_all,
+                           G.group_advantages(none_at_all.rewards, "std"), cfg, 97)
     assert loss == 0.0 and stats["grad_norm_preclip"] == 0.0 and not stats["grad_clipped"]
-    assert stats["learner_tokens"] == 0 and stats["entropy"] is None  # nothing measured, so nothing claimed
+    # nothing measured, so nothing claimed
+    assert stats["learner_tokens"] == 0 and stats["entropy"] is None
     b1, b2, eps = 0.9, 0.999, 1e-8
     for p, p0, s in zip(params, before, state):
         m, v = b1 * s["exp_avg"], b2 * s["exp_avg_sq"]
@@ -298,14 +327,28 @@ def test_the_optimizer_steps_on_a_step_without_signal(tiny_folder):
     assert any(not torch.equal(p, p0) for p, p0 in zip(params, before))
 
 
-# --- CLI and bad input ---------------------------------------------------------------------------------------------
+# --- CLI and bad input ----------------------------------------------------------------------------
+
+
+def test_every_flag_is_a_config_field_with_its_help_and_the_defaults_are_the_paper_preset(capsys):
+    fields = G.dataclasses.fields(G.Config)
+    assert all(f.metadata.get("help") for f in fields)
+    with pytest.raises(SystemExit):
+        G.parse_args(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for f in fields:
+        assert "--" + f.name.replace("_", "-") in shown
+        assert " ".join(f.metadata["help"].split()) in shown
+    assert G.PRESETS["paper"] == {}  # the paper preset is the defaults themselves
+    assert set(G.PRESETS["demo"]) <= {f.name for f in fields}
 
 
 def test_presets_and_flags_resolve():
     cfg, _ = G.parse_args(["--normalize", "none", "--lr", "3e-5"])
     assert cfg.preset == "paper" and cfg.normalize == "none" and cfg.lr == 3e-5
-    assert (cfg.lora_rank, cfg.lora_alpha, cfg.group_size, cfg.prompts_per_step, cfg.grad_clip,
-            cfg.max_new_tokens, cfg.temperature, cfg.kl_coef) == (64, 128.0, 8, 1, 0.1, 1024, 1.0, 0.02)
+    assert ((cfg.lora_rank, cfg.lora_alpha, cfg.group_size, cfg.prompts_per_step, cfg.grad_clip,
+             cfg.max_new_tokens, cfg.temperature, cfg.kl_coef)
+            == (64, 128.0, 8, 1, 0.1, 1024, 1.0, 0.02))
     assert (cfg.loss_agg, cfg.template) == ("token-mean", "paper-gold")
     demo, _ = G.parse_args(["--preset", "demo", "--steps", "7"])
     assert demo.data == "demo" and demo.steps == 7 and Path(demo.model) == DEMO
@@ -326,15 +369,17 @@ def test_bad_flags_are_one_clear_message(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-# --- end to end on the demo model ------------------------------------------------------------------------------------
+# --- end to end on the demo model -----------------------------------------------------------------
 
-SMALL = ["--preset", "demo", "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "48",
-         "--save-every", "3", "--log-samples-every", "100", "--eval-every", "0"]
+SMALL = ["--preset", "demo", "--prompts-per-step", "4", "--group-size", "4",
+         "--max-new-tokens", "48", "--save-every", "3", "--log-samples-every", "100",
+         "--eval-every", "0"]
 
 
 def run_metrics(run_dir: Path, timing=False):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if timing or not k.startswith(G.TIMING_PREFIXES)} for r in rows]
+    return [{k: v for k, v in r.items() if timing or not k.startswith(G.TIMING_PREFIXES)}
+            for r in rows]
 
 
 def adapter_tensors(ckpt: Path):
@@ -343,7 +388,8 @@ def adapter_tensors(ckpt: Path):
 
 
 def test_resume_is_exact(tmp_path):
-    """6 steps straight == 3 steps, stop, resume, 3 more: bitwise equal adapter weights and metrics."""
+    """6 steps straight == 3 steps, stop, resume, 3 more:
+    bitwise equal adapter weights and metrics."""
     straight, split = tmp_path / "straight", tmp_path / "split"
     G.main(SMALL + ["--steps", "6", "--out", str(straight)])
     G.main(SMALL + ["--steps", "6", "--out", str(split)])
@@ -352,7 +398,8 @@ def test_resume_is_exact(tmp_path):
     lines = (split / "metrics.jsonl").read_text().splitlines(keepends=True)
     (split / "metrics.jsonl").write_text("".join(lines[:3]))
     G.main(["--resume", str(split)])
-    a, b = adapter_tensors(straight / "checkpoints/step_000006"), adapter_tensors(split / "checkpoints/step_000006")
+    a, b = (adapter_tensors(straight / "checkpoints/step_000006"),
+            adapter_tensors(split / "checkpoints/step_000006"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert run_metrics(straight) == run_metrics(split)
     assert any(r["grad_norm_preclip"] > 0 for r in run_metrics(straight))  # the adapter did move
@@ -366,15 +413,16 @@ def test_resume_moves_metrics_past_the_checkpoint_aside(tmp_path):
     shutil.rmtree(run / "checkpoints" / "step_000004")
     G.main(["--resume", str(run)])
     assert [r["step"] for r in run_metrics(run)] == [1, 2, 3, 4]
-    aside = [json.loads(x)["step"] for x in (run / "metrics.after-step-2.jsonl").read_text().splitlines()]
+    aside = [json.loads(x)["step"]
+             for x in (run / "metrics.after-step-2.jsonl").read_text().splitlines()]
     assert aside == [3, 4]
 
 
 def test_grpo_improves_reward_on_the_demo_easy_tier(tmp_path):
     """A learnable toy task end to end: the demo model's easy problems, a few dozen steps."""
     run = tmp_path / "run"
-    G.main(["--preset", "demo", "--tiers", "easy", "--steps", "40", "--prompts-per-step", "16", "--lr", "3e-3",
-            "--out", str(run), "--save-every", "100", "--eval-every", "0"])
+    G.main(["--preset", "demo", "--tiers", "easy", "--steps", "40", "--prompts-per-step", "16",
+            "--lr", "3e-3", "--out", str(run), "--save-every", "100", "--eval-every", "0"])
     acc = [r["accuracy"] for r in run_metrics(run)]
     assert sum(acc[-10:]) / 10 > sum(acc[:10]) / 10 + 0.08  # measured: +0.14 (0.57 -> 0.71)
 
@@ -398,8 +446,9 @@ def data_file(tmp_path):
     if os.environ.get("GRPO_DATA_DIR"):
         return Path(os.environ["GRPO_DATA_DIR"]) / "gsm8k" / "train.jsonl"
     path = tmp_path / "gsm8k.jsonl"
-    path.write_text("".join(json.dumps({"question": f"Tom has {i} apples and buys 2 more. How many now?",
-                                        "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}"}) + "\n" for i in range(5)))
+    path.write_text("".join(
+        json.dumps({"question": f"Tom has {i} apples and buys 2 more. How many now?",
+                    "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}"}) + "\n" for i in range(5)))
     return path
 
 
@@ -407,26 +456,30 @@ def data_file(tmp_path):
 def one_hard_problem(tmp_path):
     """Three GSM8K-format problems, pass rates that leave one of them in the hard tier."""
     data = tmp_path / "three.jsonl"
-    data.write_text("".join(json.dumps({"question": f"Tom has {i} apples and buys 2 more. How many now?",
-                                        "answer": f"#### {i + 2}"}) + "\n" for i in range(3)))
+    data.write_text("".join(
+        json.dumps({"question": f"Tom has {i} apples and buys 2 more. How many now?",
+                    "answer": f"#### {i + 2}"}) + "\n" for i in range(3)))
     rates = tmp_path / "rates.jsonl"
     rates.write_text("".join(json.dumps({"id": f"gsm8k/train/{i}", "pass_rate": r}) + "\n"
                              for i, r in enumerate([1.0, 0.3, 1.0])))
-    return ["--data", str(data), "--difficulty-file", str(rates), "--tiers", "hard", "--template", "plain"]
+    return ["--data", str(data), "--difficulty-file", str(rates), "--tiers", "hard",
+            "--template", "plain"]
 
 
 def test_a_tier_with_one_problem_trains_one_prompt_per_step(tmp_path, one_hard_problem, capsys):
     run = tmp_path / "run"
-    G.main(SMALL + one_hard_problem + ["--prompts-per-step", "1", "--steps", "2", "--normalize", "batch",
-                                       "--out", str(run)])
+    G.main(SMALL + one_hard_problem + ["--prompts-per-step", "1", "--steps", "2",
+                                       "--normalize", "batch", "--out", str(run)])
     out = capsys.readouterr().out
-    assert "1 problems" in out and "note: one prompt per step, so --normalize cannot change the direction" in out
+    assert ("1 problems" in out
+            and "note: one prompt per step, so --normalize cannot change the direction" in out)
     rows = run_metrics(run)
     assert len(rows) == 2 and all(r["accuracy/hard"] == r["accuracy"] for r in rows)
 
 
 def test_more_prompts_per_step_than_problems_is_one_clear_message(tmp_path, one_hard_problem):
-    with pytest.raises(SystemExit, match=r"--prompts-per-step 4 exceeds the 1 training problems .*--tiers hard"):
+    with pytest.raises(SystemExit, match=r"--prompts-per-step 4 exceeds the 1 training problems "
+                                         r".*--tiers hard"):
         G.main(SMALL + one_hard_problem + ["--steps", "1", "--out", str(tmp_path / "run")])
 
 
@@ -439,8 +492,29 @@ def test_every_step_logs_its_preclip_norm_and_the_run_its_clipped_share(tmp_path
         assert (r["entropy"] is None) == (r["learner_tokens"] == 0)
     clipped = sum(r["grad_clipped"] for r in rows)
     out = capsys.readouterr().out
-    assert f"gradient clipped (pre-clip norm > 0.05) on {clipped} of 4 steps ({clipped / 4:.0%})" in out
+    assert (f"gradient clipped (pre-clip norm > 0.05) on {clipped} of 4 steps ({clipped / 4:.0%})"
+            in out)
     assert "note: one prompt per step" not in out  # 4 prompts per step
+
+
+def test_time_keys_measure_what_their_names_say(tmp_path, monkeypatch):
+    """Grading slowed by a known 20 ms per completion shows in time/grade, not in time/sample;
+    tokens/s is the sampled tokens over the sampling time alone; accuracy is the mean reward,
+    logged once."""
+    slow = 0.02
+    reward = grader.reward
+    monkeypatch.setattr(G.grader, "reward",
+                        lambda text, gold: (time.sleep(slow), reward(text, gold))[1])
+    run = tmp_path / "run"
+    G.main(SMALL + ["--steps", "2", "--out", str(run)])
+    completions = 4 * 4
+    for r in run_metrics(run, timing=True):
+        assert r["time/grade"] >= slow * completions
+        assert (r["time/sample"] + r["time/grade"] + r["time/advantages"] + r["time/update"]
+                <= r["time/step"])
+        tokens = r["completion_len"] * completions
+        assert r["perf/sample_tokens_per_s"] == pytest.approx(tokens / r["time/sample"], rel=1e-6)
+        assert "reward" not in r and 0 <= r["accuracy"] <= 1
 
 
 EVAL = ["--eval-every", "2", "--eval-problems", "8", "--eval-samples", "2"]
@@ -453,38 +527,44 @@ def test_heldout_accuracy_is_logged_and_does_not_perturb_training(tmp_path):
     G.main(SMALL + ["--steps", "4", "--out", str(evald)] + EVAL)
     rows = run_metrics(evald)
     assert [r["step"] for r in rows if "eval/problems" in r] == [0, 2, 4]
-    strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("eval/")} for r in rs if r["step"]]  # noqa
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("eval/")}  # noqa
+                        for r in rs if r["step"]]
     assert strip(rows) == run_metrics(plain)
     last = rows[-1]
-    for key in ("eval/greedy/strict/accuracy", "eval/greedy/lenient/accuracy", "eval/samples/strict/accuracy",
-                "eval/strict/pass@2", "eval/lenient/pass@1", "eval/hard/greedy/strict/accuracy"):
+    for key in ("eval/greedy/strict/accuracy", "eval/greedy/lenient/accuracy",
+                "eval/samples/strict/accuracy", "eval/strict/pass@2", "eval/lenient/pass@1",
+                "eval/hard/greedy/strict/accuracy"):
         assert 0 <= last[key] <= 1
     assert last["eval/strict/pass@1"] == pytest.approx(last["eval/samples/strict/accuracy"])
     # the logged numbers are those of the step-4 adapter on the fixed held-out set
     cfg = G.Config(**json.loads((evald / "config.json").read_text()))
     model = M.load_model(cfg.model)
     L.load_adapter(model, evald / "checkpoints" / "step_000004")
-    groups, _ = E.heldout_accuracy(model, M.load_tokenizer(cfg.model), G.load_heldout_problems(cfg), cfg.template,
-                                   cfg.max_new_tokens, 2, 1.0, seed=cfg.seed * 1_000_003 + 999_983)
+    groups, _ = E.heldout_accuracy(model, M.load_tokenizer(cfg.model), G.load_heldout_problems(cfg),
+                                   cfg.template, cfg.max_new_tokens, 2, 1.0,
+                                   seed=cfg.seed * 1_000_003 + 999_983)
     assert groups["all"]["greedy/strict/accuracy"] == last["eval/greedy/strict/accuracy"]
     assert groups["all"]["strict/pass@2"] == last["eval/strict/pass@2"]
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--eval-problems", "5000"], "--eval-problems 5000 exceeds the 1000 problems of the held-out split"),
+    (["--eval-problems", "5000"],
+     "--eval-problems 5000 exceeds the 1000 problems of the held-out split"),
     (["--data", "DATA"], "--eval-every 2: no held-out set for --data"),
 ])
 def test_heldout_bad_input_is_one_clear_message(tmp_path, data_file, flags, message):
     flags = [str(data_file) if f == "DATA" else f for f in flags]
     with pytest.raises(SystemExit, match=message):
-        G.main(SMALL + ["--steps", "1", "--out", str(tmp_path / "run"), "--template", "plain"] + EVAL + flags)
+        G.main(SMALL + ["--steps", "1", "--out", str(tmp_path / "run"), "--template", "plain"]
+               + EVAL + flags)
 
 
 def test_resume_keeps_every_log_consistent(tmp_path):
-    """Crash after step 4 was logged but before its checkpoint was complete: the resumed run's metrics, diagnostics
-    and samples equal an uninterrupted run's, the unfinished checkpoint folder is gone, the old lines are kept."""
-    flags = SMALL + ["--steps", "4", "--save-every", "2", "--diag-every", "2", "--diag-prompts", "3",
-                     "--log-samples-every", "1"] + EVAL
+    """Crash after step 4 was logged but before its checkpoint was complete: the resumed run's
+    metrics, diagnostics and samples equal an uninterrupted run's, the unfinished checkpoint folder
+    is gone, the old lines are kept."""
+    flags = SMALL + ["--steps", "4", "--save-every", "2", "--diag-every", "2",
+                     "--diag-prompts", "3", "--log-samples-every", "1"] + EVAL
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     G.main(flags + ["--out", str(straight)])
     G.main(flags + ["--out", str(crashed)])
@@ -492,8 +572,10 @@ def test_resume_keeps_every_log_consistent(tmp_path):
     (crashed / "checkpoints" / ".tmp-step_000004-abc").mkdir()
     G.main(["--resume", str(crashed)])
     assert run_metrics(straight) == run_metrics(crashed)
-    assert "diag/curvature_std_corr_across" not in run_metrics(crashed)[2]  # step 2: no earlier diagnostic step
-    strip = lambda path: [{k: v for k, v in json.loads(x).items()} for x in path.read_text().splitlines()]  # noqa
+    # step 2: no earlier diagnostic step
+    assert "diag/curvature_std_corr_across" not in run_metrics(crashed)[2]
+    strip = lambda path: [{k: v for k, v in json.loads(x).items()}  # noqa
+                          for x in path.read_text().splitlines()]
     assert strip(straight / "diagnostics.jsonl") == strip(crashed / "diagnostics.jsonl")
     assert strip(straight / "samples.jsonl") == strip(crashed / "samples.jsonl")
     assert [r["step"] for r in strip(crashed / "diagnostics.jsonl")] == [2] * 3 + [4] * 3
@@ -512,7 +594,8 @@ def test_existing_run_folder_without_resume(tmp_path, capsys):
 def test_model_folder_without_weights(tmp_path):
     make_hf_model(seed=0).config.save_pretrained(tmp_path / "empty")
     with pytest.raises(SystemExit, match="no model.safetensors"):
-        G.main(SMALL + ["--steps", "1", "--model", str(tmp_path / "empty"), "--out", str(tmp_path / "run")])
+        G.main(SMALL + ["--steps", "1", "--model", str(tmp_path / "empty"),
+                        "--out", str(tmp_path / "run")])
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
@@ -544,7 +627,8 @@ def test_diagnostics_are_logged_and_do_not_perturb_training(tmp_path):
     plain, diag = tmp_path / "plain", tmp_path / "diag"
     G.main(SMALL + ["--steps", "4", "--out", str(plain)])
     G.main(SMALL + ["--steps", "4", "--out", str(diag), "--diag-every", "2", "--diag-prompts", "6"])
-    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("diag/")} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("diag/")}  # noqa: E731
+                          for r in rows]
     assert strip(run_metrics(diag)) == run_metrics(plain)
     logged = [r for r in run_metrics(diag) if "diag/prompts_with_signal" in r]
     assert [r["step"] for r in logged] == [2, 4]
@@ -556,9 +640,10 @@ def test_diagnostics_are_logged_and_do_not_perturb_training(tmp_path):
 
 
 def test_per_prompt_gradients_and_curvature_by_hand(tmp_path):
-    """diagnostics.measure against an independent computation on a tiny model: per-sample gradients by autograd
-    on a full forward; G_i^S = sum_{k in S} (r_ik - mean_S) g_ik for the two sets S = A (first K), B (last K);
-    kappa_i = mean_{k in A} |g_ik|^2 / |o_ik|; the three cosine families from those vectors."""
+    """diagnostics.measure against an independent computation on a tiny model: per-sample gradients
+    by autograd on a full forward; G_i^S = sum_{k in S} (r_ik - mean_S) g_ik for the two sets
+    S = A (first K), B (last K); kappa_i = mean_{k in A} |g_ik|^2 / |o_ik|; the three cosine
+    families from those vectors."""
     import numpy as np
     model = M.load_model(save_hf_model(make_hf_model(seed=6, vocab_size=20), tmp_path))
     params = L.apply_lora(model, r=2, alpha=4)
@@ -568,13 +653,15 @@ def test_per_prompt_gradients_and_curvature_by_hand(tmp_path):
     problems = [D.Problem(question=f"q{i}", answer="1", id=str(i)) for i in range(3)]
     prompts = [[1, 2], [3], [4, 5, 6]]
     g = torch.Generator().manual_seed(0)
-    comps = [torch.randint(1, 20, (int(torch.randint(1, 4, (1,), generator=g)),), generator=g).tolist()
+    comps = [torch.randint(1, 20, (int(torch.randint(1, 4, (1,), generator=g)),),
+                           generator=g).tolist()
              for _ in range(3 * 8)]
     rewards = torch.tensor([[1.0, 0, 0, 1, 0, 1, 1, 1],    # A: std .5; B: signal
                             [0, 0, 0, 0, 1, 0, 0, 0],      # A: no signal; B: signal
                             [1, 0, 1, 1, 1, 0, 0, 0]])     # A: std .433; B: signal
     ro = G.Rollouts(problems, prompts, comps, [""] * 24, rewards)
-    summary, rows = diag.measure(model, params, ro, K=4, temperature=1.0, vocab_size=20, step=1, seed=0)
+    summary, rows = diag.measure(model, params, ro, K=4, temperature=1.0, vocab_size=20, step=1,
+                                 seed=0)
 
     def grad_of(prompt, completion):
         full = torch.log_softmax(model(torch.tensor([prompt + completion])), -1)[0]
@@ -584,7 +671,8 @@ def test_per_prompt_gradients_and_curvature_by_hand(tmp_path):
     est, kappas, stds = {}, [], [0.5, 0.0, 0.4330127]
     for i in range(3):
         gs = [grad_of(prompts[i], comps[i * 8 + k]) for k in range(8)]
-        kappas.append(sum(float(x.pow(2).sum()) / len(comps[i * 8 + k]) for k, x in enumerate(gs[:4])) / 4)
+        kappas.append(sum(float(x.pow(2).sum()) / len(comps[i * 8 + k])
+                          for k, x in enumerate(gs[:4])) / 4)
         assert rows[i]["curvature"] == pytest.approx(kappas[-1], rel=1e-4)
         assert rows[i]["reward_std"] == pytest.approx(stds[i], abs=1e-6)
         for s, half in (("A", slice(0, 4)), ("B", slice(4, 8))):
@@ -592,11 +680,13 @@ def test_per_prompt_gradients_and_curvature_by_hand(tmp_path):
             est[s, i] = sum(float(r[k] - r.mean()) * gs[half][k] for k in range(4))
     cos = lambda a, b: float(a @ b / (a.norm() * b.norm()))  # noqa: E731
     cross = abs(cos(est["A", 0], est["A", 2]))  # prompt 1 has no signal in A
-    assert summary["diag/cos_abs_pairs"] == 1 and summary["diag/cos_abs_mean"] == pytest.approx(cross, rel=1e-4)
+    assert (summary["diag/cos_abs_pairs"] == 1
+            and summary["diag/cos_abs_mean"] == pytest.approx(cross, rel=1e-4))
     same = [abs(cos(est["A", i], est["B", i])) for i in (0, 2)]
     assert summary["diag/cos_same_prompt_abs_pairs"] == 2
     assert summary["diag/cos_same_prompt_abs_mean"] == pytest.approx(np.mean(same), rel=1e-4)
-    inner = lambda i, j: sum(float(est[s, i] @ est[t, j]) for s in "AB" for t in "AB") / 4  # noqa: E731
+    inner = lambda i, j: sum(float(est[s, i] @ est[t, j])  # noqa: E731
+                             for s in "AB" for t in "AB") / 4
     norm2 = {i: float(est["A", i] @ est["B", i]) for i in range(3)}
     positive = [i for i in range(3) if norm2[i] > 0]
     debiased = [abs(inner(i, j)) / math.sqrt(norm2[i] * norm2[j]) for a, i in enumerate(positive)
@@ -604,24 +694,27 @@ def test_per_prompt_gradients_and_curvature_by_hand(tmp_path):
     assert summary["diag/cos_debiased_abs_pairs"] == len(debiased)
     if debiased:
         assert summary["diag/cos_debiased_abs_mean"] == pytest.approx(np.mean(debiased), rel=1e-4)
-    assert summary["diag/curvature_std_corr"] == pytest.approx(np.corrcoef(stds, kappas)[0, 1], rel=1e-4)
+    assert summary["diag/curvature_std_corr"] == pytest.approx(
+        np.corrcoef(stds, kappas)[0, 1], rel=1e-4)
 
 
-# --- the text graded ends where the model's turn ended ---------------------------------------------------------
+# --- the text graded ends where the model's turn ended --------------------------------------------
 
-# No line of its own for "user" or "assistant" once special tokens are skipped: the grader's text-level cut does
-# not see this turn end, only the stop token does.
-INVENTED_TURN = ("So she makes 9 * 2 = \\boxed{18} dollars.<|im_start|>user\nAnd for 10 eggs?<|im_end|>"
+# No line of its own for "user" or "assistant" once special tokens are skipped: the grader's
+# text-level cut does not see this turn end, only the stop token does.
+INVENTED_TURN = ("So she makes 9 * 2 = \\boxed{18} dollars."
+                 "<|im_start|>user\nAnd for 10 eggs?<|im_end|>"
                  "<|im_start|>assistant\nThen she makes \\boxed{20} dollars.")
 
 
 def test_rollout_grades_only_the_turn_the_model_ended(monkeypatch):
-    """A completion that runs on into a turn it invents (<|im_start|>user ...) is graded on its own turn."""
+    """A completion that runs on into a turn it invents (<|im_start|>user ...)
+    is graded on its own turn."""
     from tiny import ChatTokenizer
     tok = ChatTokenizer()
     ids = tok.encode(INVENTED_TURN)
     # decoded whole with special tokens skipped, the invented turn's answer is the one graded
-    assert D.reward(tok.decode(ids, skip_special_tokens=True), "20") == 1.0
+    assert grader.reward(tok.decode(ids, skip_special_tokens=True), "20") == 1.0
     calls = []
 
     def generate(model, prompts, max_new_tokens, eos_token_id=None, num_samples=1, **kw):
@@ -635,23 +728,26 @@ def test_rollout_grades_only_the_turn_the_model_ended(monkeypatch):
         ro = G.rollout(model, tok, [D.Problem("How much?", gold)], cfg, seed=0)
         assert ro.texts == ["So she makes 9 * 2 = \\boxed{18} dollars."] * 2
         assert ro.rewards.tolist() == [[reward, reward]]
-    assert calls[0] == [0, 1, 2]  # <|endoftext|>, <|im_start|>, <|im_end|>: the sampler stops at all three
+    # <|endoftext|>, <|im_start|>, <|im_end|>: the sampler stops at all three
+    assert calls[0] == [0, 1, 2]
 
 
 def test_stop_tokens_of_the_qwen_tokenizer(data_dir):
     tok = M.load_tokenizer(data_dir / "qwen2.5-tokenizer")
-    assert G.stop_ids(tok) == [151643, 151644, 151645]  # <|endoftext|>, <|im_start|>, <|im_end|>
+    assert M.stop_ids(tok) == [151643, 151644, 151645]  # <|endoftext|>, <|im_start|>, <|im_end|>
     ids = tok.encode(INVENTED_TURN)
     assert ids.count(151644) == 2
-    assert G.completion_text(tok, ids) == "So she makes 9 * 2 = \\boxed{18} dollars."
-    assert G.completion_text(tok, tok.encode("#### 18")) == "#### 18"  # no stop token: the whole completion
+    assert M.completion_text(tok, ids) == "So she makes 9 * 2 = \\boxed{18} dollars."
+    # no stop token: the whole completion
+    assert M.completion_text(tok, tok.encode("#### 18")) == "#### 18"
 
 
-# --- the merged-weights sampler (--sampler merged) --------------------------------------------------------------
+# --- the merged-weights sampler (--sampler merged) ------------------------------------------------
 
 
 def demo_rollout_setup(sampler: str, dtype=torch.float32):
-    cfg = G.Config(**G.PRESETS["demo"] | dict(group_size=4, max_new_tokens=24, micro_batch=3, sampler=sampler))
+    cfg = G.Config(**G.PRESETS["demo"] | dict(group_size=4, max_new_tokens=24, micro_batch=3,
+                                              sampler=sampler))
     model = M.load_model(DEMO, dtype=dtype)
     L.apply_lora(model, r=4, alpha=8)
     g = torch.Generator().manual_seed(0)
@@ -662,9 +758,11 @@ def demo_rollout_setup(sampler: str, dtype=torch.float32):
 
 
 def naive_token_logprobs(model, prompt, completion, temperature, vocab_size):
-    """log p of each completion token from one full forward of prompt + completion (no cache, no chunks)."""
+    """log p of each completion token from one full forward of prompt + completion
+    (no cache, no chunks)."""
     with torch.no_grad():
-        logits = model(torch.tensor([prompt + completion]))[0].double()[:, :vocab_size] / temperature
+        logits = (model(torch.tensor([prompt + completion]))[0].double()[:, :vocab_size]
+                  / temperature)
     lp = torch.log_softmax(logits, -1)
     return torch.stack([lp[len(prompt) - 1 + j, tok] for j, tok in enumerate(completion)])
 
@@ -676,8 +774,9 @@ def test_the_exact_sampler_is_the_default():
 
 
 def test_the_merged_sampler_leaves_the_master_untouched(monkeypatch):
-    """The adapter is merged into a separate copy, never into the model: after a merged rollout every tensor
-    of the model (base and adapter) is bit for bit what it was, and no layer is left merged."""
+    """The adapter is merged into a separate copy, never into the model: after a merged rollout
+    every tensor of the model (base and adapter) is bit for bit what it was, and no layer is
+    left merged."""
     cfg, model, tok, problems = demo_rollout_setup("merged", torch.bfloat16)
     copies = []
     merged_copy = L.merged_copy
@@ -688,13 +787,14 @@ def test_the_merged_sampler_leaves_the_master_untouched(monkeypatch):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     assert not any(m.merged for m in L.lora_layers(model).values())
     # bfloat16: the merge rounds, so the sampler is measurably (and only slightly) off the learner.
-    assert 0 < ro.sampler_stats["sampler/logp_abs_diff_mean"] < 0.5 and ro.sampler_stats["sampler/kl_k3"] >= 0
+    assert (0 < ro.sampler_stats["sampler/logp_abs_diff_mean"] < 0.5
+            and ro.sampler_stats["sampler/kl_k3"] >= 0)
 
 
 def test_the_logged_mismatch_equals_an_independent_computation(monkeypatch):
-    """A sampler deliberately off the learner (its copy's down_proj of layer 0 scaled by 1.5), float32: the
-    logged KL (k3) and mean |delta log p| equal the formulas applied to full-forward log-probs of the sampler's
-    copy and of the learner, token by token."""
+    """A sampler deliberately off the learner (its copy's down_proj of layer 0 scaled by 1.5),
+    float32: the logged KL (k3) and mean |delta log p| equal the formulas applied to full-forward
+    log-probs of the sampler's copy and of the learner, token by token."""
     cfg, model, tok, problems = demo_rollout_setup("merged")
     samplers, merged_copy = [], L.merged_copy
 
@@ -714,8 +814,10 @@ def test_the_logged_mismatch_equals_an_independent_computation(monkeypatch):
                  - naive_token_logprobs(samplers[0], prompt, c, cfg.temperature, tok.vocab_size))
     d = torch.cat(d)
     assert d.abs().mean() > 1e-3  # the perturbation shows
-    assert ro.sampler_stats["sampler/kl_k3"] == pytest.approx(float((d.exp() - 1 - d).mean()), rel=1e-4)
-    assert ro.sampler_stats["sampler/logp_abs_diff_mean"] == pytest.approx(float(d.abs().mean()), rel=1e-4)
+    assert ro.sampler_stats["sampler/kl_k3"] == pytest.approx(
+        float((d.exp() - 1 - d).mean()), rel=1e-4)
+    assert ro.sampler_stats["sampler/logp_abs_diff_mean"] == pytest.approx(
+        float(d.abs().mean()), rel=1e-4)
 
 
 def test_a_merged_sampler_run_logs_the_mismatch_every_step(tmp_path):

@@ -1,4 +1,5 @@
-"""lora.py: exactness of merge/unmerge, the trainable count, and round trips through peft (the oracle)."""
+"""lora.py: exactness of merge/unmerge, the trainable count, and round trips through peft
+(the oracle)."""
 
 import json
 
@@ -23,7 +24,8 @@ def train_a_few_steps(model, params, steps=3, seed=0):
     opt = torch.optim.Adam(params, lr=1e-2)
     for _ in range(steps):
         ids = torch.randint(0, TINY["vocab_size"], (2, 12), generator=g)
-        loss = torch.nn.functional.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+        loss = torch.nn.functional.cross_entropy(model(ids[:, :-1]).flatten(0, 1),
+                                                 ids[:, 1:].flatten())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -76,7 +78,8 @@ def test_delta_is_scale_times_b_times_a(base):
     torch.nn.init.normal_(layer.lora_B.weight)
     x = torch.randn(3, TINY["hidden_size"])
     with torch.no_grad():
-        expected = x @ layer.weight.T + layer.bias + 3.0 * (x @ layer.lora_A.weight.T) @ layer.lora_B.weight.T
+        expected = (x @ layer.weight.T + layer.bias
+                    + 3.0 * (x @ layer.lora_A.weight.T) @ layer.lora_B.weight.T)
         torch.testing.assert_close(layer(x), expected)
 
 
@@ -92,8 +95,9 @@ def test_bf16_base_with_float32_adapter(base):
 
 
 def test_trainable_count_for_qwen_math_1_5b_equals_peft(data_dir):
-    """Real config, meta device, no weights. Oracle: peft on transformers' model; also the 18,464,768 the
-    paper authors' logs report for r=16 (28 layers x 16 x sum(in + out) = 28 x 16 x 41,216)."""
+    """Real config, meta device, no weights. Oracle: peft on transformers' model; also the
+    18,464,768 the paper authors' logs report for r=16
+    (28 layers x 16 x sum(in + out) = 28 x 16 x 41,216)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, Qwen2ForCausalLM
     folder = data_dir / "qwen2.5-tokenizer"
@@ -103,7 +107,8 @@ def test_trainable_count_for_qwen_math_1_5b_equals_peft(data_dir):
         hf = Qwen2ForCausalLM(AutoConfig.from_pretrained(str(folder)))
     n16 = sum(p.numel() for p in L.apply_lora(ours16, r=16, alpha=32))
     n64 = sum(p.numel() for p in L.apply_lora(ours64, r=64, alpha=128))
-    peft_model = get_peft_model(hf, LoraConfig(r=16, lora_alpha=32, target_modules=list(L.ALL_PROJECTIONS)))
+    peft_model = get_peft_model(hf, LoraConfig(r=16, lora_alpha=32,
+                                               target_modules=list(L.ALL_PROJECTIONS)))
     trainable, _ = peft_model.get_nb_trainable_parameters()
     assert n16 == trainable == 18_464_768
     assert n64 == 4 * n16 == 73_859_072
@@ -113,10 +118,12 @@ def test_our_adapter_loads_in_peft_with_equal_logits(base, tmp_path):
     from peft import PeftModel
     folder, hf = base
     model = M.load_model(folder)
-    train_a_few_steps(model, L.apply_lora(model, r=4, alpha=16, targets=("q_proj", "v_proj", "down_proj")))
+    train_a_few_steps(model, L.apply_lora(model, r=4, alpha=16,
+                                          targets=("q_proj", "v_proj", "down_proj")))
     L.save_adapter(model, tmp_path / "adapter", base_model_name_or_path=str(folder))
     config = json.loads((tmp_path / "adapter/adapter_config.json").read_text())
-    assert config["r"] == 4 and config["lora_alpha"] == 16 and config["target_modules"] == ["down_proj", "q_proj", "v_proj"]
+    assert (config["r"] == 4 and config["lora_alpha"] == 16
+            and config["target_modules"] == ["down_proj", "q_proj", "v_proj"])
     peft_model = PeftModel.from_pretrained(hf, str(tmp_path / "adapter")).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(IDS), peft_model(IDS).logits, atol=1e-5, rtol=0)
@@ -127,7 +134,8 @@ def test_peft_adapter_loads_into_our_model_with_equal_logits(base, tmp_path):
     folder, hf = base
     with torch.no_grad():
         base_logits = hf(IDS).logits
-    peft_model = get_peft_model(hf, LoraConfig(r=8, lora_alpha=8, target_modules=["k_proj", "o_proj", "gate_proj", "up_proj"]))
+    peft_model = get_peft_model(hf, LoraConfig(
+        r=8, lora_alpha=8, target_modules=["k_proj", "o_proj", "gate_proj", "up_proj"]))
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
@@ -136,7 +144,9 @@ def test_peft_adapter_loads_into_our_model_with_equal_logits(base, tmp_path):
     peft_model.eval()
     model = M.load_model(folder)
     L.load_adapter(model, tmp_path / "peft_adapter")
-    assert set(L.lora_layers(model)) == {n for n, _ in model.named_modules() if n.endswith(("k_proj", "o_proj", "gate_proj", "up_proj"))}
+    assert set(L.lora_layers(model)) == {
+        n for n, _ in model.named_modules()
+        if n.endswith(("k_proj", "o_proj", "gate_proj", "up_proj"))}
     with torch.no_grad():
         expected = peft_model(IDS).logits
         assert (expected - base_logits).abs().max() > 1e-2  # the adapter does something
@@ -164,7 +174,8 @@ def test_merged_export_loads_in_transformers_and_in_ours(base, tmp_path):
         expected = model(IDS)
         hf = Qwen2ForCausalLM.from_pretrained(str(tmp_path / "merged")).eval()
         torch.testing.assert_close(hf(IDS).logits, expected, atol=1e-5, rtol=0)
-        torch.testing.assert_close(M.load_model(tmp_path / "merged")(IDS), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(M.load_model(tmp_path / "merged")(IDS), expected, atol=1e-5,
+                                   rtol=0)
 
 
 def test_mismatched_adapters_are_clear_errors(base, tmp_path):
@@ -175,7 +186,8 @@ def test_mismatched_adapters_are_clear_errors(base, tmp_path):
     # rank differs from the model's adapter
     other = M.load_model(folder)
     L.apply_lora(other, r=8, alpha=16)
-    with pytest.raises(ValueError, match="adapter has r=4, lora_alpha=8 but the model's LoRA has r=8"):
+    with pytest.raises(ValueError,
+                       match="adapter has r=4, lora_alpha=8 but the model's LoRA has r=8"):
         L.load_adapter(other, tmp_path / "r4")
     # targets differ
     other = M.load_model(folder)

@@ -1,4 +1,5 @@
-"""Data parallel (torchrun, gloo on the CPU): equal to one process, resume across process counts, faults."""
+"""Data parallel (torchrun, gloo on the CPU): equal to one process,
+resume across process counts, faults."""
 
 import json
 import os
@@ -14,20 +15,23 @@ import torch
 import grpo as G
 
 ROOT = Path(__file__).resolve().parent.parent
-FLAGS = ["--preset", "demo", "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "40",
-         "--steps", "4", "--save-every", "2", "--log-samples-every", "2", "--eval-every", "0", "--normalize", "batch"]
+FLAGS = ["--preset", "demo", "--prompts-per-step", "4", "--group-size", "4",
+         "--max-new-tokens", "40", "--steps", "4", "--save-every", "2",
+         "--log-samples-every", "2", "--eval-every", "0", "--normalize", "batch"]
 SGD = ["--optimizer", "sgd", "--lr", "0.125", "--grad-clip", "0"]
-# Tolerance between N processes and one. The samples are the same (per-row streams, same tokens) and so are the
-# metrics to float rounding; the summed gradient differs by rounding only (another summation order, other padding
-# widths per rank). Under SGD the update is linear in it: the two runs' updates (final minus initial LoRA weights)
-# agree to UPDATE_RTOL = 1e-5 relative. AdamW divides by sqrt(v): a weight whose gradient is at rounding level moves
-# by +-lr either way, so there the updates agree to ADAM_RTOL = 1e-3 relative (measured 1.6e-4 on the B matrices).
+# Tolerance between N processes and one. The samples are the same (per-row streams, same tokens) and
+# so are the metrics to float rounding; the summed gradient differs by rounding only (another
+# summation order, other padding widths per rank). Under SGD the update is linear in it: the two
+# runs' updates (final minus initial LoRA weights) agree to UPDATE_RTOL = 1e-5 relative. AdamW
+# divides by sqrt(v): a weight whose gradient is at rounding level moves by +-lr either way, so
+# there the updates agree to ADAM_RTOL = 1e-3 relative (measured 1.6e-4 on the B matrices).
 UPDATE_RTOL, ADAM_RTOL, RTOL, ATOL = 1e-5, 1e-3, 1e-4, 1e-6
 
 
 def torchrun(args: list[str], n: int = 2, script: str = "grpo.py", timeout: float = 120):
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), script, *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node", str(n), script, *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -42,7 +46,8 @@ def metrics(run: Path):
 
 
 def update_of(run: Path) -> torch.Tensor:
-    """The run's LoRA weights at its last checkpoint minus the seeded initial ones, as one vector."""
+    """The run's LoRA weights at its last checkpoint minus the seeded initial ones,
+    as one vector."""
     import lora as L
     cfg = G.Config(**json.loads((run / "config.json").read_text()))
     start = L.adapter_state_dict(G.setup(cfg)[0])
@@ -57,8 +62,8 @@ def assert_same_run(a: Path, b: Path, rtol: float = UPDATE_RTOL):
     ma, mb = metrics(a), metrics(b)
     assert [m["step"] for m in ma] == [m["step"] for m in mb]
     for x, y in zip(ma, mb):
-        assert (x["reward"], x["accuracy/hard"], x["completion_len"]) == (y["reward"], y["accuracy/hard"],
-                                                                          y["completion_len"])  # same samples
+        assert ((x["accuracy"], x["accuracy/hard"], x["completion_len"])
+                == (y["accuracy"], y["accuracy/hard"], y["completion_len"]))  # same samples
         for key in ("loss", "grad_norm_preclip", "adv_abs_mean", "entropy"):
             assert x[key] == pytest.approx(y[key], rel=RTOL, abs=ATOL)
 
@@ -76,8 +81,10 @@ def test_two_processes_draw_the_same_samples_and_end_with_the_same_adapter(runs)
     root, out = runs
     assert "2 processes" in out and out.count("step 4/4") == 1  # rank 0 alone prints and logs
     assert_same_run(root / "one", root / "two")
-    samples = lambda run: [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]  # noqa: E731
-    assert samples(root / "one") == samples(root / "two")  # every rank's completions, in global order
+    samples = lambda run: [json.loads(x)  # noqa: E731
+                           for x in (run / "samples.jsonl").read_text().splitlines()]
+    # every rank's completions, in global order
+    assert samples(root / "one") == samples(root / "two")
     state = json.loads((G.latest_checkpoint(root / "two") / "trainer_state.json").read_text())
     assert state["world_size"] == 2
 
@@ -103,8 +110,8 @@ def test_resume_exactly_on_the_same_number_of_processes(runs, tmp_path):
 
 
 def test_a_checkpoint_of_two_processes_resumes_on_one(runs, tmp_path, capsys):
-    """The stated behaviour: any process count resumes any checkpoint, equal within the float tolerance, since
-    prompts and sampler streams are defined by the global row."""
+    """The stated behaviour: any process count resumes any checkpoint, equal within the float
+    tolerance, since prompts and sampler streams are defined by the global row."""
     root, _ = runs
     run = tmp_path / "two"
     shutil.copytree(root / "two", run)
@@ -133,12 +140,14 @@ G.main(sys.argv[1:])
     ("raise RuntimeError('rank 1 broke')", "rank 1 broke"),
     ("time.sleep(600)", "stopped answering within --dist-timeout-s 5"),
 ])
-def test_a_failing_or_hanging_rank_stops_every_rank_with_the_checkpoint_intact(tmp_path, action, message):
+def test_a_failing_or_hanging_rank_stops_every_rank_with_the_checkpoint_intact(
+        tmp_path, action, message):
     script = tmp_path / "failing.py"
     script.write_text(FAILING.replace("{action}", action))
     run = tmp_path / "run"
     t0 = time.time()
-    done = torchrun(FLAGS + ["--out", str(run), "--save-every", "1", "--dist-timeout-s", "5"], script=str(script))
+    done = torchrun(FLAGS + ["--out", str(run), "--save-every", "1", "--dist-timeout-s", "5"],
+                    script=str(script))
     assert done.returncode != 0 and time.time() - t0 < 100
     assert message in done.stdout + done.stderr
     last = G.latest_checkpoint(run)
@@ -147,7 +156,8 @@ def test_a_failing_or_hanging_rank_stops_every_rank_with_the_checkpoint_intact(t
     assert adapter(last)
 
 
-def test_prompts_per_step_not_divisible_by_the_processes_is_refused_before_any_work(monkeypatch, capsys):
+def test_prompts_per_step_not_divisible_by_the_processes_is_refused_before_any_work(
+        monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(SystemExit):
         G.parse_args(["--preset", "demo", "--prompts-per-step", "16"])

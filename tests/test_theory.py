@@ -1,6 +1,7 @@
-"""Tests for theory.py: the log-linear bandit's analytic gradient and Hessian against autograd, the paper's smoothness
-bounds, the notes' closed-form updates, Assumption 2 by construction, the expected sampled-GRPO factor rho_K(p) by
-exact enumeration, and the entry point with and without matplotlib."""
+"""Tests for theory.py: the log-linear bandit's analytic gradient and Hessian against autograd, the
+paper's smoothness bounds, the notes' closed-form updates, Assumption 2 by construction, the
+expected sampled-GRPO factor rho_K(p) by exact enumeration, and the entry point with and without
+matplotlib."""
 
 import itertools
 import json
@@ -19,7 +20,7 @@ def instances(n: int, seed: int = 0):
     return [T.random_instance(rng) for _ in range(n)]
 
 
-# --- Analytic forms against autograd (float64) ---------------------------------------------------------------------
+# --- Analytic forms against autograd (float64) ----------------------------------------------------
 
 
 def test_analytic_gradient_and_hessian_equal_autograd():
@@ -34,7 +35,8 @@ def test_analytic_gradient_and_hessian_equal_autograd():
 
 
 def test_hessian_formula_by_hand_on_two_answers():
-    # X = [[1], [-1]], a = 0: p = sigmoid(2 theta), J'' = 4 p (1 - p)(1 - 2p) (the derivative of 2 p (1 - p))
+    # X = [[1], [-1]], a = 0: p = sigmoid(2 theta), J'' = 4 p (1 - p)(1 - 2p)
+    # (the derivative of 2 p (1 - p))
     for theta in (-3.0, -0.2, 0.0, 0.7, 4.0):
         p, _, g, H = T.grad_hess(np.array([[1.0], [-1.0]]), np.array([theta]), 0)
         assert p == pytest.approx(1 / (1 + math.exp(-2 * theta)), rel=1e-14)
@@ -42,15 +44,17 @@ def test_hessian_formula_by_hand_on_two_answers():
         assert H[0, 0] == pytest.approx(4 * p * (1 - p) * (1 - 2 * p), rel=1e-10, abs=1e-16)
 
 
-# --- The smoothness bounds ------------------------------------------------------------------------------------------
+# --- The smoothness bounds ------------------------------------------------------------------------
 
 
 def test_local_and_global_bounds_hold_and_have_teeth():
     r = T.check_bounds(600, seed=1, n_autograd=10)
     assert r["local_ok"] and r["global_ok"]
     assert r["autograd_max_err"] < 1e-13
-    assert r["p_min"] < 1e-6 and r["one_minus_p_min"] < 1e-6  # p spans (0, 1), near-deterministic both ways
-    # the local bound is tight up to the factor 2 derived in the module docstring, the global one is much looser
+    # p spans (0, 1), near-deterministic both ways
+    assert r["p_min"] < 1e-6 and r["one_minus_p_min"] < 1e-6
+    # the local bound is tight up to the factor 2 derived in the module docstring, the global one is
+    # much looser
     assert 0.3 < r["max_local_ratio"] <= 0.5 + 1e-9
     assert r["max_global_ratio"] <= 0.5  # proven; numerically the sup is 1/(3 sqrt 3) = 0.192
 
@@ -62,7 +66,8 @@ def test_local_bound_ratio_tends_to_one_half_on_two_answers():
 
 
 def test_bounds_stable_for_saturated_policies():
-    # p = 1 - 1e-30: the centred forms keep 1 - p and the Hessian accurate where p (1 - p) would cancel
+    # p = 1 - 1e-30: the centred forms keep 1 - p and the Hessian accurate
+    # where p (1 - p) would cancel
     X = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.5]])
     theta = np.array([40.0, -30.0])
     p, q, _, H = T.grad_hess(X, theta, 0)
@@ -70,7 +75,7 @@ def test_bounds_stable_for_saturated_policies():
     assert np.abs(np.linalg.eigvalsh(H)).max() <= 2 * T.spectral_norm(X) ** 2 * p * q * (1 + 1e-9)
 
 
-# --- Updates and orthogonality --------------------------------------------------------------------------------------
+# --- Updates and orthogonality --------------------------------------------------------------------
 
 
 def test_deterministic_updates_equal_the_notes_closed_forms():
@@ -85,7 +90,8 @@ def test_deterministic_updates_equal_the_notes_closed_forms():
         grpo = T.exact_step(X, theta, a, eta, normalize=True)[0][0]
         reinforce = T.exact_step(X, theta, a, eta, normalize=False)[0][0]
         # the notes' two closed forms, a = 0
-        closed_grpo = theta[0] + eta * (math.sqrt(p * (1 - p)) * X[0, 0] - math.sqrt(p / (1 - p)) * rest)
+        closed_grpo = theta[0] + eta * (math.sqrt(p * (1 - p)) * X[0, 0]
+                                        - math.sqrt(p / (1 - p)) * rest)
         closed_reinforce = theta[0] + eta * (p * (1 - p) * X[0, 0] - p * rest)
         np.testing.assert_allclose(grpo, closed_grpo, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(reinforce, closed_reinforce, rtol=1e-12, atol=1e-14)
@@ -99,7 +105,8 @@ def test_orthogonal_prompts_have_orthogonal_gradients():
     gram = grads @ grads.T
     assert np.abs(gram - np.diag(np.diag(gram))).max() == 0.0
     assert (np.diag(gram) > 0).all()
-    _, p, _, g = T.batch_grad(bandit["X"], bandit["theta0"], bandit["a"])  # the block form used by the experiments
+    # the block form used by the experiments
+    _, p, _, g = T.batch_grad(bandit["X"], bandit["theta0"], bandit["a"])
     np.testing.assert_allclose(p, p0s, rtol=1e-12)
     np.testing.assert_allclose(g.reshape(-1), grads.sum(0), rtol=1e-12, atol=1e-15)
     assert bandit["x_max"] == pytest.approx(1.0)
@@ -114,7 +121,7 @@ def test_exact_run_satisfies_min_bounds_and_grpo_helps_hard_prompts():
     assert r["grpo"]["steps_to_target"][0] < r["reinforce"]["steps_to_target"][0]
 
 
-# --- Sampled groups: E[GRPO update] = rho_K(p) E[REINFORCE update], by exact enumeration -----------------------------
+# --- Sampled groups: E[GRPO update] = rho_K(p) E[REINFORCE update], by exact enumeration ----------
 
 
 @pytest.mark.parametrize("K", [2, 3, 4])
@@ -126,23 +133,29 @@ def test_expected_sampled_updates_by_enumeration(K):
     X = rng.normal(size=(1, n_answers, m))
     theta = rng.normal(size=(1, m))
     pi, p, _, g = T.batch_grad(X, theta, np.zeros(1, dtype=int))
-    outcomes = np.array(list(itertools.product(range(n_answers), repeat=K)))  # every group of K answers
+    # every group of K answers
+    outcomes = np.array(list(itertools.product(range(n_answers), repeat=K)))
     prob = np.prod(pi[0][outcomes], axis=1)
     r = torch.from_numpy((outcomes == 0).astype(np.float64))
     for mode, factor in (("none", 1.0), ("std", float(T.expected_gain(p[0], K)))):
         A = group_advantages(r, mode).numpy()
-        upd = T.group_update(X, np.broadcast_to(pi, (len(outcomes), 1, n_answers)), outcomes[:, None], A[:, None])
+        upd = T.group_update(X, np.broadcast_to(pi, (len(outcomes), 1, n_answers)),
+                             outcomes[:, None], A[:, None])
         expected = (prob[:, None] * upd[:, 0]).sum(0)
-        np.testing.assert_allclose(expected, factor * (K - 1) * g[0], rtol=1e-5, atol=1e-12)  # eps = 1e-6 in the std
+        # eps = 1e-6 in the std
+        np.testing.assert_allclose(expected, factor * (K - 1) * g[0], rtol=1e-5, atol=1e-12)
 
 
 def test_expected_gain_limits():
-    assert np.allclose(T.expected_gain(np.array([0.01, 0.3, 0.9]), 2), 2.0)  # K = 2: sigma is always 1/2
-    assert float(T.expected_gain(1e-6, 8)) == pytest.approx(8 / math.sqrt(7), rel=1e-4)  # only k = 1 groups
-    assert float(T.expected_gain(0.2, 4000)) == pytest.approx(1 / math.sqrt(0.2 * 0.8), rel=1e-3)  # K -> infinity
+    # K = 2: sigma is always 1/2
+    assert np.allclose(T.expected_gain(np.array([0.01, 0.3, 0.9]), 2), 2.0)
+    # only k = 1 groups
+    assert float(T.expected_gain(1e-6, 8)) == pytest.approx(8 / math.sqrt(7), rel=1e-4)
+    # K -> infinity
+    assert float(T.expected_gain(0.2, 4000)) == pytest.approx(1 / math.sqrt(0.2 * 0.8), rel=1e-3)
 
 
-# --- The entry point ------------------------------------------------------------------------------------------------
+# --- The entry point ------------------------------------------------------------------------------
 
 
 def test_main_quick_writes_json_figures_and_readme(tmp_path):
@@ -160,7 +173,8 @@ def test_main_quick_writes_json_figures_and_readme(tmp_path):
 
 
 def test_main_without_matplotlib_still_writes_numbers(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    # makes `import matplotlib` raise ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
     T.main(["--quick", "--out", str(tmp_path)])
     assert "pip install matplotlib" in capsys.readouterr().out
     data = json.loads((tmp_path / "theory.json").read_text())

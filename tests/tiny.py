@@ -1,19 +1,20 @@
-"""Tiny random Qwen2 checkpoints in HF format, written by transformers (the reference implementation)."""
+"""Tiny random Qwen2 checkpoints in HF format, written by transformers
+(the reference implementation)."""
 
 from pathlib import Path
 
 import torch
 
-TINY = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=256, rope_theta=10000.0, rms_norm_eps=1e-6,
-            tie_word_embeddings=True)
+TINY = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
 
 
 def make_hf_model(seed: int = 0, scale: float = 0.2, **overrides):
     """transformers' Qwen2ForCausalLM with every weight random, biases and norm scales included.
 
-    The default init gives near-uniform logits and zero biases; a larger scale makes greedy decoding decisive
-    and exercises the q/k/v biases.
+    The default init gives near-uniform logits and zero biases; a larger scale makes greedy decoding
+    decisive and exercises the q/k/v biases.
     """
     from transformers import Qwen2Config, Qwen2ForCausalLM
     torch.manual_seed(seed)
@@ -34,8 +35,8 @@ def save_hf_model(hf_model, folder: Path, shard: bool = False) -> Path:
 
 
 class ChatTokenizer:
-    """model.Tokenizer's interface over characters, with Qwen's three special tokens as ids 0-2: enough to write
-    a completion's ids by hand (ids 3.. are the characters of ALPHABET)."""
+    """model.Tokenizer's interface over characters, with Qwen's three special tokens as ids 0-2:
+    enough to write a completion's ids by hand (ids 3.. are the characters of ALPHABET)."""
 
     SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
     ALPHABET = "".join(chr(c) for c in range(32, 127)) + "\n"
@@ -58,7 +59,8 @@ class ChatTokenizer:
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         n = len(self.SPECIAL)
-        return "".join(self.ALPHABET[i - n] if i >= n else ("" if skip_special_tokens else self.SPECIAL[i])
+        return "".join(self.ALPHABET[i - n] if i >= n
+                       else ("" if skip_special_tokens else self.SPECIAL[i])
                        for i in ids)
 
     def token_to_id(self, token: str) -> int | None:
