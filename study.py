@@ -159,15 +159,28 @@ T80 = [1.376, 1.061, 0.978, 0.941, 0.920, 0.906, 0.896, 0.889, 0.883, 0.879,
        0.859, 0.858, 0.858, 0.857, 0.856, 0.856, 0.855, 0.855, 0.854, 0.854]
 
 
-def difference_interval(a: list[float], b: list[float]) -> tuple[float, float] | None:
-    """95% confidence interval of mean(a) - mean(b) over seeds: the two-sample t-interval with
-    pooled variance (df = n_a + n_b - 2). None with fewer than two seeds in either arm."""
+def pooled_standard_error(a: list[float], b: list[float]) -> tuple[float, int] | None:
+    """The standard error of mean(a) - mean(b) with pooled variance, and its degrees of freedom
+    n_a + n_b - 2. None with fewer than two seeds in either arm."""
     if len(a) < 2 or len(b) < 2:
         return None
     na, nb = len(a), len(b)
-    pooled = ((na - 1) * np.var(a, ddof=1) + (nb - 1) * np.var(b, ddof=1)) / (na + nb - 2)
     df = na + nb - 2
-    half = (T975[df - 1] if df <= len(T975) else 1.96) * math.sqrt(pooled * (1 / na + 1 / nb))
+    pooled = ((na - 1) * np.var(a, ddof=1) + (nb - 1) * np.var(b, ddof=1)) / df
+    return math.sqrt(pooled * (1 / na + 1 / nb)), df
+
+
+def t_quantile(table: list[float], df: int, normal: float) -> float:
+    return table[df - 1] if df <= len(table) else normal
+
+
+def difference_interval(a: list[float], b: list[float]) -> tuple[float, float] | None:
+    """95% confidence interval of mean(a) - mean(b) over seeds: the two-sample t-interval with
+    pooled variance (df = n_a + n_b - 2). None with fewer than two seeds in either arm."""
+    se = pooled_standard_error(a, b)
+    if se is None:
+        return None
+    half = t_quantile(T975, se[1], 1.96) * se[0]
     d = float(np.mean(a) - np.mean(b))
     return d - half, d + half
 
@@ -177,13 +190,10 @@ def detectable_difference(a: list[float], b: list[float]) -> float | None:
     80% power, from their pooled seed-to-seed spread: (t_0.975 + t_0.80) * s * sqrt(1/n_a + 1/n_b)
     (the usual approximation of the noncentral t). What a comparison at this seed count can see:
     an effect below it may be there and go unseen."""
-    if len(a) < 2 or len(b) < 2:
+    se = pooled_standard_error(a, b)
+    if se is None:
         return None
-    na, nb = len(a), len(b)
-    df = na + nb - 2
-    pooled = ((na - 1) * np.var(a, ddof=1) + (nb - 1) * np.var(b, ddof=1)) / df
-    t = (T975[df - 1] if df <= len(T975) else 1.96) + (T80[df - 1] if df <= len(T80) else 0.842)
-    return t * math.sqrt(pooled * (1 / na + 1 / nb))
+    return (t_quantile(T975, se[1], 1.96) + t_quantile(T80, se[1], 0.842)) * se[0]
 
 
 def interval_text(ci: tuple[float, float] | None) -> str:
