@@ -1013,8 +1013,10 @@ def main(argv=None):
         cfg = dataclasses.replace(cfg, out=str(run_dir))
     if world.main:
         print(json.dumps(dataclasses.asdict(cfg), indent=2))
+    finished = False
     try:
         train(cfg, run_dir, resume=bool(args.resume), world=world)
+        finished = True
     except (FileNotFoundError, ValueError, ConnectionError, TrainingStopped) as e:
         sys.exit(f"error: {e}")
     except (torch.distributed.DistError, RuntimeError) as e:
@@ -1025,7 +1027,7 @@ def main(argv=None):
                  f"checkpoint in {run_dir}/checkpoints is intact "
                  f"(python grpo.py --resume {run_dir}). Cause: {str(e).splitlines()[0]}")
     finally:
-        world.close()
+        world.close(finished)
     if args.dry_run and world.main:
         print(f"dry run ok: one step end to end in {run_dir}")
 

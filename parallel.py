@@ -91,6 +91,12 @@ class World:
             return torch.device("cuda", self.local_rank)
         return torch.device("cpu")
 
-    def close(self):
+    def close(self, finished: bool):
+        """Leave the group. After a finished run every rank first waits for the others, so none
+        tears gloo down while rank 0 still writes the last checkpoint (seen: the early rank
+        aborting at exit, "terminate called without an active exception"). After a failure there
+        is no waiting: a peer may be gone."""
         if self.size > 1 and dist.is_initialized():
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()
