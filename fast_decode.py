@@ -30,9 +30,12 @@ arithmetic. What changes:
   LoRA.
 
 How equal: in float32 on the CPU the eager step's hidden states, keys and values are the plain
-forward's bit for bit (at batch 1 with LoRA, the block-diagonal GEMM becomes a GEMV that rounds one
-last bit otherwise); the logits differ by rounding where the CPU computes the head over a transposed
-copy (twice as fast there), and compiled code sums its reductions in another order. The tokens drawn
+forward's bit for bit without LoRA, on Intel and AMD alike. With LoRA the block-diagonal B GEMM and
+the addmm that adds its delta sum in another order than LoRALinear; MKL picks its kernels by
+instruction set and shape, so that is the plain forward's bits on an Intel Xeon at batch > 1 and a
+last-bit difference on an AMD EPYC or at batch 1 (tested within n ulps of the largest value, n the
+longest reduction of the step). The logits differ by rounding where the CPU computes the head over a
+transposed copy (twice as fast there), and compiled code sums its reductions in another order. The tokens drawn
 for a seed are the same in every test; they could differ only where a draw lands within that
 rounding of a CDF boundary, as the plain loop's own draws may between batch sizes. lora.merged_copy
 (--sampler merged) is the one deliberate departure, measured by grpo.sampler_mismatch. Left out:
