@@ -7,7 +7,7 @@ prefilled once), score them with the binary reward, turn rewards into advantages
 take one policy-gradient step on the LoRA weights:
 
     --normalize std    A_ik = (r_ik - mean_k r_ik) / (std_k r_ik + eps)
-                       the paper's GRPO (population std, 1/K)
+                       the paper's GRPO (--std-estimator: bessel as TRL, or population)
     --normalize batch  A_ik = (r_ik - mean_k r_ik) / (std of the batch + eps)
                        one step size for the whole batch
     --normalize none   A_ik =  r_ik - mean_k r_ik
@@ -82,10 +82,11 @@ def arg(default, help: str):
 class Config:
     """Every flag of grpo.py. The defaults are the `paper` preset: what the authors' training
     computed (Caitlyn-Yin/grpo_norm train_difficulty.py on TRL's git main of Sept 2025, README
-    "The paper preset"): one prompt x 8 completions per step, TRL's default loss_type "dapo" (our
-    token-mean), beta 0.02, lr 1e-5 decayed linearly, clip 0.1, their prompt with the gold reasoning
-    in it. LoRA r=64, alpha=128 is this project's spec (they ran 16/32). `--preset demo` replaces
-    the fields listed in PRESETS["demo"]."""
+    "The paper preset"; tests/test_trl.py runs TRL 0.23.1's step beside it): one prompt x 8
+    completions per step, advantages over TRL's Bessel std + 1e-4, TRL's default loss_type "dapo"
+    (our token-mean), beta 0.02, lr 1e-5 decayed linearly, clip 0.1, prompts cut to their last 768
+    tokens, their prompt with the gold reasoning in it. LoRA r=64, alpha=128 is this project's spec
+    (they ran 16/32). `--preset demo` replaces the fields listed in PRESETS["demo"]."""
     # model
     model: str = arg("Qwen/Qwen2.5-Math-1.5B", "HF hub id or local folder (safetensors)")
     tokenizer: str | None = arg(None, "default: the model folder")
@@ -114,12 +115,17 @@ class Config:
                                    "(their whole groups split over torchrun ranks)")
     group_size: int = arg(8, "K completions per prompt")
     max_new_tokens: int = arg(1024, "completion length limit, in tokens")
+    max_prompt_tokens: int = arg(768, "keep a prompt's last N tokens, as TRL's "
+                                      "max_prompt_length cut them (from the left); 0: no cut")
     temperature: float = arg(1.0, "sampling temperature; the learner scores the same distribution")
     sampler: str = arg("exact", "exact | merged: sample a merged copy "
                                 "(faster, inexact; mismatch logged)")
     # the update
     normalize: str = arg("std", "std | batch | none (see group_advantages)")
-    std_eps: float = arg(1e-6, "guards the division by the std (binary rewards: std >= 0.33 or 0)")
+    std_estimator: str = arg("bessel", "bessel (1/(K-1): TRL's torch.std, what the authors ran) | "
+                                       "population (1/K: the paper's sigma); see group_advantages")
+    std_eps: float = arg(1e-4, "guards the division by the std (TRL: 1e-4; binary rewards: "
+                               "std >= 0.33 or 0)")
     loss_agg: str = arg("token-mean", "token-mean (TRL's dapo) | seq-sum | seq-mean "
                                       "(see policy_loss)")
     kl_coef: float = arg(0.02, "beta of a k3 KL penalty to the base model (adapter off)")
@@ -152,12 +158,18 @@ PRESETS = {
     "paper": {},  # the Config defaults
     # The embedded demo: a 0.8M-parameter model pretrained on synthetic word problems; laptop CPU,
     # no downloads.
+    # Its std is the population std + 1e-6, as in the committed study (docs/results/study) that
+    # ran before the paper preset took TRL's Bessel std + 1e-4.
     "demo": dict(model=str(DEMO_MODEL), lora_rank=16, lora_alpha=32.0, grad_checkpointing=False,
                  data="demo", template="plain", prompts_per_step=16, max_new_tokens=64,
+                 std_estimator="population", std_eps=1e-6,
                  loss_agg="seq-sum", kl_coef=0.0, lr=2e-3, grad_clip=1.0, micro_batch=128,
                  steps=150, save_every=50, log_samples_every=25, eval_every=25, device="cpu"),
 }
-CHOICES = dict(preset=list(PRESETS), normalize=["std", "batch", "none"], optimizer=["adamw", "sgd"],
+# What a run computed before its config.json had these fields (read on --resume).
+BEFORE_FIELD_EXISTED = dict(std_estimator="population", max_prompt_tokens=0)
+CHOICES = dict(preset=list(PRESETS), normalize=["std", "batch", "none"],
+               std_estimator=["bessel", "population"], optimizer=["adamw", "sgd"],
                loss_agg=["seq-sum", "seq-mean", "token-mean"], template=list(D.PROMPT_TEMPLATES),
                device=["auto", "cpu", "cuda"], dtype=["auto", "float32", "bfloat16"],
                sampler=["exact", "merged"])
@@ -194,7 +206,7 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
         path = Path(args.resume) / "config.json"
         if not path.is_file():
             ap.error(f"--resume {args.resume}: no config.json there (not a run folder)")
-        cfg = Config(**(json.loads(path.read_text()) | given))
+        cfg = Config(**(BEFORE_FIELD_EXISTED | json.loads(path.read_text()) | given))
     else:
         preset = given.get("preset", Config.preset)
         cfg = Config(**(PRESETS[preset] | given | {"preset": preset}))
@@ -219,7 +231,7 @@ def validate(cfg: Config) -> list[str]:
     if cfg.diag_every and cfg.diag_prompts < 2:
         problems.append(f"--diag-prompts must be >= 2 to compare gradients of different prompts "
                         f"(got {cfg.diag_prompts})")
-    for name in ("eval_every", "diag_every", "eval_samples"):
+    for name in ("eval_every", "diag_every", "eval_samples", "max_prompt_tokens"):
         if getattr(cfg, name) < 0:
             problems.append(f"--{name.replace('_', '-')} must be >= 0")
     if cfg.eval_every and cfg.eval_problems < 1:
@@ -236,13 +248,18 @@ def validate(cfg: Config) -> list[str]:
 
 
 def group_advantages(rewards: torch.Tensor, normalize: str, eps: float = 1e-6,
-                     batch_std: float | None = None) -> torch.Tensor:
-    """rewards [prompts, K] -> advantages [prompts, K]; every std is the population std (1/K), as in
-    the paper.
+                     batch_std: float | None = None,
+                     estimator: str = "population") -> torch.Tensor:
+    """rewards [prompts, K] -> advantages [prompts, K].
 
       none  (REINFORCE)  A_ik = r_ik - mean_k r_ik
       std   (GRPO)       A_ik = (r_ik - mean_k r_ik) / (std_k r_ik + eps)   per-prompt step size
       batch (batch std)  A_ik = (r_ik - mean_k r_ik) / (std_jk r_jk + eps)  one step size per batch
+
+    with the std over n rewards  std = sqrt(sum (r - mean)^2 / (n - 1))  for estimator "bessel"
+    (TRL's torch.std, what the authors' runs divided by, with eps 1e-4) and
+    std = sqrt(sum (r - mean)^2 / n)  for "population" (the paper's sigma). They differ by the
+    constant sqrt(K / (K - 1)): 1.069 at K = 8.
 
     batch is the authors' `batch_std` arm (TRL's scale_rewards="batch"): the global scale that
     dividing by a std gives, without the per-prompt reweighting. So std - batch measures the
@@ -252,14 +269,22 @@ def group_advantages(rewards: torch.Tensor, normalize: str, eps: float = 1e-6,
     batch_std: the std of the whole step's rewards when this process holds only its share
     (data parallel).
     """
+    bessel = bessel_correction(estimator)
     centered = rewards - rewards.mean(dim=-1, keepdim=True)
     if normalize == "none":
         return centered
     if normalize == "std":
-        return centered / (rewards.std(dim=-1, unbiased=False, keepdim=True) + eps)
+        return centered / (rewards.std(dim=-1, unbiased=bessel, keepdim=True) + eps)
     if normalize == "batch":
-        return centered / ((rewards.std(unbiased=False) if batch_std is None else batch_std) + eps)
+        return centered / ((rewards.std(unbiased=bessel) if batch_std is None else batch_std) + eps)
     raise ValueError(f"normalize must be 'std', 'batch' or 'none', got {normalize!r}")
+
+
+def bessel_correction(estimator: str) -> bool:
+    """True for the "bessel" std (divide by n - 1), False for "population" (divide by n)."""
+    if estimator not in CHOICES["std_estimator"]:
+        raise ValueError(f"--std-estimator must be 'bessel' or 'population', got {estimator!r}")
+    return estimator == "bessel"
 
 
 # -----------------------------------------------------------------------------
@@ -399,7 +424,7 @@ class Rollouts:
 def rollout(model, tok, problems, cfg: Config, seed: int, first_row: int = 0) -> Rollouts:
     """K completions per problem and their binary rewards [problems, K]."""
     t0 = time.time()
-    prompts = [tok.encode(D.format_prompt(p, cfg.template)) for p in problems]
+    prompts = [prompt_ids(tok, p, cfg, model.config.max_position_embeddings) for p in problems]
     model.eval()
     merged = cfg.sampler == "merged"
     # rebuilt from the current adapter every step
@@ -422,6 +447,22 @@ def rollout(model, tok, problems, cfg: Config, seed: int, first_row: int = 0) ->
     if merged:
         ro.sampler_stats = sampler_mismatch(model, ro, sampler_logprobs, cfg, tok.vocab_size)
     return ro
+
+
+def prompt_ids(tok, problem: D.Problem, cfg: Config, max_positions: int) -> list[int]:
+    """The prompt's token ids, cut as TRL's max_prompt_length cut them: only the last
+    --max-prompt-tokens are kept (the start of the prompt is what goes)."""
+    ids = tok.encode(D.format_prompt(problem, cfg.template))
+    if cfg.max_prompt_tokens:
+        ids = ids[-cfg.max_prompt_tokens:]
+    if len(ids) + cfg.max_new_tokens > max_positions:
+        cut = f"after --max-prompt-tokens {cfg.max_prompt_tokens}" if cfg.max_prompt_tokens \
+            else "--max-prompt-tokens 0: not cut"
+        raise ValueError(f"problem {problem.id!r}: its prompt of {len(ids)} tokens ({cut}) + "
+                         f"--max-new-tokens {cfg.max_new_tokens} exceeds the model's "
+                         f"{max_positions} positions; lower --max-prompt-tokens or "
+                         "--max-new-tokens")
+    return ids
 
 
 @torch.no_grad()
@@ -474,6 +515,8 @@ def update(model, params, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg
     optimizer.zero_grad(set_to_none=True)
     model.train()
     total_loss, entropy_sum, n_forwarded, kl_sum, finite = 0.0, 0.0, 0, 0.0, True
+    # TRL's logged loss, kl and entropy (see trl_logs), summed per completion
+    trl_loss, trl_kl_sum, trl_entropy_sum = 0.0, 0.0, 0.0
     device = params[0].device
     for start in range(0, len(rows), cfg.micro_batch):
         batch = rows[start:start + cfg.micro_batch]
@@ -488,6 +531,7 @@ def update(model, params, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg
                 ref, _, _ = M.completion_logprobs(model, *args)
             kl = kl_k3(lp, ref)
             kl_sum += float((kl.detach() * mask).sum())
+            trl_kl_sum += float(token_mean(kl.detach(), mask).sum())
         loss = policy_loss(lp, mask, adv[batch].to(device), cfg.loss_agg, normalizer, kl,
                            cfg.kl_coef)
         if not torch.isfinite(loss):
@@ -495,7 +539,11 @@ def update(model, params, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg
             break
         loss.backward()
         total_loss += loss.item()
+        with torch.no_grad():  # TRL's loss value: its ratio exp(lp - lp.detach()) = 1 for log p
+            trl_loss += float(policy_loss(torch.ones_like(lp), mask, adv[batch].to(device),
+                                          cfg.loss_agg, normalizer, kl, cfg.kl_coef))
         entropy_sum += float((ent * mask).sum())
+        trl_entropy_sum += float(token_mean(ent, mask).sum())
         n_forwarded += int(mask.sum())
     # a parameter no loss reached has a zero gradient, not a missing one (AdamW skips None)
     for p in params:
@@ -511,25 +559,41 @@ def update(model, params, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg
         optimizer.zero_grad(set_to_none=True)
         return float("nan"), {}
     optimizer.step()
-    total_loss, entropy_sum, n_forwarded, kl_sum = world.sum(
-        total_loss, entropy_sum, n_forwarded, kl_sum)
+    total_loss, entropy_sum, n_forwarded, kl_sum, trl_loss, trl_kl_sum, trl_entropy_sum, \
+        n_rows = world.sum(total_loss, entropy_sum, n_forwarded, kl_sum, trl_loss, trl_kl_sum,
+                           trl_entropy_sum, len(rows))
     stats = {"grad_norm_preclip": grad_norm,
              "grad_clipped": bool(cfg.grad_clip > 0 and grad_norm > cfg.grad_clip),
              "learner_tokens": int(n_forwarded),
              "entropy": entropy_sum / n_forwarded if n_forwarded else None}
     if cfg.kl_coef > 0:
         stats["kl"] = kl_sum / n_forwarded if n_forwarded else None
+    # TRL's keys (trl_logs): the loss for its loss_type "dapo" (token-mean) or "grpo" (seq-mean);
+    # kl and entropy as means over completions, when TRL's would have seen every completion
+    stats["trl/grad_norm"] = grad_norm
+    if cfg.loss_agg != "seq-sum":
+        stats["trl/loss"] = trl_loss
+    if n_rows == n_completions:
+        stats["trl/entropy"] = trl_entropy_sum / n_rows
+        if cfg.kl_coef > 0:
+            stats["trl/kl"] = trl_kl_sum / n_rows
     return total_loss, stats
 
 
-def global_batch_std(rewards: torch.Tensor, world: World) -> float | None:
-    """The population std of the whole step's rewards from two sums over ranks (None in one process:
-    the batch is all here, and group_advantages computes it)."""
+def token_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] -> [B]: each completion's mean over its own tokens."""
+    return (x * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+def global_batch_std(rewards: torch.Tensor, world: World, estimator: str) -> float | None:
+    """The std of the whole step's rewards from two sums over ranks (None in one process: the batch
+    is all here, and group_advantages computes it)."""
     if world.size == 1:
         return None
     n, total, squares = world.sum(rewards.numel(), float(rewards.sum()),
                                   float(rewards.pow(2).sum()))
-    return math.sqrt(max(squares / n - (total / n) ** 2, 0.0))
+    variance = max(squares / n - (total / n) ** 2, 0.0)  # population: 1/n
+    return math.sqrt(variance * n / (n - 1) if bessel_correction(estimator) else variance)
 
 
 def make_optimizer(params, cfg: Config):
@@ -750,8 +814,9 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, world: World = World
             ro = rollout(model, tok, mine, cfg, seed=cfg.seed * 1_000_003 + step,
                          first_row=world.rank * len(mine) * cfg.group_size)
             t1 = time.time()
-            advantages = group_advantages(ro.rewards, cfg.normalize, cfg.std_eps,
-                                          batch_std=global_batch_std(ro.rewards, world))
+            advantages = group_advantages(
+                ro.rewards, cfg.normalize, cfg.std_eps,
+                global_batch_std(ro.rewards, world, cfg.std_estimator), cfg.std_estimator)
             t2 = time.time()
             loss, stats = update(model, params, optimizer, ro, advantages, cfg, tok.vocab_size,
                                  world)
@@ -910,6 +975,47 @@ def step_record(step: int, cfg: Config, ro: Rollouts, advantages, parts: list[di
         "perf/peak_mem_gb": peak_memory_gb(device),
         **{k: float(np.mean([p["sampler_stats"][k] for p in parts]))
            for k in parts[0]["sampler_stats"]},
+        **trl_logs(ro.rewards, lengths, ro.truncated, cfg.normalize),
+        "trl/learning_rate": lr_at(step, cfg),
+    }
+
+
+def trl_logs(rewards: torch.Tensor, lengths: list[int], truncated: list[bool],
+             normalize: str) -> dict:
+    """The step's values under the names TRL 0.23.1's GRPOTrainer logs, by its definitions, as the
+    authors' runs logged them (one completion per micro-batch, logging_steps=1; their rows every 5
+    steps are the means of 5 of ours, grad_norm the 5th's). tests/test_trl.py checks each against
+    TRL's own log of the same step.
+
+      reward                    mean reward
+      reward_std                mean over groups of the Bessel std (batch: of the whole batch), as
+                                TRL computes it whatever --std-estimator is
+      frac_reward_zero_std      share of those stds that are 0
+      completions/...           lengths in tokens, the stop token counted; clipped_ratio: the share
+                                that hit --max-new-tokens; *_terminated_length over the others
+      clip_ratio/...            0: one update per batch, so TRL's ratio exp(lp - lp_old) is exactly
+                                1 and never leaves [1 - 0.2, 1 + 0.2]
+    From update: loss (its loss_type dapo = token-mean, grpo = seq-mean; the value with the ratio
+    in place of log p), kl and entropy (means over completions of each one's token mean),
+    grad_norm (pre-clip). learning_rate: the step's.
+    """
+    stds = rewards.std() if normalize == "batch" else rewards.std(dim=-1)
+    n = torch.tensor(lengths, dtype=torch.float64)
+    ended = n[~torch.tensor(truncated)] if not all(truncated) else torch.zeros(1)
+    return {
+        "trl/reward": float(rewards.mean()),
+        "trl/reward_std": float(stds.mean()),
+        "trl/frac_reward_zero_std": float(torch.isclose(stds, torch.zeros_like(stds))
+                                          .float().mean()),
+        "trl/completions/mean_length": float(n.mean()),
+        "trl/completions/min_length": float(n.min()),
+        "trl/completions/max_length": float(n.max()),
+        "trl/completions/clipped_ratio": float(np.mean(truncated)),
+        "trl/completions/mean_terminated_length": float(ended.mean()),
+        "trl/completions/min_terminated_length": float(ended.min()),
+        "trl/completions/max_terminated_length": float(ended.max()),
+        **{f"trl/clip_ratio/{k}": 0.0
+           for k in ("low_mean", "low_min", "high_mean", "high_max", "region_mean")},
     }
 
 

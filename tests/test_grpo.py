@@ -3,6 +3,7 @@ exact resume, bad input."""
 
 import json
 import math
+import re
 import shutil
 import time
 from pathlib import Path
@@ -84,6 +85,49 @@ def test_batch_with_all_rewards_equal_is_zero_not_nan():
 def test_unknown_normalisation_is_an_error():
     with pytest.raises(ValueError, match="normalize must be"):
         G.group_advantages(torch.zeros(1, 4), "median")
+
+
+def test_bessel_std_by_hand():
+    """TRL's std (the paper preset): sum of squares / (K - 1), eps 1e-4. k=1 of K=8: the squares
+    sum to 7/8, so std = sqrt(7/8 / 7) = sqrt(1/8) = 0.353553 (population: 0.330719); the correct
+    sample gets 0.875 / 0.353653 = 2.47418, each wrong one -0.125 / 0.353653 = -0.353454.
+    Batch over [1,0,0,0] and [1,1,1,0]: mean .5, squares 8 * .25 = 2, std sqrt(2/7) = 0.534522."""
+    r = torch.tensor([[0, 0, 1, 0, 0, 0, 0, 0]], dtype=torch.float32)
+    a = G.group_advantages(r, "std", 1e-4, estimator="bessel")
+    assert a[0, 2].item() == pytest.approx(2.47418, abs=1e-5)
+    assert a[0, 0].item() == pytest.approx(-0.353454, abs=1e-6)
+    r = torch.tensor([[1.0, 0, 0, 0], [1, 1, 1, 0]])
+    expected = torch.tensor([[.75, -.25, -.25, -.25], [.25, .25, .25, -.75]]) / (0.534522 + 1e-4)
+    torch.testing.assert_close(G.group_advantages(r, "batch", 1e-4, estimator="bessel"), expected,
+                               atol=1e-5, rtol=0)
+    # none has no std
+    assert torch.equal(G.group_advantages(r, "none", estimator="bessel"),
+                       G.group_advantages(r, "none", estimator="population"))
+
+
+def test_unknown_std_estimator_is_a_one_line_error():
+    with pytest.raises(ValueError, match="^--std-estimator must be 'bessel' or 'population', "
+                                         "got 'sample'$"):
+        G.group_advantages(torch.zeros(1, 4), "std", estimator="sample")
+
+
+class TwoRanks:
+    """World.sum of a 2-process run as seen by rank 0: its values plus the other rank's."""
+    size = 2
+
+    def __init__(self, other_rewards):
+        self.other = other_rewards
+
+    def sum(self, *values):
+        theirs = (self.other.numel(), float(self.other.sum()), float(self.other.pow(2).sum()))
+        return [a + b for a, b in zip(values, theirs)]
+
+
+@pytest.mark.parametrize("estimator, bessel", [("bessel", True), ("population", False)])
+def test_the_batch_std_over_ranks_is_the_std_of_the_whole_batch(estimator, bessel):
+    mine, theirs = torch.tensor([[1.0, 0, 0, 0]]), torch.tensor([[1.0, 1, 1, 0], [0, 0, 0, 1]])
+    whole = torch.cat([mine, theirs]).std(unbiased=bessel)
+    assert G.global_batch_std(mine, TwoRanks(theirs), estimator) == pytest.approx(float(whole))
 
 
 # --- the loss -------------------------------------------------------------------------------------
@@ -196,15 +240,18 @@ def rollouts(rewards):
 
 
 def update_delta(folder, ro, normalize, **overrides):
-    """The change of the LoRA weights (flat) after one update from the same initial adapter."""
+    """The change of the LoRA weights (flat) after one update from the same initial adapter; the
+    paper's population std + 1e-6 unless overridden."""
     model, params = fresh_lora(folder)
     cfg = G.Config(group_size=4, micro_batch=3,
                    **({"optimizer": "sgd", "lr": 0.5, "grad_clip": 0.0, "loss_agg": "token-mean",
-                       "kl_coef": 0.0} | overrides))
+                       "kl_coef": 0.0, "std_estimator": "population", "std_eps": 1e-6}
+                      | overrides))
     before = torch.cat([p.detach().flatten().clone() for p in params])
     opt = G.make_optimizer(params, cfg)
-    _, stats = G.update(model, params, opt, ro,
-                        G.group_advantages(ro.rewards, normalize, cfg.std_eps), cfg, 97)
+    advantages = G.group_advantages(ro.rewards, normalize, cfg.std_eps,
+                                    estimator=cfg.std_estimator)
+    _, stats = G.update(model, params, opt, ro, advantages, cfg, 97)
     return torch.cat([p.detach().flatten() for p in params]) - before, stats
 
 
@@ -240,6 +287,19 @@ def test_one_prompt_sgd_std_is_none_times_one_over_sigma(tiny_folder):
     # and none itself is -lr times the independent policy gradient of r - mean
     g = policy_gradient(tiny_folder, ro, [[.75, -.25, -.25, -.25]])
     assert_same_vector(none, -0.5 * g)
+
+
+def test_the_std_estimator_switch_scales_the_update_as_its_formula_says(tiny_folder):
+    """[1,0,0,0]: population std sqrt(3)/4 (+1e-6, the demo), Bessel std 1/2 (+1e-4, TRL's): SGD
+    without clipping, each std update is none's divided by its own std + eps."""
+    ro = rollouts([[1.0, 0, 0, 0]])
+    none, _ = update_delta(tiny_folder, ro, "none")
+    population, _ = update_delta(tiny_folder, ro, "std")
+    bessel, _ = update_delta(tiny_folder, ro, "std", std_estimator="bessel", std_eps=1e-4)
+    assert_same_vector(population, none / (math.sqrt(3) / 4 + 1e-6))
+    assert_same_vector(bessel, none / (0.5 + 1e-4))
+    assert float(population.norm() / bessel.norm()) == pytest.approx(
+        (0.5 + 1e-4) / (math.sqrt(3) / 4 + 1e-6), rel=1e-5)  # 1.1549: the arms can differ
 
 
 def test_with_clipping_active_both_arms_take_the_same_update(tiny_folder):
@@ -350,8 +410,37 @@ def test_presets_and_flags_resolve():
              cfg.max_new_tokens, cfg.temperature, cfg.kl_coef)
             == (64, 128.0, 8, 1, 0.1, 1024, 1.0, 0.02))
     assert (cfg.loss_agg, cfg.template) == ("token-mean", "paper-gold")
+    # TRL's std and prompt cut (tests/test_trl.py); the demo keeps its study's std
+    assert (cfg.std_estimator, cfg.std_eps, cfg.max_prompt_tokens) == ("bessel", 1e-4, 768)
     demo, _ = G.parse_args(["--preset", "demo", "--steps", "7"])
     assert demo.data == "demo" and demo.steps == 7 and Path(demo.model) == DEMO
+    assert (demo.std_estimator, demo.std_eps) == ("population", 1e-6)
+    assert G.parse_args(["--std-estimator", "population"])[0].std_estimator == "population"
+
+
+def test_resuming_a_run_from_before_the_new_fields_keeps_what_it_computed(tmp_path):
+    """A config.json written before --std-estimator and --max-prompt-tokens existed: that run
+    divided by the population std and cut no prompt, and goes on doing so."""
+    config = G.dataclasses.asdict(G.Config(**G.PRESETS["demo"]))
+    del config["std_estimator"], config["max_prompt_tokens"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    cfg, _ = G.parse_args(["--resume", str(tmp_path)])
+    assert (cfg.std_estimator, cfg.max_prompt_tokens) == ("population", 0)
+
+
+def test_prompts_are_cut_from_the_left_as_trl_cuts_them():
+    tok = M.load_tokenizer(DEMO)
+    problem = D.Problem(question="Tom has 5 apples. He buys 3 more. How many now?", answer="8")
+    whole = tok.encode(D.format_prompt(problem, "plain"))
+    cfg = G.Config(template="plain", max_new_tokens=64, max_prompt_tokens=7)
+    assert len(whole) > 7 and G.prompt_ids(tok, problem, cfg, 512) == whole[-7:]
+    uncut = G.dataclasses.replace(cfg, max_prompt_tokens=0)
+    assert G.prompt_ids(tok, problem, uncut, 512) == whole
+    with pytest.raises(ValueError, match=r"^problem '': its prompt of 7 tokens \(after "
+                                         r"--max-prompt-tokens 7\) \+ --max-new-tokens 64 exceeds "
+                                         r"the model's 70 positions; lower --max-prompt-tokens or "
+                                         r"--max-new-tokens$"):
+        G.prompt_ids(tok, problem, cfg, 70)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -361,6 +450,8 @@ def test_presets_and_flags_resolve():
     (["--optimizer", "lion"], "invalid choice: 'lion'"),
     (["--diag-every", "5", "--diag-prompts", "1"], "--diag-prompts must be >= 2"),
     (["--eval-every", "-1"], "--eval-every must be >= 0"),
+    (["--std-estimator", "sample"], "invalid choice: 'sample'"),
+    (["--max-prompt-tokens", "-1"], "--max-prompt-tokens must be >= 0"),
 ])
 def test_bad_flags_are_one_clear_message(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -490,6 +581,12 @@ def test_every_step_logs_its_preclip_norm_and_the_run_its_clipped_share(tmp_path
     for r in rows:
         assert r["grad_clipped"] == (r["grad_norm_preclip"] > 0.05)
         assert (r["entropy"] is None) == (r["learner_tokens"] == 0)
+        # TRL's names beside ours (their values against TRL itself: tests/test_trl.py)
+        assert (r["trl/reward"], r["trl/grad_norm"], r["trl/completions/mean_length"],
+                r["trl/completions/clipped_ratio"], r["trl/learning_rate"]) == pytest.approx(
+            (r["accuracy"], r["grad_norm_preclip"], r["completion_len"], r["truncated_frac"],
+             r["lr"]))
+        assert "trl/loss" not in r and "trl/kl" not in r  # seq-sum has no TRL loss_type; no KL
     clipped = sum(r["grad_clipped"] for r in rows)
     out = capsys.readouterr().out
     assert (f"gradient clipped (pre-clip norm > 0.05) on {clipped} of 4 steps ({clipped / 4:.0%})"
@@ -589,6 +686,16 @@ def test_existing_run_folder_without_resume(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     with pytest.raises(SystemExit, match="already exists; pass --resume"):
         G.main(SMALL + ["--steps", "1", "--out", str(tmp_path / "run")])
+
+
+def test_a_prompt_the_model_cannot_hold_is_one_clear_line(tmp_path):
+    """The demo model has 512 positions: 500 new tokens leave too few for its prompts."""
+    with pytest.raises(SystemExit) as e:
+        G.main(SMALL + ["--steps", "1", "--max-new-tokens", "500", "--out", str(tmp_path / "run")])
+    assert re.fullmatch(r"error: problem '[^']+': its prompt of \d+ tokens \(after "
+                        r"--max-prompt-tokens 768\) \+ --max-new-tokens 500 exceeds the model's "
+                        r"512 positions; lower --max-prompt-tokens or --max-new-tokens",
+                        str(e.value.code))
 
 
 def test_model_folder_without_weights(tmp_path):
@@ -723,6 +830,7 @@ def test_rollout_grades_only_the_turn_the_model_ended(monkeypatch):
 
     monkeypatch.setattr(G.M, "generate", generate)
     model = torch.nn.Linear(1, 1)
+    model.config = M.Qwen2Config()  # the positions the prompt must fit in
     cfg = G.Config(group_size=2, template="qwen-chat")
     for gold, reward in (("18", 1.0), ("20", 0.0)):
         ro = G.rollout(model, tok, [D.Problem("How much?", gold)], cfg, seed=0)
