@@ -804,7 +804,8 @@ def safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
                 or not all(isinstance(d, int) and d >= 0 for d in shape)
                 or not isinstance(offsets, list) or len(offsets) != 2
                 or not all(isinstance(o, int) for o in offsets)):
-            raise DamagedCheckpoint(path, f"tensor {name}: malformed header entry {info}")
+            raise DamagedCheckpoint(path, f"tensor {name}: malformed header entry "
+                                          f"{json.dumps(info)[:80]}")
         nbytes = math.prod(shape) * SAFETENSORS_DTYPE_BYTES[dtype]
         if offsets[1] - offsets[0] != nbytes:
             raise DamagedCheckpoint(path, f"tensor {name}: {dtype} {shape} takes {nbytes} bytes, "
@@ -842,7 +843,8 @@ def check_adapter(ckpt: Path, cfg: Config) -> list[tuple[int, ...]]:
     if config.get("lora_alpha") != cfg.lora_alpha:
         raise DamagedCheckpoint(path, f"lora_alpha={config.get('lora_alpha')!r}, "
                                       f"the run's --lora-alpha is {cfg.lora_alpha:g}")
-    if not isinstance(saved_targets, list) or sorted(saved_targets) != targets:
+    if not (isinstance(saved_targets, list) and all(isinstance(t, str) for t in saved_targets)
+            and sorted(saved_targets) == targets):
         raise DamagedCheckpoint(path, f"target_modules={saved_targets!r}, "
                                       f"the run's --lora-targets give {targets}")
     path = ckpt / L.ADAPTER_WEIGHTS
@@ -885,7 +887,8 @@ def check_trainer_state(ckpt: Path, adapter_shapes: list[tuple[int, ...]]):
         "data": not (isinstance(data, dict) and all(
             isinstance(data.get(k), int) and data[k] >= 0 for k in ("epoch", "position"))),
         "param_groups": not (isinstance(groups, list) and all(
-            isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)
+            isinstance(g, dict) and isinstance(g.get("params"), list)
+            and all(isinstance(p, int) for p in g["params"]) for g in groups)
             and sorted(p for g in groups for p in g["params"])
             == list(range(len(adapter_shapes)))),
         "python_rng": not (isinstance(python_rng, list) and len(python_rng) == 3
@@ -895,8 +898,8 @@ def check_trainer_state(ckpt: Path, adapter_shapes: list[tuple[int, ...]]):
     }
     bad = [key for key, is_bad in malformed.items() if is_bad]
     if bad:
-        what = "one optimizer entry per LoRA tensor" if bad == ["param_groups"] else "malformed"
-        raise DamagedCheckpoint(path, f"{', '.join(bad)}: {what}")
+        raise DamagedCheckpoint(path, f"{', '.join(bad)} malformed (param_groups: one entry per "
+                                      f"LoRA tensor, {len(adapter_shapes)} here)")
     path = ckpt / TRAINER_TENSORS
     tensors = safetensors_header(path)
     if tensors.get("rng/torch_cpu", ("",))[0] != "U8":
@@ -925,8 +928,9 @@ def choose_checkpoint(run_dir: Path, cfg: Config, world: World = World()) -> tup
     if world.main:
         try:
             answer = pick_intact_checkpoint(run_dir, cfg)
-        except (ValueError, OSError) as e:  # the other ranks are waiting for an answer
-            answer = str(e)
+        except Exception as e:  # noqa: BLE001 - the other ranks are waiting for an answer
+            answer = str(e) if isinstance(e, (ValueError, OSError)) else (
+                f"checking {run_dir / 'checkpoints'} failed: {type(e).__name__}: {e}")
     answer = world.broadcast(answer)
     if isinstance(answer, str):
         raise ValueError(answer)

@@ -165,6 +165,29 @@ def test_a_checkpoint_written_before_manifests_still_resumes_and_says_so(run, ca
     assert f"resumed {run} at step 4 from step_000004" in out and "damaged" not in out
 
 
+def test_any_change_of_bytes_is_caught_and_only_as_damage(straight, tmp_path):
+    """Random bytes overwritten, zeroed or cut off in any file of a checkpoint with a manifest:
+    each is reported as DamagedCheckpoint (never another exception, never passed as intact)."""
+    import random
+    cfg = G.Config(**json.loads((straight / "config.json").read_text()))
+    source, rng = straight / "checkpoints" / "step_000004", random.Random(0)
+    for case in range(60):
+        ckpt = tmp_path / str(case) / "step_000004"
+        shutil.copytree(source, ckpt)
+        path = ckpt / rng.choice([*G.CHECKPOINT_FILES, G.MANIFEST])
+        data = bytearray(path.read_bytes())
+        at = rng.randrange(len(data))
+        if case % 3 == 0:
+            data = data[:at]
+        else:
+            data[at:at + 8] = bytes(len(data[at:at + 8])) if case % 3 == 1 else rng.randbytes(8)
+        if bytes(data) == path.read_bytes():
+            continue
+        path.write_bytes(bytes(data))
+        with pytest.raises(G.DamagedCheckpoint, match=re.escape(str(ckpt))):
+            G.check_checkpoint(ckpt, cfg)
+
+
 def test_no_intact_checkpoint_is_one_error_after_which_nothing_has_changed(run, capsys):
     truncate(run / "checkpoints" / "step_000004" / "adapter_model.safetensors")
     (run / "checkpoints" / "step_000002" / "adapter_config.json").unlink()
