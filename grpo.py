@@ -36,18 +36,22 @@ needs several prompts per step.
     python grpo.py --dry-run --model PATH
 
 A run folder holds config.json, metrics.jsonl (a line per step), samples.jsonl, diagnostics.jsonl
-and checkpoints/step_N (the adapter in peft's format, optimizer, RNG states, data cursor), written
-atomically.
+and checkpoints/step_N (the adapter in peft's format, optimizer, RNG states, data cursor, and a
+manifest of each file's size and sha256), written atomically. --resume checks every file of a
+checkpoint before loading it; a damaged one is renamed aside (damaged-step_N) and the run resumes
+from the newest intact one.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -206,7 +210,10 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
         path = Path(args.resume) / "config.json"
         if not path.is_file():
             ap.error(f"--resume {args.resume}: no config.json there (not a run folder)")
-        cfg = Config(**(BEFORE_FIELD_EXISTED | json.loads(path.read_text()) | given))
+        saved, problem = read_run_config(path)
+        if problem:  # a damaged file, not a misused flag: no usage text above the message
+            sys.exit(f"error: --resume {args.resume}: {problem}")
+        cfg = Config(**(BEFORE_FIELD_EXISTED | saved | given))
     else:
         preset = given.get("preset", Config.preset)
         cfg = Config(**(PRESETS[preset] | given | {"preset": preset}))
@@ -214,6 +221,30 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     if problems:
         ap.error("; ".join(problems))
     return cfg, args
+
+
+def read_run_config(path: Path) -> tuple[dict, str | None]:
+    """A run folder's config.json -> (its fields, None), or ({}, what is wrong with it)."""
+    try:
+        saved = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        return {}, f"{path}: not UTF-8 text"
+    except json.JSONDecodeError as e:
+        return {}, f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})"
+    if not isinstance(saved, dict):
+        return {}, f"{path}: not a JSON object of Config fields"
+    kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
+             "str | None": (str, type(None))}
+    fields = {f.name: kinds.get(f.type, (object,)) for f in dataclasses.fields(Config)}
+    unknown = sorted(set(saved) - set(fields))
+    if unknown:
+        return {}, f"{path}: unknown fields {unknown} (not written by this version of grpo.py?)"
+    wrong = [f"{name}={value!r}" for name, value in saved.items()
+             if not isinstance(value, fields[name])
+             or (isinstance(value, bool) and bool not in fields[name])]
+    if wrong:
+        return {}, f"{path}: values of the wrong type: {', '.join(wrong)}"
+    return saved, None
 
 
 def validate(cfg: Config) -> list[str]:
@@ -636,7 +667,12 @@ def run_diagnostics(model, tok, params, prompts, cfg: Config, step: int, previou
 
 
 # -----------------------------------------------------------------------------
-# Checkpoints: adapter (peft format) + optimizer + RNG states + data cursor, written atomically
+# Checkpoints: adapter (peft format) + optimizer + RNG states + data cursor, written atomically,
+# with a manifest of each file's size and sha256; validated file by file before --resume loads one
+
+TRAINER_STATE, TRAINER_TENSORS, MANIFEST = ("trainer_state.json", "trainer_state.safetensors",
+                                            "manifest.json")
+CHECKPOINT_FILES = (L.ADAPTER_CONFIG, L.ADAPTER_WEIGHTS, TRAINER_STATE, TRAINER_TENSORS)
 
 
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, stream: PromptStream, extra: dict,
@@ -658,13 +694,14 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, stream: PromptSt
             tensors[f"optimizer/{pid}/{name}"] = (value if torch.is_tensor(value)
                                                   else torch.tensor(value))
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-              tmp / "trainer_state.safetensors")
+              tmp / TRAINER_TENSORS)
     np_state = np.random.get_state()
     state = {"step": step, "data": stream.state(), "param_groups": opt_state["param_groups"],
              "python_rng": random.getstate(),
              "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
              **{k: v for k, v in extra.items() if k != "model"}}
-    (tmp / "trainer_state.json").write_text(json.dumps(state))
+    (tmp / TRAINER_STATE).write_text(json.dumps(state))
+    write_manifest(tmp)
     # on disk before the rename, so a crash cannot leave a torn checkpoint
     for path in [*tmp.iterdir(), tmp]:
         fsync(path)
@@ -686,8 +723,8 @@ def fsync(path: Path):
 def load_checkpoint(ckpt: Path, model, optimizer) -> dict:
     from safetensors.torch import load_file
     L.load_adapter(model, ckpt)
-    state = json.loads((ckpt / "trainer_state.json").read_text())
-    tensors = load_file(ckpt / "trainer_state.safetensors")
+    state = json.loads((ckpt / TRAINER_STATE).read_text())
+    tensors = load_file(ckpt / TRAINER_TENSORS)
     opt_state = {"state": {}, "param_groups": state["param_groups"]}
     for key, value in tensors.items():
         if key.startswith("optimizer/"):
@@ -712,6 +749,293 @@ def load_checkpoint(ckpt: Path, model, optimizer) -> dict:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     ckpts = sorted((run_dir / "checkpoints").glob("step_*"))
     return ckpts[-1] if ckpts else None
+
+
+# --- Validation: is a checkpoint intact? (reads sizes, headers and JSON; never loads a tensor) ---
+
+class DamagedCheckpoint(ValueError):
+    """A file of a checkpoint is missing, cut short, altered or not this run's."""
+
+    def __init__(self, path: Path, what: str):
+        super().__init__(f"{path}: {what}")
+
+
+def write_manifest(folder: Path):
+    """Each file's size and sha256, recorded inside the checkpoint before its atomic rename."""
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_of(p)}
+             for p in sorted(folder.iterdir()) if p.name != MANIFEST}
+    (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_checkpoint(ckpt: Path, cfg: Config):
+    """Raise DamagedCheckpoint naming the first file that is wrong, and what is wrong with it:
+    a file missing, a size or sha256 other than manifest.json recorded at save time, a
+    safetensors header that does not fit its file, trainer_state.json unreadable or of another
+    step, an adapter whose config or tensor shapes are not the run's LoRA (rank, alpha, targets).
+    Checkpoints written before manifests (no manifest.json) get every check but the recorded
+    sizes and sums."""
+    if not ckpt.is_dir():
+        raise DamagedCheckpoint(ckpt, "not a folder")
+    if not ckpt.name.removeprefix("step_").isdigit():
+        raise DamagedCheckpoint(ckpt, "not named step_<N>")
+    for name in CHECKPOINT_FILES:
+        if not (ckpt / name).is_file():
+            raise DamagedCheckpoint(ckpt / name, "missing")
+    manifest = read_manifest(ckpt)
+    for name, entry in manifest.items():
+        path, size = ckpt / name, entry["bytes"]
+        if not path.is_file():
+            raise DamagedCheckpoint(path, "missing (manifest.json lists it)")
+        if path.stat().st_size != size:
+            raise DamagedCheckpoint(path, ("truncated: " if path.stat().st_size < size else "")
+                                    + f"{path.stat().st_size:,} bytes, {size:,} when saved")
+    adapter_shapes = check_adapter(ckpt, cfg)
+    check_trainer_state(ckpt, adapter_shapes)
+    for name, entry in manifest.items():
+        if sha256_of(ckpt / name) != entry["sha256"]:
+            raise DamagedCheckpoint(ckpt / name, "sha256 differs from the one recorded at save "
+                                                 "time (the file changed on disk)")
+
+
+def read_manifest(ckpt: Path) -> dict[str, dict]:
+    """manifest.json's {file: {"bytes", "sha256"}}; {} for a checkpoint written before manifests."""
+    path = ckpt / MANIFEST
+    if not path.exists():
+        return {}
+    manifest = read_json(path)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    ok = isinstance(files, dict) and all(
+        isinstance(e, dict) and isinstance(e.get("bytes"), int)
+        and isinstance(e.get("sha256"), str) for e in files.values())
+    if not ok:
+        raise DamagedCheckpoint(path, 'not {"files": {name: {"bytes", "sha256"}}}')
+    for name in CHECKPOINT_FILES:
+        if name not in files:
+            raise DamagedCheckpoint(path, f"does not list {name}")
+    return files
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise DamagedCheckpoint(path, "not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise DamagedCheckpoint(path, f"not valid JSON (line {e.lineno}, column {e.colno}: "
+                                      f"{e.msg})") from None
+
+
+SAFETENSORS_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2,
+                           "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8,
+                           "U64": 8, "F64": 8}
+
+
+def safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{name: (dtype, shape)} from a safetensors file's header, after checking the header against
+    the file: [8-byte little-endian header length][JSON header][tensor data], each tensor's
+    data_offsets spanning dtype size x numel bytes, the spans tiling the data exactly."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise DamagedCheckpoint(path, f"truncated: {size} bytes, "
+                                          "not even the 8-byte header length")
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            raise DamagedCheckpoint(path, f"truncated: {size:,} bytes, but its header length says "
+                                          f"the header alone takes {n:,} after the first 8")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise DamagedCheckpoint(path, "the safetensors header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise DamagedCheckpoint(path, "the safetensors header is not a JSON object")
+    header.pop("__metadata__", None)
+    tensors, spans = {}, []
+    for name, info in header.items():
+        dtype = info.get("dtype") if isinstance(info, dict) else None
+        shape, offsets = (info.get("shape"), info.get("data_offsets")) if dtype else (None, None)
+        if (dtype not in SAFETENSORS_DTYPE_BYTES or not isinstance(shape, list)
+                or not all(isinstance(d, int) and d >= 0 for d in shape)
+                or not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) for o in offsets)):
+            raise DamagedCheckpoint(path, f"tensor {name}: malformed header entry "
+                                          f"{json.dumps(info)[:80]}")
+        nbytes = math.prod(shape) * SAFETENSORS_DTYPE_BYTES[dtype]
+        if offsets[1] - offsets[0] != nbytes:
+            raise DamagedCheckpoint(path, f"tensor {name}: {dtype} {shape} takes {nbytes} bytes, "
+                                          f"its data_offsets {offsets} span another size")
+        tensors[name] = (dtype, tuple(shape))
+        spans.append((offsets[0], offsets[1]))
+    end = 0
+    for begin, stop in sorted(spans):
+        if begin != end:
+            raise DamagedCheckpoint(path, "the tensors' data_offsets leave gaps or overlap")
+        end = stop
+    data = size - 8 - n
+    if data < end:
+        raise DamagedCheckpoint(path, f"truncated: {size:,} bytes, its header describes "
+                                      f"{8 + n + end:,}")
+    if data > end:
+        raise DamagedCheckpoint(path, f"{size:,} bytes, its header describes {8 + n + end:,} "
+                                      "(bytes appended after the last tensor)")
+    return tensors
+
+
+def check_adapter(ckpt: Path, cfg: Config) -> list[tuple[int, ...]]:
+    """adapter_config.json and every adapter tensor against the run's --lora-rank, --lora-alpha
+    and --lora-targets -> the tensors' shapes."""
+    path = ckpt / L.ADAPTER_CONFIG
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise DamagedCheckpoint(path, "not a JSON object")
+    r = cfg.lora_rank
+    # the projections apply_lora wraps: Qwen2's Linear layers are exactly L.ALL_PROJECTIONS
+    targets = sorted(set(cfg.lora_targets.split(",")) & set(L.ALL_PROJECTIONS))
+    saved_targets = config.get("target_modules")
+    if config.get("r") != r:
+        raise DamagedCheckpoint(path, f"r={config.get('r')!r}, the run's --lora-rank is {r}")
+    if config.get("lora_alpha") != cfg.lora_alpha:
+        raise DamagedCheckpoint(path, f"lora_alpha={config.get('lora_alpha')!r}, "
+                                      f"the run's --lora-alpha is {cfg.lora_alpha:g}")
+    if not (isinstance(saved_targets, list) and all(isinstance(t, str) for t in saved_targets)
+            and sorted(saved_targets) == targets):
+        raise DamagedCheckpoint(path, f"target_modules={saved_targets!r}, "
+                                      f"the run's --lora-targets give {targets}")
+    path = ckpt / L.ADAPTER_WEIGHTS
+    tensors = safetensors_header(path)
+    halves = {}  # module -> {"A", "B"}
+    for key, (_, shape) in tensors.items():
+        match = re.fullmatch(r"base_model\.model\.(.+)\.lora_([AB])\.weight", key)
+        if match is None or match[1].rsplit(".", 1)[-1] not in targets:
+            raise DamagedCheckpoint(path, f"unexpected tensor {key} (--lora-targets {targets})")
+        rank_dim = 0 if match[2] == "A" else 1  # A is [r, in], B is [out, r]
+        if len(shape) != 2 or shape[rank_dim] != r:
+            raise DamagedCheckpoint(path, f"{key} has shape {list(shape)}, not of rank {r} "
+                                          f"(the run's --lora-rank): lora_A is [r, in], "
+                                          "lora_B [out, r]")
+        halves.setdefault(match[1], set()).add(match[2])
+    for module, found in sorted(halves.items()):
+        if found != {"A", "B"}:
+            raise DamagedCheckpoint(path, f"{module} has lora_{found.pop()} "
+                                          "but not its other half")
+    adapted = sorted({module.rsplit(".", 1)[-1] for module in halves})
+    if adapted != targets:
+        raise DamagedCheckpoint(path, f"adapts {adapted}, the run's --lora-targets give {targets}")
+    return [shape for _, shape in tensors.values()]
+
+
+def check_trainer_state(ckpt: Path, adapter_shapes: list[tuple[int, ...]]):
+    """trainer_state.json: this folder's step, the data cursor, RNG states and optimizer groups in
+    the form load_checkpoint reads; trainer_state.safetensors: the CPU RNG state and one optimizer
+    state per LoRA tensor, of its shape."""
+    path = ckpt / TRAINER_STATE
+    state = read_json(path)
+    step = int(ckpt.name.removeprefix("step_"))
+    if not isinstance(state, dict):
+        raise DamagedCheckpoint(path, "not a JSON object")
+    if state.get("step") != step:
+        raise DamagedCheckpoint(path, f"step {state.get('step')!r}, the folder is step {step}")
+    data, groups = state.get("data"), state.get("param_groups")
+    python_rng, numpy_rng = state.get("python_rng"), state.get("numpy_rng")
+    malformed = {
+        "data": not (isinstance(data, dict) and all(
+            isinstance(data.get(k), int) and data[k] >= 0 for k in ("epoch", "position"))),
+        "param_groups": not (isinstance(groups, list) and all(
+            isinstance(g, dict) and isinstance(g.get("params"), list)
+            and all(isinstance(p, int) for p in g["params"]) for g in groups)
+            and sorted(p for g in groups for p in g["params"])
+            == list(range(len(adapter_shapes)))),
+        "python_rng": not (isinstance(python_rng, list) and len(python_rng) == 3
+                           and isinstance(python_rng[1], list)),
+        "numpy_rng": not (isinstance(numpy_rng, list) and len(numpy_rng) == 5
+                          and isinstance(numpy_rng[1], list) and len(numpy_rng[1]) == 624),
+    }
+    bad = [key for key, is_bad in malformed.items() if is_bad]
+    if bad:
+        raise DamagedCheckpoint(path, f"{', '.join(bad)} malformed (param_groups: one entry per "
+                                      f"LoRA tensor, {len(adapter_shapes)} here)")
+    path = ckpt / TRAINER_TENSORS
+    tensors = safetensors_header(path)
+    if tensors.get("rng/torch_cpu", ("",))[0] != "U8":
+        raise DamagedCheckpoint(path, "no CPU RNG state (rng/torch_cpu, uint8)")
+    for key, (dtype, shape) in tensors.items():
+        if not key.startswith("optimizer/"):
+            continue
+        parts = key.split("/")
+        ok = len(parts) == 3 and parts[1].isdigit() and int(parts[1]) < len(adapter_shapes)
+        if not ok:
+            raise DamagedCheckpoint(path, f"{key}: no such LoRA tensor "
+                                          f"(the adapter has {len(adapter_shapes)})")
+        if parts[2] != "step" and shape not in adapter_shapes:
+            raise DamagedCheckpoint(path, f"{key} has shape {list(shape)}, "
+                                          "no LoRA tensor has that shape")
+
+
+def choose_checkpoint(run_dir: Path, cfg: Config, world: World = World()) -> tuple[Path, list[str]]:
+    """--resume's checkpoint: the newest whose every file is intact (check_checkpoint), and the
+    lines that say what was found. Rank 0 checks and decides, every rank gets its answer. Each
+    damaged newer checkpoint is kept, renamed aside to damaged-step_N (which latest_checkpoint and
+    the keep-N pruning never see); then the run resumes from the intact one as from any other,
+    every log cut back to it. No intact checkpoint, or a per-step log that cannot be cut (a broken
+    line before its last): ValueError, on every rank, and nothing is renamed."""
+    answer = None
+    if world.main:
+        try:
+            answer = pick_intact_checkpoint(run_dir, cfg)
+        except Exception as e:  # noqa: BLE001 - the other ranks are waiting for an answer
+            answer = str(e) if isinstance(e, (ValueError, OSError)) else (
+                f"checking {run_dir / 'checkpoints'} failed: {type(e).__name__}: {e}")
+    answer = world.broadcast(answer)
+    if isinstance(answer, str):
+        raise ValueError(answer)
+    ckpt, notes = answer
+    return Path(ckpt), notes
+
+
+def pick_intact_checkpoint(run_dir: Path, cfg: Config) -> tuple[str, list[str]]:
+    folder = run_dir / "checkpoints"
+    newest_first = sorted(folder.glob("step_*"), reverse=True)
+    if not newest_first:
+        raise ValueError(f"{folder}: no checkpoint to resume from")
+    for log in PER_STEP_LOGS:
+        log_lines(run_dir / log)  # raises on a log that resuming could not cut back
+    damaged = []
+    for ckpt in newest_first:
+        try:
+            check_checkpoint(ckpt, cfg)
+            break
+        except DamagedCheckpoint as e:
+            damaged.append((ckpt, str(e)))
+    else:
+        raise ValueError(f"no intact checkpoint in {folder} (nothing was renamed or deleted): "
+                         + "; ".join(fault for _, fault in damaged))
+    notes = [f"damaged checkpoint {fault}; kept as {set_aside(bad)}" for bad, fault in damaged]
+    if damaged:
+        notes.append(f"resuming from {ckpt}, the newest intact checkpoint")
+    if not (ckpt / MANIFEST).exists():
+        notes.append(f"{ckpt} has no {MANIFEST} (written before checkpoints had checksums): "
+                     "its files were checked for completeness, not for altered bytes")
+    return str(ckpt), notes
+
+
+def set_aside(ckpt: Path) -> Path:
+    """Rename a damaged checkpoint out of the way, never over an earlier one set aside."""
+    aside, n = ckpt.with_name(f"damaged-{ckpt.name}"), 1
+    while aside.exists():
+        n += 1
+        aside = ckpt.with_name(f"damaged-{ckpt.name}-{n}")
+    os.rename(ckpt, aside)
+    return aside
 
 
 # -----------------------------------------------------------------------------
@@ -799,7 +1123,9 @@ def setup(cfg: Config, world: World = World()):
     return model, tok, params, make_optimizer(params, cfg), problems, device, dtype
 
 
-def train(cfg: Config, run_dir: Path, resume: bool = False, world: World = World()) -> Path:
+def train(cfg: Config, run_dir: Path, resume: bool | Path = False,
+          world: World = World()) -> Path:
+    """resume: True for the newest intact checkpoint, or the checkpoint to continue from."""
     run = Run(cfg, run_dir, resume, world)  # set up, or restore the last checkpoint
     model, tok, params, optimizer = run.model, run.tok, run.params, run.optimizer
     with StopFlag() as stop:
@@ -832,7 +1158,7 @@ class Run:
     """The plumbing around train()'s loop: the run folder, resume, logs, evaluation, checkpoints.
     Only rank 0 writes; every rank takes the same decisions (stop, save) at the same step."""
 
-    def __init__(self, cfg: Config, run_dir: Path, resume: bool, world: World):
+    def __init__(self, cfg: Config, run_dir: Path, resume: bool | Path, world: World):
         self.cfg, self.run_dir, self.world = cfg, run_dir, world
         self.model, self.tok, self.params, self.optimizer, problems, self.device, dtype = setup(
             cfg, world)
@@ -843,7 +1169,7 @@ class Run:
         self.metrics_path = run_dir / "metrics.jsonl"
         self.say = print if world.main else (lambda *a, **k: None)
         if resume:
-            self.restore()
+            self.restore(resume)
         elif world.main:
             run_dir.mkdir(parents=True, exist_ok=False)
             (run_dir / "checkpoints").mkdir()
@@ -862,12 +1188,15 @@ class Run:
             self.write_metrics(record)
         self.t_run, self.steps_timed = time.time(), 0
 
-    def restore(self):
-        """Back to the last checkpoint: weights, optimizer, RNG, data cursor;
-        every per-step log cut to it."""
-        ckpt = latest_checkpoint(self.run_dir)
-        if ckpt is None:
-            raise FileNotFoundError(f"{self.run_dir}/checkpoints: no checkpoint to resume from")
+    def restore(self, checkpoint: Path | bool = True):
+        """Back to a checkpoint: weights, optimizer, RNG, data cursor; every per-step log cut to
+        it. checkpoint: the one main() chose (choose_checkpoint), or True to choose here."""
+        if isinstance(checkpoint, Path):
+            ckpt = checkpoint
+        else:
+            ckpt, notes = choose_checkpoint(self.run_dir, self.cfg, self.world)
+            for note in notes:
+                self.say(note)
         state = load_checkpoint(ckpt, self.model, self.optimizer)
         self.start, self.bad_streak = state["step"], state.get("bad_streak", 0)
         self.stream = PromptStream(self.stream.problems, self.cfg.seed, **state["data"])
@@ -1051,16 +1380,45 @@ PER_STEP_LOGS = ("metrics.jsonl", "diagnostics.jsonl", "samples.jsonl")
 
 
 def keep_log_until(path: Path, step: int):
-    """On resume, lines past the checkpoint are recomputed;
-    move the old ones aside rather than lose them."""
+    """On resume, lines past the checkpoint are recomputed; move the old ones aside (appended to
+    <log>.after-step-N.jsonl, so a second resume at the same step loses nothing) rather than lose
+    them. The log itself is replaced atomically."""
     if not path.is_file():
         return
-    lines = path.read_text().splitlines(keepends=True)
-    keep = [line for line in lines if json.loads(line)["step"] <= step]
-    dropped = [line for line in lines if json.loads(line)["step"] > step]
+    lines, torn = log_lines(path)
+    dropped = [line for s, line in lines if s > step] + ([torn + "\n"] if torn else [])
     if dropped:
-        (path.parent / f"{path.stem}.after-step-{step}.jsonl").write_text("".join(dropped))
-    path.write_text("".join(keep))
+        with (path.parent / f"{path.stem}.after-step-{step}.jsonl").open(
+                "a", errors="surrogateescape") as f:
+            f.writelines(dropped)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line for s, line in lines if s <= step), errors="surrogateescape")
+    os.replace(tmp, path)
+
+
+def log_lines(path: Path) -> tuple[list[tuple[int, str]], str]:
+    """A per-step log's lines with their steps, and its torn last line ("" if none). A crash while
+    appending (a full disk) can cut the last line short, and only the last: it is past every
+    checkpoint (a step's lines are written before its checkpoint), so resuming moves it aside.
+    Any other line that is not a JSON record with a "step" is an error naming file and line."""
+    if not path.is_file():
+        return [], ""
+    lines = path.read_text(errors="surrogateescape").splitlines(keepends=True)
+    out, torn = [], ""
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            step = record["step"] if isinstance(record, dict) else None
+        except (json.JSONDecodeError, KeyError):
+            step = None
+        if isinstance(step, int):
+            out.append((step, line if line.endswith("\n") else line + "\n"))
+        elif number == len(lines) and not line.endswith("\n"):
+            torn = line
+        else:
+            raise ValueError(f"{path}:{number}: not a JSON record with a step "
+                             f"({line[:60]!r}); fix or remove that line, then resume")
+    return out, torn
 
 
 def last_diagnostics(path: Path) -> list[dict]:
@@ -1106,8 +1464,15 @@ def main(argv=None):
         cfg = dataclasses.replace(cfg, steps=1, save_every=1, diag_every=0)
     world = World.from_env("cuda" if resolve_device(cfg)[0].type == "cuda" else "cpu",
                            cfg.dist_timeout_s)
+    resolve_device(cfg, world)  # torchrun on GPUs: this rank's device, before any collective
+    resume_from, notes = False, []
     if args.resume:
         run_dir = Path(args.resume)
+        try:  # before the configuration dump, so that an error is the last thing on the screen
+            resume_from, notes = choose_checkpoint(run_dir, cfg, world)
+        except ValueError as e:
+            world.close(False)
+            sys.exit(f"error: {e}" if world.main else 1)
     elif args.dry_run and cfg.out is None:
         run_dir = Path(world.broadcast(
             tempfile.mkdtemp(prefix="grpo-dry-run-") if world.main else None)) / "run"
@@ -1119,9 +1484,11 @@ def main(argv=None):
         cfg = dataclasses.replace(cfg, out=str(run_dir))
     if world.main:
         print(json.dumps(dataclasses.asdict(cfg), indent=2))
+        for note in notes:
+            print(note)
     finished = False
     try:
-        train(cfg, run_dir, resume=bool(args.resume), world=world)
+        train(cfg, run_dir, resume=resume_from, world=world)
         finished = True
     except (FileNotFoundError, ValueError, ConnectionError, TrainingStopped) as e:
         sys.exit(f"error: {e}")

@@ -122,6 +122,41 @@ def test_a_checkpoint_of_two_processes_resumes_on_one(runs, tmp_path, capsys):
     assert_same_run(root / "two", run)
 
 
+def test_a_damaged_checkpoint_is_set_aside_once_and_every_rank_resumes_from_the_same(
+        runs, tmp_path):
+    """Rank 0 checks the checkpoints and renames the damaged one; every rank loads the one it
+    chose (a rank on another checkpoint would pull the summed gradient away: not bit for bit)."""
+    root, _ = runs
+    run = tmp_path / "two"
+    shutil.copytree(root / "two", run)
+    weights = run / "checkpoints" / "step_000004" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    done = torchrun(["--resume", str(run)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("damaged checkpoint") == 1, done.stdout
+    assert f"resuming from {run}/checkpoints/step_000002" in done.stdout
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "damaged-step_000004", "step_000002", "step_000004"]
+    a, b = adapter(G.latest_checkpoint(root / "two")), adapter(G.latest_checkpoint(run))
+    differ = {k: float((a[k] - b[k]).abs().max()) for k in a if not torch.equal(a[k], b[k])}
+    assert not differ, differ
+    assert metrics(root / "two") == metrics(run)
+
+
+def test_no_intact_checkpoint_stops_every_rank_with_one_message(runs, tmp_path):
+    root, _ = runs
+    run = tmp_path / "two"
+    shutil.copytree(root / "two", run)
+    for ckpt in (run / "checkpoints").iterdir():
+        (ckpt / "trainer_state.json").unlink()
+    t0 = time.time()
+    done = torchrun(["--resume", str(run)])
+    assert done.returncode != 0 and time.time() - t0 < 60
+    out = done.stdout + done.stderr
+    assert out.count("error: no intact checkpoint") == 1, out[-3000:]
+    assert not list((run / "checkpoints").glob("damaged-*"))
+
+
 FAILING = '''
 import os, sys, time
 sys.path.insert(0, os.getcwd())
