@@ -454,6 +454,13 @@ def format_prompt(problem: Problem, template: str = "qwen-chat") -> str:
     return _PLACEHOLDER.sub(lambda m: fields[m.group(1)], PROMPT_TEMPLATES[template])
 
 
+def prompt_ids(tok, problem: Problem, template: str, max_tokens: int = 0) -> list[int]:
+    """The prompt's token ids. With max_tokens only the last max_tokens are kept, as TRL's
+    max_prompt_length cuts them (the start of the prompt goes, the question's end stays)."""
+    ids = tok.encode(format_prompt(problem, template))
+    return ids[-max_tokens:] if max_tokens else ids
+
+
 # --- Synthetic arithmetic word problems (demo) ----------------------------------------------------
 # GSM8K-shaped problems a laptop-sized model can learn: a starting amount, then 1-2 (easy) or 3-4
 # (hard) additions and subtractions, every running value in 0..99. Worked solutions write one step

@@ -61,16 +61,18 @@ def load_eval_problems(args) -> list[D.Problem]:
 
 def heldout_accuracy(model, tok, problems, template: str, max_new_tokens: int, samples: int,
                      temperature: float, seed: int, batch_size: int = 64,
-                     progress: bool = False) -> tuple[dict, list[dict]]:
+                     progress: bool = False, max_prompt_tokens: int = 0
+                     ) -> tuple[dict, list[dict]]:
     """Greedy and sampled accuracy, strict and lenient, and pass@k of the model as it is (adapter
     on, unmerged).
 
     Returns ({group: metrics} for "all" and each tier, one row per problem). The sampler is
     seeded per call, so the same weights give the same numbers, and no global random state is
-    touched (training is not perturbed).
+    touched (training is not perturbed). Prompts are cut to their last max_prompt_tokens as in
+    training (0: not cut).
     """
     import model as M
-    prompts = [tok.encode(D.format_prompt(p, template)) for p in problems]
+    prompts = [D.prompt_ids(tok, p, template, max_prompt_tokens) for p in problems]
     stops = M.stop_ids(tok)
     was_training = model.training
     model.eval()
@@ -165,11 +167,12 @@ def evaluate(args) -> dict:
     t0 = time.time()
     groups, rows = heldout_accuracy(model, tok, problems, args.template, args.max_new_tokens,
                                     args.samples, args.temperature, args.seed, args.batch_size,
-                                    progress=True)
+                                    progress=True, max_prompt_tokens=args.max_prompt_tokens)
     K = args.samples
     results = {"model": args.model, "adapter": args.adapter, "data": args.data, "split": args.split,
                "template": args.template, "samples": K, "temperature": args.temperature,
-               "max_new_tokens": args.max_new_tokens, "seconds": round(time.time() - t0, 1),
+               "max_new_tokens": args.max_new_tokens,
+               "max_prompt_tokens": args.max_prompt_tokens, "seconds": round(time.time() - t0, 1),
                "groups": groups}
     out = Path(args.out or f"eval-{Path(str(args.adapter or args.model)).name}-{args.data}")
     out.mkdir(parents=True, exist_ok=True)
@@ -240,6 +243,9 @@ def main(argv=None):
     ap.add_argument("--temperature", type=float, default=None, help="default: the run's, else 1.0")
     ap.add_argument("--max-new-tokens", type=int, default=None,
                     help="default: the run's, else 64 for demo, 1024 otherwise")
+    ap.add_argument("--max-prompt-tokens", type=int, default=None,
+                    help="keep each prompt's last N tokens, as training cut them (default: the "
+                         "run's, else 0: not cut)")
     ap.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
     ap.add_argument("--limit", type=int, default=None, help="first N problems only")
     ap.add_argument("--device", default="auto")
@@ -248,8 +254,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     run = run_config_of(args.adapter)
     if run:
-        taken = {k: run[k] for k in ("model", "template", "max_new_tokens", "temperature")
-                 if getattr(args, k) is None}
+        taken = {k: run[k] for k in ("model", "template", "max_new_tokens", "temperature",
+                                     "max_prompt_tokens")
+                 if getattr(args, k) is None and k in run}  # older runs lack the last
         if args.tokenizer is None and run.get("tokenizer"):
             taken["tokenizer"] = run["tokenizer"]
         vars(args).update(taken)
@@ -257,13 +264,15 @@ def main(argv=None):
         print(f"from the run's config.json: {taken_text}")
     demo = args.data == "demo"  # the demo model's settings (its preset; 512 positions)
     defaults = {"template": "plain" if demo else "qwen-chat", "temperature": 1.0,
-                "max_new_tokens": 64 if demo else 1024}
+                "max_new_tokens": 64 if demo else 1024, "max_prompt_tokens": 0}
     vars(args).update({k: v for k, v in defaults.items() if getattr(args, k) is None})
     if args.model is None:
         ap.error("--model is required (or an --adapter inside a run folder, whose config.json "
                  "names the model)")
     if args.samples < 0 or args.temperature <= 0 and args.samples:
         ap.error("--samples must be >= 0 and --temperature > 0")
+    if args.max_prompt_tokens < 0:
+        ap.error("--max-prompt-tokens must be >= 0 (0: not cut)")
     try:
         return evaluate(args)
     except (FileNotFoundError, ValueError, ConnectionError) as e:

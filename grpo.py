@@ -401,7 +401,8 @@ def heldout_record(model, tok, problems, cfg: Config) -> dict:
     t0 = time.time()
     groups, _ = E.heldout_accuracy(model, tok, problems, cfg.template, cfg.max_new_tokens,
                                    cfg.eval_samples, cfg.temperature,
-                                   seed=cfg.seed * 1_000_003 + 999_983)
+                                   seed=cfg.seed * 1_000_003 + 999_983,
+                                   max_prompt_tokens=cfg.max_prompt_tokens)
     record = {}
     for group, metrics in groups.items():
         prefix = "eval/" if group == "all" else f"eval/{group}/"
@@ -481,11 +482,9 @@ def rollout(model, tok, problems, cfg: Config, seed: int, first_row: int = 0) ->
 
 
 def prompt_ids(tok, problem: D.Problem, cfg: Config, max_positions: int) -> list[int]:
-    """The prompt's token ids, cut as TRL's max_prompt_length cut them: only the last
-    --max-prompt-tokens are kept (the start of the prompt is what goes)."""
-    ids = tok.encode(D.format_prompt(problem, cfg.template))
-    if cfg.max_prompt_tokens:
-        ids = ids[-cfg.max_prompt_tokens:]
+    """The prompt's token ids cut to --max-prompt-tokens (data.prompt_ids), checked to leave
+    room for --max-new-tokens."""
+    ids = D.prompt_ids(tok, problem, cfg.template, cfg.max_prompt_tokens)
     if len(ids) + cfg.max_new_tokens > max_positions:
         cut = f"after --max-prompt-tokens {cfg.max_prompt_tokens}" if cfg.max_prompt_tokens \
             else "--max-prompt-tokens 0: not cut"

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import eval as E
 
@@ -108,16 +109,38 @@ def test_an_adapter_inside_a_run_is_evaluated_with_that_runs_prompt(tmp_path, ca
     run = tmp_path / "run"
     grpo.main(["--preset", "demo", "--steps", "1", "--prompts-per-step", "2", "--group-size", "4",
                "--out", str(run), "--eval-every", "0", "--template", "paper",
-               "--max-new-tokens", "20", "--temperature", "0.7"])
+               "--max-new-tokens", "20", "--temperature", "0.7", "--max-prompt-tokens", "40"])
     res = E.main(["--adapter", str(run / "checkpoints/step_000001"), "--data", "demo",
                   "--limit", "4", "--samples", "1", "--out", str(tmp_path / "ev")])
-    assert (res["template"], res["max_new_tokens"], res["temperature"]) == ("paper", 20, 0.7)
+    assert (res["template"], res["max_new_tokens"], res["temperature"],
+            res["max_prompt_tokens"]) == ("paper", 20, 0.7, 40)
     assert Path(res["model"]) == DEMO
     assert "from the run's config.json: model" in capsys.readouterr().out
     explicit = E.main(["--adapter", str(run / "checkpoints/step_000001"), "--data", "demo",
                        "--limit", "4", "--samples", "1", "--template", "plain",
                        "--out", str(tmp_path / "ev2")])
     assert explicit["template"] == "plain"  # a flag given on the command line wins
+
+
+def test_held_out_prompts_are_cut_as_training_cuts_them(monkeypatch):
+    import data as D
+    import model as M
+    tok = M.load_tokenizer(DEMO)
+    problems = [D.Problem(question=f"Tom has {n} apples. He buys 3 more. How many now?",
+                          answer=str(n + 3)) for n in (5, 6)]
+    seen = []
+
+    def generate(model, prompts, max_new_tokens, num_samples=1, **kw):
+        seen.extend(prompts)
+        return [[] for _ in range(len(prompts) * num_samples)]
+
+    monkeypatch.setattr(M, "generate", generate)
+    whole = [tok.encode(D.format_prompt(p, "plain")) for p in problems]
+    for cut, expected in ((0, whole), (6, [w[-6:] for w in whole])):
+        seen.clear()
+        E.heldout_accuracy(torch.nn.Linear(1, 1), tok, problems, "plain", 8, samples=0,
+                           temperature=1.0, seed=0, max_prompt_tokens=cut)
+        assert len(whole[0]) > 6 and seen == expected
 
 
 def test_evaluate_without_a_model_or_a_run_is_one_clear_message(capsys):
