@@ -736,9 +736,9 @@ def design_note(cfg: Config) -> str | None:
     if cfg.prompts_per_step > 1:
         return None
     return ("note: one prompt per step, so --normalize cannot change the direction of the update: "
-            "std and batch are none times one positive scalar per step (1/std of the group), which "
-            "AdamW largely divides out and gradient clipping removes whenever it fires; the "
-            "per-prompt reweighting needs --prompts-per-step > 1")
+            "std, matched and batch are none times one positive scalar per step (1/std of the "
+            "group), which AdamW largely divides out and gradient clipping removes whenever it "
+            "fires; the per-prompt reweighting needs --prompts-per-step > 1")
 
 
 def setup(cfg: Config, world: World = World()):

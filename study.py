@@ -357,7 +357,7 @@ def decomposition(summary: dict, metric: str, heldout: str | None) -> list[tuple
             rows.append((setting, (name, a, b), {
                 "train": effect(summary, arm[a], arm[b], metric),
                 "heldout": effect(summary, arm[a], arm[b], heldout) if heldout else None,
-                "rates": rates}))
+                "rates": rates, "arms": [arm[a], arm[b]]}))
     return rows
 
 
@@ -654,6 +654,7 @@ def figures_section(figures: list[Path]) -> list[str]:
 # every figure of every report.
 ARM_COLORS = {"std": "#0072B2", "matched": "#E69F00", "batch": "#009E73", "none": "#D55E00"}
 RATE_STYLES = ["-", "--", ":", "-.", (0, (8, 2, 1, 2, 1, 2)), (0, (1, 4))]
+COLLAPSED = 0.05  # a run whose final training accuracy is below this has collapsed
 
 
 def pyplot():
@@ -680,18 +681,28 @@ def save(fig, path: Path) -> Path:
     return path
 
 
+def contrast_color(a: str, b: str) -> str:
+    """The colour of a difference a - b: that of the arm set against std (std - matched: matched's),
+    else of the first arm (matched - none: matched's)."""
+    return ARM_COLORS.get(b if a == "std" else a, "k")
+
+
 def plot_effects(plt, rows: list[tuple], names: tuple[str, ...], title: str, labels: dict,
-                 path: Path) -> Path | None:
+                 collapsed: set[str], path: Path) -> Path | None:
     """A forest plot of the effects named `names`: one row per (setting, effect), training and
     held-out side by side; the paired 95% interval thick, the unpaired one thin below it, the
-    per-seed differences as dots; coloured by the arm subtracted (the control)."""
-    chosen = [(setting, effect, row) for setting, effect, row in rows if effect[0] in names]
+    per-seed differences as dots. Rows where an arm collapsed on some seed (intervals spanning the
+    whole scale) stay in the report's table only."""
+    chosen = [(setting, effect, row) for setting, effect, row in rows if effect[0] in names
+              and not set(row["arms"]) & collapsed]
     if not chosen:
         return None
+    left_out = sum(1 for _, effect, row in rows if effect[0] in names
+                   and set(row["arms"]) & collapsed)
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.55 * len(chosen) + 1.6), sharey=True)
-    for ax, key, what in zip(axes, ("train", "heldout"), (labels["train"], labels["heldout"])):
+    for ax, key in zip(axes, ("train", "heldout")):
         for y, (setting, (name, a, b), row) in enumerate(chosen):
-            e, color = row.get(key), ARM_COLORS.get(b, "k")
+            e, color = row.get(key), contrast_color(a, b)
             if not e:
                 continue
             if e["unpaired"]["interval"]:
@@ -701,7 +712,7 @@ def plot_effects(plt, rows: list[tuple], names: tuple[str, ...], title: str, lab
             ax.plot(e["difference"], y, "o", color="white", mec=color, mew=2, ms=7, zorder=3)
             ax.plot(e["per_seed"], [y - 0.22] * len(e["per_seed"]), ".", color=color, alpha=0.8)
         ax.axvline(0, color="0.4", lw=0.8)
-        ax.set_xlabel(f"difference in {what}")
+        ax.set_xlabel(f"difference in {labels[key]}")
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(chosen)))
     axes[0].set_yticklabels([f"{setting}: {name} ({a} - {b})"
@@ -713,7 +724,9 @@ def plot_effects(plt, rows: list[tuple], names: tuple[str, ...], title: str, lab
                Line2D([], [], color="0.3", marker=".", ls="", label="per-seed differences")]
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3,
                frameon=False, fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    note = (f"\n({left_out} rows with an arm that collapsed on a seed: in the report's table "
+            "only)" if left_out else "")
+    fig.suptitle(title + note, fontsize=10)
     fig.tight_layout()
     return save(fig, path)
 
@@ -735,8 +748,8 @@ def curve_panels(plt, arms: dict, selected: list[str], keys: list[tuple[str, str
             style = RATE_STYLES[rates.index(arms[arm][0]["config"]["lr"]) % len(RATE_STYLES)]
             marker = "o" if key.startswith("eval/") else None
             for s in seeds:
-                ax.plot(steps, s, style, color=color, lw=0.7, alpha=0.25)
-            ax.plot(steps, mean, style, color=color, lw=2, marker=marker, ms=3,
+                ax.plot(steps, s, ls=style, color=color, lw=0.7, alpha=0.25)
+            ax.plot(steps, mean, ls=style, color=color, lw=2, marker=marker, ms=3,
                     label=f"{arm} ({len(seeds)} seeds)")
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("step")
@@ -768,8 +781,9 @@ def plot_rates(plt, arms: dict, metric: str, window: int, path: Path) -> Path | 
             lr = arms[arm][0]["config"]["lr"]
             style = RATE_STYLES[rates.index(lr) % len(RATE_STYLES)]
             for s in seeds:
-                ax.plot(steps, s, style, color=ARM_COLORS.get(norm, "k"), lw=0.6, alpha=0.25)
-            ax.plot(steps, mean, style, color=ARM_COLORS.get(norm, "k"), lw=2, label=f"lr {lr:g}")
+                ax.plot(steps, s, ls=style, color=ARM_COLORS.get(norm, "k"), lw=0.6, alpha=0.25)
+            ax.plot(steps, mean, ls=style, color=ARM_COLORS.get(norm, "k"), lw=2,
+                    label=f"lr {lr:g}")
         ax.set_title(f"{norm} / {opt}", fontsize=9, color=ARM_COLORS.get(norm, "k"))
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -837,12 +851,16 @@ def plot_figures(arms: dict, summary: dict, rows: list[tuple], diag_summary: dic
     if not plt:
         return []
     labels = {"train": f"training {metric}", "heldout": f"held-out {heldout}"}
+    # an arm whose final training accuracy fell below COLLAPSED on some seed
+    collapsed = {arm for arm, s in summary.items()
+                 if min(s["final_per_seed"].get(metric, {0: 1.0}).values()) < COLLAPSED}
     paths = [plot_effects(plt, rows, ("per-prompt", "authors' batch arm"),
                           "The per-prompt effect: std - matched (same step size), and the "
-                          "authors' std - batch", labels, out / "per_prompt_effect.png"),
+                          "authors' std - batch", labels, collapsed,
+                          out / "per_prompt_effect.png"),
              plot_effects(plt, rows, ("step size", "batch step size", "total"),
                           "The step-size effect: matched - none and batch - none, beside the "
-                          "total std - none", labels, out / "step_size_effect.png")]
+                          "total std - none", labels, collapsed, out / "step_size_effect.png")]
     best = sorted(set(best_rates(summary, metric).values()))
     keys = [(metric, f"training {metric} ({window}-step mean)")]
     keys += [(heldout, f"held-out {heldout}")] if heldout else []
