@@ -371,10 +371,16 @@ def holm(pvalues: list[float]) -> list[float]:
     return adjusted
 
 
+def identical(e: dict | None) -> bool:
+    """Two arms that computed the same numbers on every seed (one prompt per step: std = batch)."""
+    return bool(e) and all(d == 0 for d in e["per_seed"])
+
+
 def adjust_for_comparisons(rows: list[tuple]) -> int:
-    """Adds 'p_holm' to every paired effect with a p-value in the report; returns their number."""
+    """Adds 'p_holm' to every paired effect with a p-value in the report (arms identical on every
+    seed are no comparison and left out); returns their number."""
     cells = [row[k] for _, _, row in rows for k in ("train", "heldout")
-             if row.get(k) and row[k].get("p") is not None]
+             if row.get(k) and row[k].get("p") is not None and not identical(row[k])]
     for cell, p in zip(cells, holm([c["p"] for c in cells])):
         cell["p_holm"] = p
     return len(cells)
@@ -541,6 +547,8 @@ def effect_cell(e: dict | None) -> str:
         return "-"
     if e["interval"] is None:
         return f"{e['difference']:+.3f} (one seed)"
+    if identical(e):
+        return "identical on every seed"
     p = f"p {e['p']:.3f}" + (f", Holm {e['p_holm']:.2f}" if "p_holm" in e else "")
     unpaired = e["unpaired"]["interval"]
     return (f"**{e['difference']:+.3f} {interval_text(e['interval'])}** ({p}; detectable "
