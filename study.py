@@ -508,8 +508,11 @@ def intro_section(runs: list[dict], arms: int, window: int, metric: str,
     # eval/hard/samples/strict/accuracy -> eval/hard/problems: how many problems it averages
     count = f"{heldout.rsplit('/', 3)[0]}/problems" if heldout else None
     sizes = sorted({m[count] for r in runs for m in r["metrics"] if count in m})
+    samples = sorted({r["config"].get("eval_samples") for r in runs} - {None})
     held = (f"`{heldout}` at the last evaluation, over {' / '.join(map(str, sizes))} problems of "
-            "the fixed held-out set" if sizes else f"`{heldout}`")
+            f"the fixed held-out set" + (f" ({' / '.join(map(str, samples))} samples each)"
+                                         if samples and "/samples/" in heldout else "")
+            if sizes else f"`{heldout}`")
     return ["# Run comparison\n",
             f"{len(runs)} runs in {arms} arms (an arm = normalize / optimizer / lr), seeds "
             f"{sorted({seed_of(r) for r in runs})}, paired: every seed's arms drew identical "
@@ -741,30 +744,34 @@ def plot_effects(plt, rows: list[tuple], names: tuple[str, ...], title: str, lab
 
 def curve_panels(plt, arms: dict, selected: list[str], keys: list[tuple[str, str]], window: int,
                  title: str, path: Path) -> Path:
-    """Curves of the selected arms, one panel per (metric key, label): the mean over seeds thick,
-    each seed thin and faint beneath it (the spread without hiding the mean); colour = estimator,
-    line style = rate."""
-    rates = sorted({arms[a][0]["config"]["lr"] for a in selected})
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.8), squeeze=False)
-    for ax, (key, label) in zip(axes[0], keys):
-        for arm in selected:
-            curve = arm_curve(arms[arm], key, 1 if key.startswith("eval/") else window)
-            if curve is None:
-                continue
-            steps, mean, seeds = curve
-            color = ARM_COLORS.get(normalizer(arm), "k")
-            style = RATE_STYLES[rates.index(arms[arm][0]["config"]["lr"]) % len(RATE_STYLES)]
-            marker = "o" if key.startswith("eval/") else None
-            for s in seeds:
-                ax.plot(steps, s, ls=style, color=color, lw=0.7, alpha=0.25)
-            ax.plot(steps, mean, ls=style, color=color, lw=2, marker=marker, ms=3,
-                    label=f"{arm} ({len(seeds)} seeds)")
-        ax.set_title(label, fontsize=9)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
-               fontsize=8)
+    """Curves of the selected arms, one row of panels per optimizer and one panel per (metric key,
+    label): the mean over seeds thick, each seed thin and faint beneath it (the spread without
+    hiding the mean); colour = estimator, line style = rate."""
+    optimizers = sorted({arms[a][0]["config"]["optimizer"] for a in selected})
+    fig, axes = plt.subplots(len(optimizers), len(keys), squeeze=False,
+                             figsize=(5.2 * len(keys), 3.6 * len(optimizers)))
+    for row, opt in zip(axes, optimizers):
+        mine = [a for a in selected if arms[a][0]["config"]["optimizer"] == opt]
+        rates = sorted({arms[a][0]["config"]["lr"] for a in mine})
+        for ax, (key, label) in zip(row, keys):
+            for arm in mine:
+                curve = arm_curve(arms[arm], key, 1 if key.startswith("eval/") else window)
+                if curve is None:
+                    continue
+                steps, mean, seeds = curve
+                color = ARM_COLORS.get(normalizer(arm), "k")
+                style = RATE_STYLES[rates.index(arms[arm][0]["config"]["lr"]) % len(RATE_STYLES)]
+                marker = "o" if key.startswith("eval/") else None
+                for s in seeds:
+                    ax.plot(steps, s, ls=style, color=color, lw=0.7, alpha=0.25)
+                ax.plot(steps, mean, ls=style, color=color, lw=2, marker=marker, ms=3,
+                        label=f"{arm} ({len(seeds)} seeds)")
+            ax.set_title(f"{opt}: {label}", fontsize=9)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        handles, names = row[-1].get_legend_handles_labels()
+        row[-1].legend(handles, names, loc="center left", bbox_to_anchor=(1.02, 0.5),
+                       frameon=False, fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save(fig, path)
