@@ -594,10 +594,13 @@ def phases_table(phase_table: dict, metric: str, threshold: float) -> list[str]:
     return lines
 
 
-def stat_text(s: dict) -> str:
+def stat_text(s: dict, signed: bool = True) -> str:
     if s["mean"] != s["mean"]:  # nan: undefined on every seed
         return "-"
-    return f"{s['mean']:+.3f} {interval_text(s['interval'])}"
+    if signed:
+        return f"{s['mean']:+.3f} {interval_text(s['interval'])}"
+    ci = s["interval"]
+    return f"{s['mean']:.3f} " + (f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "(one seed)")
 
 
 def diagnostics_report(diag_summary: dict) -> list[str]:
@@ -624,9 +627,9 @@ def diagnostics_report(diag_summary: dict) -> list[str]:
         pooled_text = (f"{pooled['rms']:.3f} [{pooled['low']:.3f}, {pooled['high']:.3f}] "
                        f"({pooled['prompts']} prompts)" if pooled else "-")
         lines.append(f"| {arm} | {','.join(map(str, d['seeds']))} | "
-                     f"{stat_text(d['cos_rms'])} | {pooled_text} | "
-                     f"{stat_text(d['cos_cross_abs_mean'])} | "
-                     f"{stat_text(d['cos_same_prompt_abs_mean'])} |")
+                     f"{stat_text(d['cos_rms'], False)} | {pooled_text} | "
+                     f"{stat_text(d['cos_cross_abs_mean'], False)} | "
+                     f"{stat_text(d['cos_same_prompt_abs_mean'], False)} |")
     lines += ["\n**Curvature vs reward std, apart from pass rate.** The proxy (mean |grad log p|^2 "
               "per token) from sample set A, the reward std from the independent set B. Pearson r "
               "within a step (pooled over steps, each step its own stratum), beside the "
