@@ -133,14 +133,20 @@ def test_the_decomposition_paired_by_hand(tmp_path):
     for name in ("per-prompt (std - matched)", "step size (matched - none)", "total (std - none)",
                  "authors' batch arm (std - batch)", "batch step size (batch - none)"):
         assert f"adamw / lr 0.001: {name}" in names
-    # 5 effects x (training, held-out): ten paired comparisons; held-out is 0.4 everywhere
-    assert data["comparisons"] == 10
+    # 5 effects in training; held-out is 0.4 in every run: arms identical on every seed there are
+    # no comparison (one prompt per step, std = batch, is the real case)
+    assert data["comparisons"] == 5
     held = data["effects"]["adamw / lr 0.001: total (std - none)"]["heldout"]
-    assert held["difference"] == 0 and held["p"] == 1.0
+    assert held["difference"] == 0 and held["p"] == 1.0 and "p_holm" not in held
+    train = [data["effects"][k]["train"] for k in data["effects"]]
+    for cell, adjusted in zip(train, S.holm([c["p"] for c in train])):
+        assert cell["p_holm"] == pytest.approx(adjusted)
     report = (tmp_path / "rep/report.md").read_text()
-    assert "**10 paired comparisons**" in report
+    assert "**5 paired comparisons**" in report
     assert ("| adamw / lr 0.001 | per-prompt (std - matched) | 0.001 vs 0.001 | **+0.053 "
-            "[+0.039, +0.068]** (p 0.004, Holm 0.03; detectable 0.018); unpaired") in report
+            f"[+0.039, +0.068]** (p 0.004, Holm {e['p_holm']:.2f}; detectable 0.018); "
+            "unpaired") in report
+    assert "| identical on every seed |" in report
 
 
 def test_runs_that_do_not_pair_are_one_clear_error(tmp_path, capsys):
