@@ -21,7 +21,7 @@ diagnostic step, so any estimator can be recomputed), from which:
           weighted by the pairs' gradient energy (all pairs at one cosine c: exactly c^2). Its 95%
           interval is a delete-one-prompt jackknife. Tested against true gradients with chosen
           cosines at effective dimension 100-300 and K=8 noise as in the demo's logs
-          (tests/test_diagnostics.py), where the per-pair ratio it replaces read 0.07-0.13 on
+          (tests/test_diagnostics.py), where the per-pair ratio it replaces read 0.08-0.16 on
           exactly orthogonal truth. In the paper's units: independent random directions in R^d
           have rms 1/sqrt(d).
   cross   |cos(G_i^A, G_j^A)|, i < j: what the paper reports (mean 0.088). Noise shrinks it toward
