@@ -20,7 +20,8 @@ with a step-size difference: reported, but not as the per-prompt effect.
 
 Paired by seed. Every arm of a seed starts from the same LoRA initialisation, takes the prompts in
 the same order and draws from the same sampler streams, so its step-1 rollouts are identical across
-arms (checked: `check_pairing` stops with an error naming the runs that are not). A difference of
+arms, to the last bit of the initial model's entropy on them (checked: `check_pairing` stops with
+an error naming the runs that are not; that entropy also tells an Intel run from an AMD one). A difference of
 two arms is therefore estimated from the per-seed differences: the paired t-interval (n - 1 degrees
 of freedom over the seeds both arms ran), its p-value, and the smallest true difference it would
 detect (80% power, 5% two-sided). The two-sample interval that treats the seeds as independent is
@@ -97,10 +98,12 @@ def seed_of(run: dict) -> int:
     return run["config"].get("seed", 0)
 
 
-# What a run's first step logs about its rollouts alone (before any update): identical across the
-# arms of one seed when they pair.
+# What a run's first step logs about its rollouts and the initial model alone (before any update):
+# identical across the arms of one seed when they pair. The rollouts' accuracy and lengths agree
+# between an Intel and an AMD CPU; the initial model's entropy on them (a float sum over the
+# forwarded tokens) carries the machine's last bits, so it tells runs of two machines apart.
 ROLLOUT_KEYS = ("accuracy", "reward_std", "zero_std_frac", "completion_len", "completion_len_max",
-                "truncated_frac")
+                "truncated_frac", "learner_tokens", "entropy")
 
 
 def first_rollouts(run: dict) -> dict:
@@ -110,9 +113,10 @@ def first_rollouts(run: dict) -> dict:
 
 
 def check_pairing(runs: list[dict]) -> str | None:
-    """None when every two runs of one seed drew identical step-1 rollouts (so their arms pair),
-    else a one-line message naming two runs that did not (another machine, thread count or code
-    version: the sampler's bits differ), or two runs of one arm and seed."""
+    """None when every two runs of one seed drew identical step-1 rollouts and scored them alike
+    under the initial model (so their arms pair), else a one-line message naming two runs that did
+    not (another machine, thread count or code version: the bits differ), or two runs of one arm
+    and seed."""
     by_seed: dict[int, list] = {}
     for r in runs:
         by_seed.setdefault(seed_of(r), []).append(r)
@@ -128,10 +132,10 @@ def check_pairing(runs: list[dict]) -> str | None:
             a, b = first_rollouts(ref), first_rollouts(r)
             if a != b:
                 key = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), "step 1")
-                return (f"runs {ref['dir']} and {r['dir']} share seed {seed} but their step-1 "
-                        f"rollouts differ ({key} {a.get(key)} vs {b.get(key)}), so they do not "
-                        "pair (another machine, thread count, design or code version): compare "
-                        "them in separate folders")
+                return (f"runs {ref['dir']} and {r['dir']} share seed {seed} but their step 1 "
+                        f"differs ({key} {a.get(key)} vs {b.get(key)}), so they do not pair "
+                        "(another machine, thread count, design or code version): compare them "
+                        "in separate folders")
     return None
 
 
@@ -516,7 +520,7 @@ def intro_section(runs: list[dict], arms: int, window: int, metric: str,
     return ["# Run comparison\n",
             f"{len(runs)} runs in {arms} arms (an arm = normalize / optimizer / lr), seeds "
             f"{sorted({seed_of(r) for r in runs})}, paired: every seed's arms drew identical "
-            "step-1 rollouts (checked). Training: `" + metric + "` over each step's own rollouts, "
+            "step-1 rollouts, scored alike to the last bit (checked). Training: `" + metric + "` over each step's own rollouts, "
             "final = mean over the last 10% of steps, gain = final minus the mean over the first "
             f"10%; curves are trailing {window}-step moving averages. Held-out: {held}.\n",
             "**Intervals.** Differences of arms are paired by seed (study.py's docstring: the arms "

@@ -34,7 +34,8 @@ def write_run(folder: Path, normalize: str, seed: int, slope: float, lr=1e-3, op
                  "accuracy/hard": hard, "reward_std": 0.3, "time/step": 1.0}
             if step == 1:
                 m |= {"accuracy": 0.2 + 0.01 * seed, "accuracy/easy": 0.3 + 0.01 * seed,
-                      "accuracy/hard": 0.1 + 0.01 * seed, "completion_len": 30.0 + seed}
+                      "accuracy/hard": 0.1 + 0.01 * seed, "completion_len": 30.0 + seed,
+                      "entropy": 0.11895706121443714 + seed}
             if heldout is not None and step % 20 == 0:
                 m |= {"eval/samples/strict/accuracy": heldout, "eval/problems": 128}
             f.write(json.dumps(m) + "\n")
@@ -163,6 +164,13 @@ def test_runs_that_do_not_pair_are_one_clear_error(tmp_path, capsys):
     message = str(e.value)
     assert message.startswith("error: runs ") and "\n" not in message
     assert "std-s0" in message and "none-s0" in message and "(accuracy 0.5 vs 0.2)" in message
+    # the same rollouts scored on another CPU: only the entropy's last bits differ (Intel vs AMD,
+    # the first study's std-sgd-lr0.125-s0 and the paired one's)
+    metrics.write_text("\n".join([json.dumps(json.loads(lines[0])
+                                             | {"entropy": 0.11895707701846517})]
+                                 + lines[1:]) + "\n")
+    with pytest.raises(SystemExit, match=r"\(entropy 0.11895707701846517 vs 0.11895706121443714\)"):
+        S.compare([str(tmp_path / "a"), "--out", str(tmp_path / "rep")])
     write_run(tmp_path / "b" / "std-s0", "std", 0, 0.01)
     write_run(tmp_path / "b" / "std-copy-s0", "std", 0, 0.01)
     with pytest.raises(SystemExit, match="are both arm 'std / adamw / lr 0.001', seed 0"):
