@@ -21,8 +21,8 @@ with a step-size difference: reported, but not as the per-prompt effect.
 Paired by seed. Every arm of a seed starts from the same LoRA initialisation, takes the prompts in
 the same order and draws from the same sampler streams, so its step-1 rollouts are identical across
 arms, to the last bit of the initial model's entropy on them (checked: `check_pairing` stops with
-an error naming the runs that are not; that entropy also tells an Intel run from an AMD one). A difference of
-two arms is therefore estimated from the per-seed differences: the paired t-interval (n - 1 degrees
+an error naming the runs that are not; that entropy also tells an Intel run from an AMD one). A
+difference of two arms is therefore estimated from the per-seed differences: the paired t-interval (n - 1 degrees
 of freedom over the seeds both arms ran), its p-value, and the smallest true difference it would
 detect (80% power, 5% two-sided). The two-sample interval that treats the seeds as independent is
 printed beside it: it is what a comparison of unrelated runs could claim, and wider wherever the
