@@ -26,7 +26,8 @@ difference of two arms is therefore estimated from the per-seed differences: the
 t-interval (n - 1 degrees of freedom over the seeds both arms ran), its p-value, and the smallest
 true difference it would detect (80% power, 5% two-sided). The two-sample interval that treats the
 seeds as independent is printed beside it: it is what a comparison of unrelated runs could claim,
-and wider wherever the seeds' common part (the prompt order, the initialisation) moves both arms alike.
+and wider wherever the seeds' common part (the prompt order, the initialisation) moves both arms
+alike.
 
 What the intervals do not account for: choosing the best rate on the same seeds whose difference is
 reported (best-vs-best rows are optimistic), the grid's coarseness (rates a factor 2 apart: "best"
@@ -522,7 +523,8 @@ def intro_section(runs: list[dict], arms: int, window: int, metric: str,
             f"{sorted({seed_of(r) for r in runs})}, paired: every seed's arms drew identical "
             "step-1 rollouts, scored alike to the last bit (checked). Training: `" + metric
             + "` over each step's own rollouts, final = mean over the last 10% of steps, gain = "
-            f"final minus the mean over the first 10%; curves are trailing {window}-step moving averages. Held-out: {held}.\n",
+            f"final minus the mean over the first 10%; curves are trailing {window}-step moving "
+            f"averages. Held-out: {held}.\n",
             "**Intervals.** Differences of arms are paired by seed (study.py's docstring: the arms "
             "of a seed share its prompt order, initial adapter and sampler streams): mean of the "
             "per-seed differences, 95% t-interval over seeds, two-sided p, and *detectable*, the "
