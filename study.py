@@ -484,19 +484,33 @@ def run_diagnostics(run: dict) -> dict | None:
     return out
 
 
+def seed_interval(values: dict[int, float], correlation: bool) -> dict:
+    """The mean over seeds and its 95% t-interval over seeds. A correlation is averaged as Fisher's
+    z = atanh(r) and mapped back (so the interval stays within -1..1); a cosine's interval is cut
+    at 0, below which an rms cannot be."""
+    if not correlation:
+        mean, ci = mean_interval(values.values())
+        return {"mean": mean, "interval": (max(ci[0], 0.0), ci[1]) if ci else None}
+    z = [math.atanh(max(min(r, 1 - 1e-12), -1 + 1e-12)) for r in values.values()]
+    mean, ci = mean_interval(z)
+    return {"mean": math.tanh(mean) if z else float("nan"),
+            "interval": (math.tanh(ci[0]), math.tanh(ci[1])) if ci else None}
+
+
 def diagnostic_summary(runs) -> dict | None:
     """An arm's diagnostics: per seed (run_diagnostics), the mean over seeds with its t-interval for
     every DIAG_STATS entry, and the cosine pooled over every prompt of every seed with its
-    jackknife interval. {"older_format": n} when its runs logged diagnostics of an older
-    diagnostics.py only; None without diagnostics."""
+    jackknife interval (correlations averaged as Fisher z: seed_interval). {"older_format": n}
+    when its runs logged diagnostics of an older diagnostics.py only; None without
+    diagnostics."""
     per_seed = {seed_of(r): d for r in runs if (d := run_diagnostics(r)) is not None}
     if not per_seed:
         return {"older_format": len(runs)} if any(r["diagnostics"] for r in runs) else None
     out = {"seeds": sorted(per_seed), "per_seed": {}}
     for stat in DIAG_STATS:
         values = {s: d[stat] for s, d in per_seed.items() if d.get(stat) is not None}
-        mean, ci = mean_interval(values.values())
-        out[stat] = {"mean": mean, "interval": ci, "per_seed": values}
+        out[stat] = seed_interval(values, correlation=stat.startswith("r_"))
+        out[stat]["per_seed"] = values
     pooled = diag.cosine_rms([d["cos_terms"] for d in per_seed.values()])
     out["cos_rms_pooled"] = pooled
     out["steps"] = [d["steps"] for d in per_seed.values()]

@@ -106,6 +106,20 @@ def test_compare_writes_report_figures_and_phases(runs, tmp_path):
     assert lo < phase["final_gap"] < hi
 
 
+def test_diagnostics_over_seeds_by_hand():
+    """Correlations averaged over seeds as Fisher z: r = 0.2, 0.4, 0.6 -> z = 0.2027, 0.4236,
+    0.6931, mean 0.4398 (r 0.4133), sd 0.2455, t(0.975, 2) = 4.303: z in [-0.170, 1.050], r in
+    [-0.168, 0.782]. Cosines: a plain t-interval, cut at 0."""
+    out = S.seed_interval({0: 0.2, 1: 0.4, 2: 0.6}, correlation=True)
+    z = [math.atanh(r) for r in (0.2, 0.4, 0.6)]
+    half = 4.303 * np.std(z, ddof=1) / math.sqrt(3)
+    assert out["mean"] == pytest.approx(math.tanh(np.mean(z)))
+    assert out["interval"] == pytest.approx([math.tanh(np.mean(z) - half),
+                                             math.tanh(np.mean(z) + half)], abs=1e-4)
+    cos = S.seed_interval({0: 0.01, 1: 0.2, 2: 0.05}, correlation=False)
+    assert cos["mean"] == pytest.approx(0.26 / 3) and cos["interval"][0] == 0
+
+
 def test_the_decomposition_paired_by_hand(tmp_path):
     """Constant accuracies per seed (0, 1, 2): std .60 .63 .61, matched .55 .57 .56, batch
     .50 .53 .52, none .45 .46 .48. Per seed, std - matched = .05 .06 .05: mean .05333, sd .005774,
