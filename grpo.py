@@ -9,7 +9,9 @@ take one policy-gradient step on the LoRA weights:
     --normalize std    A_ik = (r_ik - mean_k r_ik) / (std_k r_ik + eps)
                        the paper's GRPO (--std-estimator: bessel as TRL, or population)
     --normalize batch  A_ik = (r_ik - mean_k r_ik) / (std of the batch + eps)
-                       one step size for the whole batch
+                       one step size for the whole batch (the authors' batch_std)
+    --normalize matched  A_ik = (r_ik - mean_k r_ik) / s, one s per step: std's mean |A|
+                       the scale-matched control: std - matched is the per-prompt reweighting
     --normalize none   A_ik =  r_ik - mean_k r_ik
                        the paper's REINFORCE baseline
 
@@ -125,7 +127,7 @@ class Config:
     sampler: str = arg("exact", "exact | merged: sample a merged copy "
                                 "(faster, inexact; mismatch logged)")
     # the update
-    normalize: str = arg("std", "std | batch | none (see group_advantages)")
+    normalize: str = arg("std", "std | batch | matched | none (see group_advantages)")
     std_estimator: str = arg("bessel", "bessel (1/(K-1): TRL's torch.std, what the authors ran) | "
                                        "population (1/K: the paper's sigma); see group_advantages")
     std_eps: float = arg(1e-4, "guards the division by the std (TRL: 1e-4; binary rewards: "
@@ -145,8 +147,9 @@ class Config:
     log_samples_every: int = arg(10, "steps between completions written to samples.jsonl")
     save_every: int = arg(50, "steps between checkpoints")
     keep_checkpoints: int = arg(3, "the newest N are kept")
-    diag_every: int = arg(0, "0: off. Gradient cosines with noise floors, curvature vs reward std")
-    diag_prompts: int = arg(16, "the fixed diagnostic prompts "
+    diag_every: int = arg(0, "0: off. Gradient cosines (rms of the true gradients' with an "
+                             "interval), curvature vs reward std apart from pass rate")
+    diag_prompts: int = arg(16, "the fixed diagnostic prompts, >= 3 "
                                 "(2K fresh samples each per diag step)")
     eval_every: int = arg(0, "0: off. Held-out accuracy at step 0, every N steps and at the end")
     eval_problems: int = arg(128, "the fixed held-out set (test split); demo: ~14% of a run's time")
@@ -172,7 +175,7 @@ PRESETS = {
 }
 # What a run computed before its config.json had these fields (read on --resume).
 BEFORE_FIELD_EXISTED = dict(std_estimator="population", max_prompt_tokens=0)
-CHOICES = dict(preset=list(PRESETS), normalize=["std", "batch", "none"],
+CHOICES = dict(preset=list(PRESETS), normalize=["std", "batch", "matched", "none"],
                std_estimator=["bessel", "population"], optimizer=["adamw", "sgd"],
                loss_agg=["seq-sum", "seq-mean", "token-mean"], template=list(D.PROMPT_TEMPLATES),
                device=["auto", "cpu", "cuda"], dtype=["auto", "float32", "bfloat16"],
@@ -259,9 +262,9 @@ def validate(cfg: Config) -> list[str]:
     if cfg.lr <= 0 or cfg.temperature <= 0:
         problems.append("--lr and --temperature must be > 0 "
                         "(the learner scores the sampler's distribution)")
-    if cfg.diag_every and cfg.diag_prompts < 2:
-        problems.append(f"--diag-prompts must be >= 2 to compare gradients of different prompts "
-                        f"(got {cfg.diag_prompts})")
+    if cfg.diag_every and cfg.diag_prompts < 3:
+        problems.append(f"--diag-prompts must be >= 3 with --diag-every (got {cfg.diag_prompts}): "
+                        "the cosine's interval leaves one prompt out and needs a pair left")
     for name in ("eval_every", "diag_every", "eval_samples", "max_prompt_tokens"):
         if getattr(cfg, name) < 0:
             problems.append(f"--{name.replace('_', '-')} must be >= 0")
@@ -279,26 +282,32 @@ def validate(cfg: Config) -> list[str]:
 
 
 def group_advantages(rewards: torch.Tensor, normalize: str, eps: float = 1e-6,
-                     batch_std: float | None = None,
+                     batch_std: float | None = None, matched_divisor: float | None = None,
                      estimator: str = "population") -> torch.Tensor:
-    """rewards [prompts, K] -> advantages [prompts, K].
+    """rewards [prompts, K] -> advantages [prompts, K]. With c_ik = r_ik - mean_k r_ik:
 
-      none  (REINFORCE)  A_ik = r_ik - mean_k r_ik
-      std   (GRPO)       A_ik = (r_ik - mean_k r_ik) / (std_k r_ik + eps)   per-prompt step size
-      batch (batch std)  A_ik = (r_ik - mean_k r_ik) / (std_jk r_jk + eps)  one step size per batch
+      none    (REINFORCE)  A_ik = c_ik
+      std     (GRPO)       A_ik = c_ik / (std_k r_ik + eps)    per-prompt step size
+      batch   (batch std)  A_ik = c_ik / (std_jk r_jk + eps)   one step size per batch
+      matched (control)    A_ik = c_ik / s,  s = sum_ik |c_ik| / sum_ik |c_ik| / (std_k r_ik + eps)
 
     with the std over n rewards  std = sqrt(sum (r - mean)^2 / (n - 1))  for estimator "bessel"
     (TRL's torch.std, what the authors' runs divided by, with eps 1e-4) and
     std = sqrt(sum (r - mean)^2 / n)  for "population" (the paper's sigma). They differ by the
     constant sqrt(K / (K - 1)): 1.069 at K = 8.
 
-    batch is the authors' `batch_std` arm (TRL's scale_rewards="batch"): the global scale that
-    dividing by a std gives, without the per-prompt reweighting. So std - batch measures the
-    per-prompt effect and batch - none the step-size effect. With one prompt per step batch and std
-    are the same rule. eps only guards the division: a group whose rewards are all equal has
-    r_ik - mean = 0, hence zero advantage under every rule.
-    batch_std: the std of the whole step's rewards when this process holds only its share
-    (data parallel).
+    batch is the authors' `batch_std` arm (TRL's scale_rewards="batch"). Its std includes the
+    variance between prompts, so its steps are smaller than std's (demo: mean |A| ~8% lower) and
+    std - batch mixes the per-prompt reweighting with a step-size difference. matched is the clean
+    control: one divisor s for the whole step, chosen so that its mean |A| equals std's exactly
+    (for binary rewards and the population std, sum_k |c_ik| = 2 K sigma_i^2, so
+    s = sum_i sigma_i^2 / sum_i sigma_i, the groups' mean std weighted by their std). Its update is
+    none's times 1/s at std's step size: std - matched is the per-prompt reweighting alone,
+    matched - none the step size alone. With one prompt per step batch, matched and std are the
+    same rule (to rounding). eps only guards the division: a group whose rewards are all equal has
+    c = 0, hence zero advantage under every rule.
+    batch_std, matched_divisor: the step-wide values when this process holds only its share (data
+    parallel; see global_batch_std, global_matched_divisor).
     """
     bessel = bessel_correction(estimator)
     centered = rewards - rewards.mean(dim=-1, keepdim=True)
@@ -308,7 +317,23 @@ def group_advantages(rewards: torch.Tensor, normalize: str, eps: float = 1e-6,
         return centered / (rewards.std(dim=-1, unbiased=bessel, keepdim=True) + eps)
     if normalize == "batch":
         return centered / ((rewards.std(unbiased=bessel) if batch_std is None else batch_std) + eps)
-    raise ValueError(f"normalize must be 'std', 'batch' or 'none', got {normalize!r}")
+    if normalize == "matched":
+        s = matched_divisor if matched_divisor is not None else \
+            matched_ratio(*matched_sums(rewards, eps, estimator))
+        return centered / s
+    raise ValueError(f"normalize must be 'std', 'batch', 'matched' or 'none', got {normalize!r}")
+
+
+def matched_sums(rewards: torch.Tensor, eps: float, estimator: str) -> tuple[float, float]:
+    """The matched divisor's numerator and denominator: sum |c_ik| (none's size) and
+    sum |c_ik| / (std_k r_ik + eps) (std's). Sums, so that ranks can add theirs."""
+    size = (rewards - rewards.mean(dim=-1, keepdim=True)).abs()
+    group_std = rewards.std(dim=-1, unbiased=bessel_correction(estimator), keepdim=True)
+    return float(size.sum()), float((size / (group_std + eps)).sum())
+
+
+def matched_ratio(size: float, size_std: float) -> float:
+    return size / size_std if size_std > 0 else 1.0  # no signal: A = 0 whatever s is
 
 
 def bessel_correction(estimator: str) -> bool:
@@ -626,6 +651,15 @@ def global_batch_std(rewards: torch.Tensor, world: World, estimator: str) -> flo
     return math.sqrt(variance * n / (n - 1) if bessel_correction(estimator) else variance)
 
 
+def global_matched_divisor(rewards: torch.Tensor, eps: float, world: World,
+                           estimator: str) -> float | None:
+    """group_advantages' matched divisor over the whole step, from two sums over ranks (None in one
+    process: group_advantages computes it)."""
+    if world.size == 1:
+        return None
+    return matched_ratio(*world.sum(*matched_sums(rewards, eps, estimator)))
+
+
 def make_optimizer(params, cfg: Config):
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -658,10 +692,8 @@ def run_diagnostics(model, tok, params, prompts, cfg: Config, step: int, previou
                  seed=cfg.seed * 1_000_003 + 500_009 * step + 7)
     summary, rows = diag.measure(model, params, ro, cfg.group_size, cfg.temperature, tok.vocab_size,
                                  step, cfg.seed)
-    if previous_rows:
-        corr = diag.across_steps(previous_rows, rows)
-        if corr is not None:
-            summary["diag/curvature_std_corr_across"] = corr
+    if previous_rows and "curvature_a" in previous_rows[0]:  # not an older diagnostics.py's row
+        summary |= diag.across_steps(previous_rows, rows)
     return summary, rows
 
 
@@ -1097,9 +1129,9 @@ def design_note(cfg: Config) -> str | None:
     if cfg.prompts_per_step > 1:
         return None
     return ("note: one prompt per step, so --normalize cannot change the direction of the update: "
-            "std and batch are none times one positive scalar per step (1/std of the group), which "
-            "AdamW largely divides out and gradient clipping removes whenever it fires; the "
-            "per-prompt reweighting needs --prompts-per-step > 1")
+            "std, matched and batch are none times one positive scalar per step (1/std of the "
+            "group), which AdamW largely divides out and gradient clipping removes whenever it "
+            "fires; the per-prompt reweighting needs --prompts-per-step > 1")
 
 
 def setup(cfg: Config, world: World = World()):
@@ -1141,7 +1173,10 @@ def train(cfg: Config, run_dir: Path, resume: bool | Path = False,
             t1 = time.time()
             advantages = group_advantages(
                 ro.rewards, cfg.normalize, cfg.std_eps,
-                global_batch_std(ro.rewards, world, cfg.std_estimator), cfg.std_estimator)
+                batch_std=global_batch_std(ro.rewards, world, cfg.std_estimator),
+                matched_divisor=global_matched_divisor(ro.rewards, cfg.std_eps, world,
+                                                       cfg.std_estimator),
+                estimator=cfg.std_estimator)
             t2 = time.time()
             loss, stats = update(model, params, optimizer, ro, advantages, cfg, tok.vocab_size,
                                  world)

@@ -2,31 +2,46 @@
 The study: run the estimators over learning rates and seeds, and compare them.
 
     python eval.py sweep --preset demo --optimizer sgd --lrs 0.125,0.25 --out runs/sweep-sgd
-    python eval.py compare runs/demo-std-adamw-s0 runs/demo-none-adamw-s0 --out reports/demo
+    python eval.py compare runs/sweep-sgd --out reports/sgd
     python study.py sweep ... | compare ...                    # the same two commands
 
 An *arm* is one estimator setting: normalize / optimizer / lr (grpo.py's --normalize, --optimizer,
 --lr). Run folders whose config.json agree on those three belong to one arm and differ only in
-seed; every number of an arm is a mean over its seeds, and the figures draw that mean with a band
-from the lowest to the highest seed. Training accuracy is that of each step's own rollouts: "final"
-is its mean over the last 10% of steps, "gain" is final minus its mean over the first 10%.
-Held-out accuracy is that of the last evaluation on the fixed held-out set (grpo.py --eval-every).
+seed. Training accuracy is that of each step's own rollouts: "final" is its mean over the last 10%
+of steps, "gain" is final minus its mean over the first 10%. Held-out accuracy is that of the last
+evaluation on the fixed held-out set (grpo.py --eval-every).
 
-The three-arm decomposition. With the same optimizer and rate, `batch` divides every advantage by
-one number (the step's reward std) where `std` divides each prompt's by its own: std - batch
-isolates the per-prompt reweighting, batch - none the global step size, and std - none is their
-sum (README "The algorithm").
+The decomposition (README "The algorithm"). With the same optimizer and rate, `matched` divides all
+of a step's advantages by one number chosen to give std's mean |A|, so std - matched is the
+per-prompt reweighting alone and matched - none the step size alone; std - none is their sum. The
+authors' `batch` divides by the std of all the step's rewards, which holds the variance between
+prompts too, so its steps are smaller than std's and std - batch mixes the per-prompt reweighting
+with a step-size difference: reported, but not as the per-prompt effect.
 
-Best vs best. An estimator's best rate depends on the scale of its advantages, so one equal rate
-can favour one of them. Each (normalize, optimizer) run at two or more rates is also taken at its
-best rate, picked by the headline training metric (final) on the same seeds the table reports.
+Paired by seed. Every arm of a seed starts from the same LoRA initialisation, takes the prompts in
+the same order and draws from the same sampler streams, so its step-1 rollouts are identical across
+arms, to the last bit of the initial model's entropy on them (checked: `check_pairing` stops with
+an error naming the runs that are not; that entropy also tells an Intel run from an AMD one). A
+difference of two arms is therefore estimated from the per-seed differences: the paired
+t-interval (n - 1 degrees of freedom over the seeds both arms ran), its p-value, and the smallest
+true difference it would detect (80% power, 5% two-sided). The two-sample interval that treats the
+seeds as independent is printed beside it: it is what a comparison of unrelated runs could claim,
+and wider wherever the seeds' common part (the prompt order, the initialisation) moves both arms
+alike.
 
-Intervals. Each difference of two arms comes with the 95% two-sample t-interval (pooled variance)
-of the per-seed finals; none with fewer than two seeds in an arm. It accounts for seed-to-seed
-variation only: not for picking the best rate on the same seeds (best-vs-best intervals are
-optimistic), not for the many rows compared at once, and not for the pairing of runs that share a
-seed across arms (same prompt order and LoRA init): the seeds are treated as independent samples.
-With two or three seeds it rests on near-normal per-seed finals.
+What the intervals do not account for: choosing the best rate on the same seeds whose difference is
+reported (best-vs-best rows are optimistic), the grid's coarseness (rates a factor 2 apart: "best"
+is the best of those run), and the number of comparisons in one report (counted in the report,
+with Holm-adjusted p-values beside the raw ones). With 2-3 seeds they rest on near-normal per-seed
+values.
+
+Best rates. Each (normalize, optimizer) is also taken at its best rate, by the headline training
+metric (final), among the rates run in the folder; an arm run at one rate only is taken at that rate
+(the README says where it was chosen).
+
+Diagnostics (diagnostics.py) are recomputed here from each run's diagnostics.jsonl: per seed, pooled
+over the run's diagnostic steps, and then as a mean over seeds with a t-interval over seeds; the
+cosine also pooled over every prompt of every seed with its jackknife interval.
 
 Phases: the smoothed, seed-averaged gap std - none opens at the first step where it reaches a
 threshold, holds while it stays at or above half of it, and closes at the first later step below
@@ -50,8 +65,11 @@ from pathlib import Path
 
 import numpy as np
 
+import diagnostics as diag
+from diagnostics import T975
+
 # -----------------------------------------------------------------------------
-# Run folders and arms
+# Run folders, arms and their pairing
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -77,6 +95,51 @@ def arm_of(config: dict) -> str:
     return f"{config['normalize']} / {config['optimizer']} / lr {config['lr']:g}"
 
 
+def seed_of(run: dict) -> int:
+    return run["config"].get("seed", 0)
+
+
+# What a run's first step logs about its rollouts and the initial model alone (before any update):
+# identical across the arms of one seed when they pair. The rollouts' accuracy and lengths agree
+# between an Intel and an AMD CPU; the initial model's entropy on them (a float sum over the
+# forwarded tokens) carries the machine's last bits, so it tells runs of two machines apart.
+ROLLOUT_KEYS = ("accuracy", "reward_std", "zero_std_frac", "completion_len", "completion_len_max",
+                "truncated_frac", "learner_tokens", "entropy")
+
+
+def first_rollouts(run: dict) -> dict:
+    first = next((m for m in run["metrics"] if m.get("step") == 1), {})
+    return {k: v for k, v in first.items()
+            if k in ROLLOUT_KEYS or (k.startswith("accuracy/") and v is not None)}
+
+
+def check_pairing(runs: list[dict]) -> str | None:
+    """None when every two runs of one seed drew identical step-1 rollouts and scored them alike
+    under the initial model (so their arms pair), else a one-line message naming two runs that did
+    not (another machine, thread count or code version: the bits differ), or two runs of one arm
+    and seed."""
+    by_seed: dict[int, list] = {}
+    for r in runs:
+        by_seed.setdefault(seed_of(r), []).append(r)
+    for seed, rs in sorted(by_seed.items()):
+        arms = [arm_of(r["config"]) for r in rs]
+        twice = next((a for a in arms if arms.count(a) > 1), None)
+        if twice:
+            same = [str(r["dir"]) for r in rs if arm_of(r["config"]) == twice]
+            return (f"runs {same[0]} and {same[1]} are both arm {twice!r}, seed {seed}: "
+                    "compare them in separate folders")
+        ref = rs[0]
+        for r in rs[1:]:
+            a, b = first_rollouts(ref), first_rollouts(r)
+            if a != b:
+                key = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), "step 1")
+                return (f"runs {ref['dir']} and {r['dir']} share seed {seed} but their step 1 "
+                        f"differs ({key} {a.get(key)} vs {b.get(key)}), so they do not pair "
+                        "(another machine, thread count, design or code version): compare them "
+                        "in separate folders")
+    return None
+
+
 def series(run: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
     pts = [(m["step"], m[key]) for m in run["metrics"] if m.get(key) is not None]
     if not pts:
@@ -94,74 +157,101 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def arm_curve(runs: list[dict], key: str, window: int):
-    """Mean over seeds of the smoothed curve, and the seeds' lowest and highest values (the band),
-    on the steps all seeds reached."""
+    """(steps, mean over seeds of the smoothed curve, the seeds' smoothed curves [seeds, steps]) on
+    the steps all seeds reached."""
     curves = [series(r, key) for r in runs]
     curves = [(s, v) for s, v in curves if len(s)]
     if not curves:
         return None
     n = min(len(s) for s, _ in curves)
     stacked = np.stack([smooth(v[:n], window) for _, v in curves])
-    return curves[0][0][:n], stacked.mean(0), stacked.min(0), stacked.max(0), len(curves)
+    return curves[0][0][:n], stacked.mean(0), stacked
 
 
-def final_value(runs, key, frac=0.1):
-    """Mean over seeds of the metric averaged over the last `frac` of steps; and its per-seed
-    values."""
-    vals = []
+def final_per_seed(runs, key, frac=0.1) -> dict[int, float]:
+    """Per seed: the metric averaged over the last `frac` of its logged steps."""
+    out = {}
     for r in runs:
         _, v = series(r, key)
         if len(v):
-            vals.append(float(v[-max(1, int(len(v) * frac)):].mean()))
-    return (float(np.mean(vals)) if vals else float("nan")), vals
+            out[seed_of(r)] = float(v[-max(1, int(len(v) * frac)):].mean())
+    return out
 
 
-def final_heldout(runs, key):
-    """Mean over seeds of the metric at each run's last held-out evaluation; and its per-seed
-    values."""
-    vals = [float(v[-1]) for _, v in (series(r, key) for r in runs) if len(v)]
-    return (float(np.mean(vals)) if vals else float("nan")), vals
+def heldout_per_seed(runs, key) -> dict[int, float]:
+    """Per seed: the metric at the run's last held-out evaluation."""
+    return {seed_of(r): float(v[-1]) for r in runs for _, v in [series(r, key)] if len(v)}
 
 
-def gain(runs, key, frac=0.1):
+def gain(runs, key, frac=0.1) -> dict[int, float]:
     """Per seed: mean over the last frac of steps minus mean over the first frac."""
-    out = []
+    out = {}
     for r in runs:
         _, v = series(r, key)
         if len(v):
             w = max(1, int(len(v) * frac))
-            out.append(float(v[-w:].mean() - v[:w].mean()))
+            out[seed_of(r)] = float(v[-w:].mean() - v[:w].mean())
     return out
+
+
+def mean_interval(values) -> tuple[float, tuple[float, float] | None]:
+    """The mean of per-seed values and its 95% t-interval over the seeds (None below two)."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if not len(v):
+        return float("nan"), None
+    if len(v) < 2:
+        return float(v.mean()), None
+    half = t_quantile(T975, len(v) - 1, 1.96) * v.std(ddof=1) / math.sqrt(len(v))
+    return float(v.mean()), (float(v.mean() - half), float(v.mean() + half))
 
 
 def summarize_arms(arms: dict, keys: list[str], heldout_keys: list[str], metric: str) -> dict:
     summary = {}
     for arm, rs in sorted(arms.items()):
-        finals = ({k: final_value(rs, k) for k in keys}
-                  | {k: final_heldout(rs, k) for k in heldout_keys})
-        summary[arm] = {"seeds": len(rs), "final": {k: v[0] for k, v in finals.items()},
-                        "gain": gain(rs, metric),
-                        "final_per_seed": {k: v[1] for k, v in finals.items()},
+        per_seed = ({k: final_per_seed(rs, k) for k in keys}
+                    | {k: heldout_per_seed(rs, k) for k in heldout_keys})
+        summary[arm] = {"seeds": sorted(seed_of(r) for r in rs),
+                        "final": {k: float(np.mean(list(v.values()))) for k, v in per_seed.items()
+                                  if v},
+                        "final_interval": {k: mean_interval(v.values())[1]
+                                           for k, v in per_seed.items() if v},
+                        "gain": gain(rs, metric), "final_per_seed": per_seed,
                         "config": {k: rs[0]["config"][k] for k in ("normalize", "optimizer", "lr")}}
     return summary
 
 
 # -----------------------------------------------------------------------------
-# Differences between arms: intervals, the decomposition, phases
+# Differences between arms: paired and unpaired intervals, the decomposition, phases
 
-# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal's 1.96).
-T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-        2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-        2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 # The t distribution's 0.80 quantile, df = 1..30 (then 0.842): detectable_difference's power.
 T80 = [1.376, 1.061, 0.978, 0.941, 0.920, 0.906, 0.896, 0.889, 0.883, 0.879,
        0.876, 0.873, 0.870, 0.868, 0.866, 0.865, 0.863, 0.862, 0.861, 0.860,
        0.859, 0.858, 0.858, 0.857, 0.856, 0.856, 0.855, 0.855, 0.854, 0.854]
 
 
+def t_quantile(table: list[float], df: int, normal: float) -> float:
+    return table[df - 1] if df <= len(table) else normal
+
+
+def t_two_sided_p(t: float, df: int) -> float:
+    """P(|T| >= |t|) for Student's t with df degrees of freedom (the density integrated
+    numerically: Simpson's rule on 0..|t| after the substitution u = atan(t / sqrt(df)), exact to
+    ~1e-9)."""
+    if not np.isfinite(t):
+        return 0.0
+    theta = math.atan(abs(t) / math.sqrt(df))
+    u = np.linspace(0.0, theta, 4001)
+    # t = sqrt(df) tan u: density (1 + t^2/df)^-(df+1)/2 dt = cos(u)^(df-1) sqrt(df) du
+    f = np.cos(u) ** (df - 1)
+    h = theta / 4000
+    integral = h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())
+    logc = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    return float(max(0.0, 1 - 2 * math.exp(logc) * math.sqrt(df) * integral))
+
+
 def pooled_standard_error(a: list[float], b: list[float]) -> tuple[float, int] | None:
     """The standard error of mean(a) - mean(b) with pooled variance, and its degrees of freedom
-    n_a + n_b - 2. None with fewer than two seeds in either arm."""
+    n_a + n_b - 2, treating the two arms' seeds as independent. None below two seeds per arm."""
     if len(a) < 2 or len(b) < 2:
         return None
     na, nb = len(a), len(b)
@@ -170,13 +260,8 @@ def pooled_standard_error(a: list[float], b: list[float]) -> tuple[float, int] |
     return math.sqrt(pooled * (1 / na + 1 / nb)), df
 
 
-def t_quantile(table: list[float], df: int, normal: float) -> float:
-    return table[df - 1] if df <= len(table) else normal
-
-
 def difference_interval(a: list[float], b: list[float]) -> tuple[float, float] | None:
-    """95% confidence interval of mean(a) - mean(b) over seeds: the two-sample t-interval with
-    pooled variance (df = n_a + n_b - 2). None with fewer than two seeds in either arm."""
+    """Unpaired: the 95% two-sample t-interval (pooled variance) of mean(a) - mean(b)."""
     se = pooled_standard_error(a, b)
     if se is None:
         return None
@@ -186,69 +271,124 @@ def difference_interval(a: list[float], b: list[float]) -> tuple[float, float] |
 
 
 def detectable_difference(a: list[float], b: list[float]) -> float | None:
-    """The smallest true difference of means that a two-sided 5% test on these seeds detects with
-    80% power, from their pooled seed-to-seed spread: (t_0.975 + t_0.80) * s * sqrt(1/n_a + 1/n_b)
-    (the usual approximation of the noncentral t). What a comparison at this seed count can see:
-    an effect below it may be there and go unseen."""
+    """Unpaired: the smallest true difference of means that a two-sided 5% test on these seeds
+    detects with 80% power, (t_0.975 + t_0.80) * s * sqrt(1/n_a + 1/n_b) (the usual approximation
+    of the noncentral t)."""
     se = pooled_standard_error(a, b)
     if se is None:
         return None
     return (t_quantile(T975, se[1], 1.96) + t_quantile(T80, se[1], 0.842)) * se[0]
 
 
-def interval_text(ci: tuple[float, float] | None) -> str:
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict | None:
+    """Paired by seed: over the seeds both arms ran, the mean of the per-seed differences a_s - b_s,
+    its 95% t-interval (df = seeds - 1), two-sided p and the difference detectable with 80% power,
+    (t_0.975 + t_0.80) * sd / sqrt(n). None without a common seed; no interval with one."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    d = np.array([a[s] - b[s] for s in seeds])
+    out = {"difference": float(d.mean()), "seeds": seeds, "per_seed": [float(x) for x in d],
+           "interval": None, "p": None, "detectable": None}
+    if len(d) < 2:
+        return out
+    df, se = len(d) - 1, float(d.std(ddof=1)) / math.sqrt(len(d))
+    half = t_quantile(T975, df, 1.96) * se
+    out |= {"interval": (float(d.mean() - half), float(d.mean() + half)),
+            "p": t_two_sided_p(d.mean() / se, df) if se > 0 else float(d.mean() == 0),
+            "detectable": (t_quantile(T975, df, 1.96) + t_quantile(T80, df, 0.842)) * se}
+    return out
+
+
+def interval_text(ci) -> str:
     return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "(one seed)"
 
 
 def effect(summary: dict, arm_a: str, arm_b: str, key: str) -> dict | None:
-    a, b = summary[arm_a], summary[arm_b]
-    if key not in a["final"] or key not in b["final"]:
+    """arm_a - arm_b in `key`: paired by seed, and unpaired beside it."""
+    a, b = summary[arm_a]["final_per_seed"].get(key), summary[arm_b]["final_per_seed"].get(key)
+    if not a or not b:
         return None
-    per_seed = a["final_per_seed"][key], b["final_per_seed"][key]
-    return {"difference": a["final"][key] - b["final"][key],
-            "interval": difference_interval(*per_seed),
-            "detectable": detectable_difference(*per_seed)}
+    paired = paired_difference(a, b)
+    if paired is None:
+        return None
+    return paired | {"unpaired": {"interval": difference_interval(list(a.values()),
+                                                                  list(b.values())),
+                                  "detectable": detectable_difference(list(a.values()),
+                                                                      list(b.values()))}}
 
 
-# The three-arm decomposition: with the same optimizer and rate, std - batch isolates the per-prompt
-# reweighting and batch - none the global step size (README "The algorithm").
-EFFECTS = (("per-prompt effect", "std", "batch"), ("step-size effect", "batch", "none"),
-           ("total", "std", "none"))
+# The decomposition at one optimizer and rate (module docstring): name, arm a, arm b.
+EFFECTS = (("per-prompt", "std", "matched"), ("step size", "matched", "none"),
+           ("total", "std", "none"), ("authors' batch arm", "std", "batch"),
+           ("batch step size", "batch", "none"))
+NORMALIZERS = ("std", "matched", "batch", "none")
 
 
 def best_rates(summary: dict, metric: str) -> dict:
-    """(normalize, optimizer) -> its arm at the best learning rate by `metric`, for estimators run
-    at 2+ rates."""
-    best, rates = {}, {}
+    """(normalize, optimizer) -> its arm at the best learning rate by `metric` among those run (an
+    arm run at one rate: that rate)."""
+    best = {}
     for arm, s in summary.items():
         key = (s["config"]["normalize"], s["config"]["optimizer"])
-        rates.setdefault(key, set()).add(s["config"]["lr"])
+        if metric not in s["final"]:
+            continue
         if key not in best or s["final"][metric] > summary[best[key]]["final"][metric]:
             best[key] = arm
-    return {key: arm for key, arm in best.items() if len(rates[key]) > 1}
+    return best
 
 
 def decomposition(summary: dict, metric: str, heldout: str | None) -> list[tuple]:
-    """The effects at equal rates and best vs best, in training and held-out accuracy: one
+    """The effects at equal rates, and with each arm at its best rate where that differs: one
     (setting, (effect name, arm a, arm b), {"train", "heldout", "rates"}) per row."""
     by_key = {(s["config"]["normalize"], s["config"]["optimizer"], s["config"]["lr"]): arm
               for arm, s in summary.items()}
     best = best_rates(summary, metric)
-    normalizers = ("std", "batch", "none")
-    settings = [(f"{opt} / lr {lr:g}", {n: by_key.get((n, opt, lr)) for n in normalizers})
+    settings = [(f"{opt} / lr {lr:g}", {n: by_key.get((n, opt, lr)) for n in NORMALIZERS})
                 for opt, lr in sorted({(o, lr) for _, o, lr in by_key})]
-    settings += [(f"{opt} / each at its best lr", {n: best.get((n, opt)) for n in normalizers})
-                 for opt in sorted({o for _, o in best})]
+    equal = [arms for _, arms in settings]
+    for opt in sorted({o for _, o in best}):
+        arms = {n: best.get((n, opt)) for n in NORMALIZERS}
+        if arms not in equal:
+            settings.append((f"{opt} / each at its best lr", arms))
     rows = []
     for setting, arm in settings:
         for name, a, b in EFFECTS:
             if not (arm[a] and arm[b]):
                 continue
+            rates = [summary[arm[a]]["config"]["lr"], summary[arm[b]]["config"]["lr"]]
+            if setting.endswith("best lr") and rates[0] == rates[1]:
+                continue  # the equal-rate row at that rate says it
             rows.append((setting, (name, a, b), {
                 "train": effect(summary, arm[a], arm[b], metric),
                 "heldout": effect(summary, arm[a], arm[b], heldout) if heldout else None,
-                "rates": [summary[arm[a]]["config"]["lr"], summary[arm[b]]["config"]["lr"]]}))
+                "rates": rates, "arms": [arm[a], arm[b]]}))
     return rows
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment of m p-values (familywise error over the whole report)."""
+    m, order = len(pvalues), np.argsort(pvalues)
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def identical(e: dict | None) -> bool:
+    """Two arms that computed the same numbers on every seed (one prompt per step: std = batch)."""
+    return bool(e) and all(d == 0 for d in e["per_seed"])
+
+
+def adjust_for_comparisons(rows: list[tuple]) -> int:
+    """Adds 'p_holm' to every paired effect with a p-value in the report (arms identical on every
+    seed are no comparison and left out); returns their number."""
+    cells = [row[k] for _, _, row in rows for k in ("train", "heldout")
+             if row.get(k) and row[k].get("p") is not None and not identical(row[k])]
+    for cell, p in zip(cells, holm([c["p"] for c in cells])):
+        cell["p_holm"] = p
+    return len(cells)
 
 
 def phases(steps, gap, threshold):
@@ -268,8 +408,8 @@ def phases(steps, gap, threshold):
 
 
 def gap_phases(arms: dict, summary: dict, metric: str, window: int, threshold: float) -> dict:
-    """The phases of the gap std - none and the final gap, keyed "optimizer / lr", for every
-    setting run with both."""
+    """The phases of the gap std - none and the final gap (paired), keyed "optimizer / lr", for
+    every setting run with both."""
     table = {}
     for arm_std, runs_std in sorted(arms.items()):
         c = runs_std[0]["config"]
@@ -277,10 +417,10 @@ def gap_phases(arms: dict, summary: dict, metric: str, window: int, threshold: f
         if c["normalize"] != "std" or arm_none not in arms:
             continue
         cs, cn = arm_curve(runs_std, metric, window), arm_curve(arms[arm_none], metric, window)
-        if cs is None or cn is None:
+        gap = effect(summary, arm_std, arm_none, metric)
+        if cs is None or cn is None or gap is None:
             continue
         n = min(len(cs[0]), len(cn[0]))
-        gap = effect(summary, arm_std, arm_none, metric)
         table[f"{c['optimizer']} / lr {c['lr']:g}"] = (
             phases(cs[0][:n], cs[1][:n] - cn[1][:n], threshold)
             | {"final_gap": gap["difference"], "final_gap_interval": gap["interval"]})
@@ -288,107 +428,184 @@ def gap_phases(arms: dict, summary: dict, metric: str, window: int, threshold: f
 
 
 # -----------------------------------------------------------------------------
-# Diagnostics, pooled per arm
+# Diagnostics: recomputed per seed from diagnostics.jsonl, then intervals over seeds
+
+# The per-seed diagnostics, each beside its control (diagnostics.py's docstring).
+DIAG_STATS = {
+    "cos_rms": "rms cos of the true gradients",
+    "cos_cross_abs_mean": "cross-prompt |cos| of estimates (the paper's)",
+    "cos_same_prompt_abs_mean": "same-prompt |cos| (upper reference)",
+    "r_curvature_within": "r(curvature_A, std_B), within step",
+    "r_error_rate_within": "r(error rate_A, std_B), within step (stand-in)",
+    "r_curvature_given_pass_rate_within": "r(curvature_A, std_B | right_A), within step",
+    "r_curvature_across": "r(curvature_A, std_B next step)",
+    "r_error_rate_across": "r(error rate_A, std_B next step) (stand-in)",
+    "r_curvature_given_pass_rate_across": "r(curvature_A, std_B next step | right_A)",
+}
 
 
-def pearson(x, y) -> float:
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    defined = len(x) > 2 and x.std() > 0 and y.std() > 0
-    return float(np.corrcoef(x, y)[0, 1]) if defined else float("nan")
+def run_diagnostics(run: dict) -> dict | None:
+    """One run's diagnostics pooled over its diagnostic steps, or None for a run without them or
+    with rows of an older diagnostics.py (no Gram matrix, curvature and std from one sample set):
+    {stat: value} for DIAG_STATS, and "cos_terms" (P, Q) for pooling over seeds."""
+    rows = run["diagnostics"]
+    if not rows or "curvature_a" not in rows[0]:
+        return None
+    steps = sorted({r["step"] for r in rows})
+    by_step = {s: [r for r in rows if r["step"] == s] for s in steps}
+    grams = [np.array(r["gram"]) for r in rows if "gram" in r]
+    terms = [diag.pair_terms(g) for g in grams]
+    P, Q = sum(t[0] for t in terms), sum(t[1] for t in terms)
+    rms = diag.cosine_rms([(P, Q)])
+    naive = [diag.naive_cosines(g) for g in grams]
+    cross = [c for n in naive for c in n["cross"]]
+    same = [c for n in naive for c in n["same_prompt"]]
+    out = {"cos_terms": (P, Q), "cos_rms_interval": (rms["low"], rms["high"]) if rms else None,
+           "cos_rms": rms["rms"] if rms else None,
+           "cos_cross_abs_mean": float(np.mean(cross)) if cross else None,
+           "cos_same_prompt_abs_mean": float(np.mean(same)) if same else None,
+           "steps": len(steps), "prompts": len(by_step[steps[0]])}
+    pairs = {"within": [(r, r) for s in steps for r in by_step[s]]}
+    index = [{r["id"]: r for r in by_step[s]} for s in steps]
+    pairs["across"] = [(index[i][k], row) for i in range(len(steps) - 1)
+                       for k, row in index[i + 1].items() if k in index[i]]
+    for when, ps in pairs.items():
+        if not ps:
+            continue
+        kappa = [a["curvature_a"] for a, _ in ps]
+        errors = [1 - a["pass_rate_a"] for a, _ in ps]
+        std = [b["reward_std_b"] for _, b in ps]
+        step = [a["step"] for a, _ in ps]  # within the step the proxy was measured at
+        stratum = [(a["step"], a["right_a"]) for a, _ in ps]
+        for name, x, strata in (("curvature", kappa, step), ("error_rate", errors, step),
+                                ("curvature_given_pass_rate", kappa, stratum)):
+            r = diag.stratified_correlation(x, std, [str(s) for s in strata])
+            out[f"r_{name}_{when}"] = r["r"] if r else None
+    return out
 
 
-def diagnostic_summary(runs) -> dict:
-    """Pool an arm's diagnostics: the three |cos| families (cross-prompt, same-prompt noise floor,
-    debiased), the within-step r(curvature, reward std) (mean over steps; also over prompts with
-    reward variance only, since all-right or all-wrong groups sit at std 0 with small gradients and
-    can carry the correlation alone), and the across-step control on the same fixed prompts
-    (diag/curvature_std_corr_across, mean over steps)."""
-    families = {"cross": "abs_cosines", "same_prompt": "abs_cosines_same_prompt",
-                "debiased": "abs_cosines_debiased"}
-    pooled = {name: [] for name in families}
-    within, within_signal, across, prompts = [], [], [], 0
-    for r in runs:
-        by_step = {}
-        for row in r["diagnostics"]:
-            by_step.setdefault(row["step"], []).append(row)
-            for name, field in families.items():
-                pooled[name] += row.get(field, [])
-        prompts += sum(len(v) for v in by_step.values())
-        for rows in by_step.values():
-            within.append(pearson([x["curvature"] for x in rows], [x["reward_std"] for x in rows]))
-            signal = [x for x in rows if x["reward_std"] > 0]
-            within_signal.append(pearson([x["curvature"] for x in signal],
-                                         [x["reward_std"] for x in signal]))
-        across += [m["diag/curvature_std_corr_across"] for m in r["metrics"]
-                   if m.get("diag/curvature_std_corr_across") is not None]
-    out = {"prompts": prompts, "pairs": len(pooled["cross"])}
-    for name, values in pooled.items():
-        v = np.array(values) if values else np.array([np.nan])
-        out |= {f"{name}_pairs": len(values), f"{name}_mean": float(v.mean()),
-                f"{name}_std": float(v.std()), f"{name}_p90": float(np.quantile(v, 0.9)),
-                f"{name}_values": [float(c) for c in values]}
+def seed_interval(values: dict[int, float], correlation: bool) -> dict:
+    """The mean over seeds and its 95% t-interval over seeds. A correlation is averaged as Fisher's
+    z = atanh(r) and mapped back (so the interval stays within -1..1); a cosine's interval is cut
+    at 0, below which an rms cannot be."""
+    if not correlation:
+        mean, ci = mean_interval(values.values())
+        return {"mean": mean, "interval": (max(ci[0], 0.0), ci[1]) if ci else None}
+    z = [math.atanh(max(min(r, 1 - 1e-12), -1 + 1e-12)) for r in values.values()]
+    mean, ci = mean_interval(z)
+    return {"mean": math.tanh(mean) if z else float("nan"),
+            "interval": (math.tanh(ci[0]), math.tanh(ci[1])) if ci else None}
 
-    def mean(xs):
-        return float(np.nanmean(xs)) if xs and not np.all(np.isnan(xs)) else float("nan")
-    return out | {"r_within": mean(within), "r_within_signal": mean(within_signal),
-                  "r_across": mean(across)}
+
+def diagnostic_summary(runs) -> dict | None:
+    """An arm's diagnostics: per seed (run_diagnostics), the mean over seeds with its t-interval for
+    every DIAG_STATS entry, and the cosine pooled over every prompt of every seed with its
+    jackknife interval (correlations averaged as Fisher z: seed_interval). {"older_format": n}
+    when its runs logged diagnostics of an older diagnostics.py only; None without
+    diagnostics."""
+    per_seed = {seed_of(r): d for r in runs if (d := run_diagnostics(r)) is not None}
+    if not per_seed:
+        return {"older_format": len(runs)} if any(r["diagnostics"] for r in runs) else None
+    out = {"seeds": sorted(per_seed), "per_seed": {}}
+    for stat in DIAG_STATS:
+        values = {s: d[stat] for s, d in per_seed.items() if d.get(stat) is not None}
+        out[stat] = seed_interval(values, correlation=stat.startswith("r_"))
+        out[stat]["per_seed"] = values
+    pooled = diag.cosine_rms([d["cos_terms"] for d in per_seed.values()])
+    out["cos_rms_pooled"] = pooled
+    out["steps"] = [d["steps"] for d in per_seed.values()]
+    out["prompts"] = [d["prompts"] for d in per_seed.values()]
+    return out
 
 
 # -----------------------------------------------------------------------------
 # The report: one function per section, each returning its markdown lines
 
 
-def intro_section(runs: int, arms: int, window: int, metric: str, heldout: str | None) -> list[str]:
+def intro_section(runs: list[dict], arms: int, window: int, metric: str,
+                  heldout: str | None) -> list[str]:
+    # eval/hard/samples/strict/accuracy -> eval/hard/problems: how many problems it averages
+    count = f"{heldout.rsplit('/', 3)[0]}/problems" if heldout else None
+    sizes = sorted({m[count] for r in runs for m in r["metrics"] if count in m})
+    samples = sorted({r["config"].get("eval_samples") for r in runs} - {None})
+    held = (f"`{heldout}` at the last evaluation, over {' / '.join(map(str, sizes))} problems of "
+            f"the fixed held-out set" + (f" ({' / '.join(map(str, samples))} samples each)"
+                                         if samples and "/samples/" in heldout else "")
+            if sizes else f"`{heldout}`")
     return ["# Run comparison\n",
-            f"{runs} runs in {arms} arms (an arm = normalize / optimizer / lr; figures show the "
-            "mean over its seeds and a band from the lowest to the highest seed). Training curves "
-            f"are trailing {window}-step moving averages of the training-rollout accuracy; final "
-            "= mean over the last 10% of steps; gain = final minus the mean over the first 10%. "
-            "Held-out: the accuracy on the fixed held-out set at the last evaluation. Headline "
-            f"metrics: `{metric}` (training), `{heldout}` (held-out). Intervals: 95% two-sample "
-            "t-intervals over seeds.\n"]
+            f"{len(runs)} runs in {arms} arms (an arm = normalize / optimizer / lr), seeds "
+            f"{sorted({seed_of(r) for r in runs})}, paired: every seed's arms drew identical "
+            "step-1 rollouts, scored alike to the last bit (checked). Training: `" + metric
+            + "` over each step's own rollouts, final = mean over the last 10% of steps, gain = "
+            f"final minus the mean over the first 10%; curves are trailing {window}-step moving "
+            f"averages. Held-out: {held}.\n",
+            "**Intervals.** Differences of arms are paired by seed (study.py's docstring: the arms "
+            "of a seed share its prompt order, initial adapter and sampler streams): mean of the "
+            "per-seed differences, 95% t-interval over seeds, two-sided p, and *detectable*, the "
+            "smallest true difference these seeds would detect with 80% power. Beside it the "
+            "unpaired two-sample interval that treats the seeds as independent. Neither accounts "
+            "for choosing a best rate on these same seeds, for the grid's coarseness, or for the "
+            "number of comparisons (counted below, with Holm-adjusted p).\n"]
 
 
-def arms_table(summary: dict, keys: list[str], metric: str) -> list[str]:
-    """One row per arm: its seeds, the final value of every metric, its per-seed gains in
-    `metric`."""
-    lines = ["| arm | seeds | " + " | ".join(f"final {k}" for k in keys)
-             + f" | gain {metric} (per seed) |",
-             "|---|---:|" + "---:|" * len(keys) + "---|"]
+def arms_table(summary: dict, keys: list[str], metric: str, heldout: str | None) -> list[str]:
+    """One row per arm: its seeds, the headline metrics with their intervals over seeds, the final
+    value of every metric, its per-seed gains in `metric`."""
+    headline = [k for k in (metric, heldout) if k]
+    rest = [k for k in keys if k not in headline]
+    lines = ["| arm | seeds | " + " | ".join(f"final `{k}` [95% over seeds]" for k in headline)
+             + " | " + " | ".join(f"final {k}" for k in rest) + f" | gain {metric} (per seed) |",
+             "|---|---|" + "---:|" * (len(headline) + len(rest)) + "---|"]
     for arm, s in summary.items():
-        lines.append(f"| {arm} | {s['seeds']} | " + " | ".join(f"{s['final'][k]:.3f}" for k in keys)
-                     + f" | {', '.join(f'{x:+.3f}' for x in s['gain'])} |")
+        cells = [f"{s['final'][k]:.3f} {interval_text(s['final_interval'].get(k))}"
+                 if k in s["final"] else "-" for k in headline]
+        cells += [f"{s['final'][k]:.3f}" if k in s["final"] else "-" for k in rest]
+        lines.append(f"| {arm} | {','.join(map(str, s['seeds']))} | " + " | ".join(cells)
+                     + f" | {', '.join(f'{x:+.3f}' for x in s['gain'].values())} |")
     return lines
 
 
-def effects_table(rows: list[tuple], metric: str, heldout: str | None) -> list[str]:
-    def cell(e):
-        if not e:
-            return "-"
-        detectable = f"; detectable {e['detectable']:.3f}" if e["detectable"] is not None else ""
-        return f"{e['difference']:+.3f} {interval_text(e['interval'])}{detectable}"
-    lines = ["\n## The effects: per-prompt (std - batch), step size (batch - none), "
-             "total (std - none)\n",
-             "At equal rates the arms share everything but the advantage rule. Each arm's best "
-             f"rate is picked by final `{metric}` on the same seeds (the interval does not account "
-             "for that choice); needs two or more rates per arm. *Detectable*: the smallest true "
-             "difference these seeds would detect with 80% power (5% two-sided), from their "
-             "seed-to-seed spread.\n",
+def effect_cell(e: dict | None) -> str:
+    if not e:
+        return "-"
+    if e["interval"] is None:
+        return f"{e['difference']:+.3f} (one seed)"
+    if identical(e):
+        return "identical on every seed"
+    p = f"p {e['p']:.3f}" + (f", Holm {e['p_holm']:.2f}" if "p_holm" in e else "")
+    unpaired = e["unpaired"]["interval"]
+    return (f"**{e['difference']:+.3f} {interval_text(e['interval'])}** ({p}; detectable "
+            f"{e['detectable']:.3f}); unpaired {interval_text(unpaired)}")
+
+
+def effects_table(rows: list[tuple], metric: str, heldout: str | None,
+                  comparisons: int) -> list[str]:
+    lines = ["\n## The effects, paired by seed\n",
+             "per-prompt = std - matched (the per-prompt reweighting alone: matched has std's mean "
+             "|A| in every step); step size = matched - none; total = std - none; the authors' "
+             "batch arm: std - batch (per-prompt reweighting plus batch's smaller steps); batch "
+             "step size = batch - none. Each arm's best rate is the best by final "
+             f"`{metric}` among the rates in this folder, on the same seeds. Bold: paired mean "
+             "[95% interval]; then p, Holm-adjusted p, the detectable difference and the unpaired "
+             f"interval. **{comparisons} paired comparisons** in this table: at 5% each, about "
+             f"{comparisons * 0.05:.1f} of them would exclude zero by chance alone.\n",
              f"| setting | effect | rates | training `{metric}` | held-out `{heldout}` |",
              "|---|---|---|---|---|"]
     table = [f"| {setting} | {name} ({a} - {b}) | {row['rates'][0]:g} vs {row['rates'][1]:g} | "
-             f"{cell(row['train'])} | {cell(row['heldout'])} |"
+             f"{effect_cell(row['train'])} | {effect_cell(row['heldout'])} |"
              for setting, (name, a, b), row in rows]
     return lines + (table or ["| (needs two arms at one rate) | | | | |"])
 
 
 def phases_table(phase_table: dict, metric: str, threshold: float) -> list[str]:
+    if not phase_table:
+        return []
     lines = [f"\n## Phases of the gap in `{metric}` (std minus none)\n",
              f"Rule: the smoothed, seed-averaged gap *opens* at the first step where it reaches "
              f"{threshold:.2f}, *holds* while it stays at or above {threshold / 2:.3f}, and "
              f"*closes* at the first later step below that.\n",
              "| optimizer / lr | opens at step | closes at step | largest gap (step) | "
-             "final gap (95% interval) |",
+             "final gap (paired 95% interval) |",
              "|---|---:|---:|---:|---|"]
     for setting, ph in phase_table.items():
         lines.append(f"| {setting} | {ph['opens']} | {ph['closes']} | "
@@ -397,36 +614,81 @@ def phases_table(phase_table: dict, metric: str, threshold: float) -> list[str]:
     return lines
 
 
-def diagnostics_report(diag: dict) -> list[str]:
-    lines = ["\n## Diagnostics, each beside its control "
-             "(pooled over each arm's diagnostic steps)\n",
-             "|cos| between per-prompt policy gradients (LoRA weights), K samples per estimate: "
-             "across prompts (what the paper reports: mean 0.088, 90% under 0.15), between two "
-             "independent estimates of the SAME prompt (the noise floor: what K samples can "
-             "resolve), and debiased (inner products from products of independent estimates: the "
-             "cosine of the true gradients). Pearson r between each prompt's curvature proxy and "
-             "its reward std, within a step, over prompts with reward variance only, and across "
-             "steps on the same fixed prompts (the paper: 0.342 within, -0.028 across).\n",
-             "| arm | pairs | cross-prompt \\|cos\\| (90th pct) | same-prompt floor | "
-             "debiased \\|cos\\| (pairs) | r within step | r within, std > 0 | "
-             "r across steps, same prompts |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for arm, d in diag.items():
-        lines.append(f"| {arm} | {d['cross_pairs']} | {d['cross_mean']:.3f} "
-                     f"({d['cross_p90']:.3f}) | {d['same_prompt_mean']:.3f} | "
-                     f"{d['debiased_mean']:.3f} ({d['debiased_pairs']}) | {d['r_within']:.3f} | "
-                     f"{d['r_within_signal']:.3f} | {d['r_across']:.3f} |")
+def stat_text(s: dict, signed: bool = True) -> str:
+    if s["mean"] != s["mean"]:  # nan: undefined on every seed
+        return "-"
+    if signed:
+        return f"{s['mean']:+.3f} {interval_text(s['interval'])}"
+    ci = s["interval"]
+    return f"{s['mean']:.3f} " + (f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "(one seed)")
+
+
+def diagnostics_report(diag_summary: dict) -> list[str]:
+    lines = ["\n## Diagnostics, each beside its control\n",
+             "Recomputed from diagnostics.jsonl (diagnostics.py): per seed, pooled over its "
+             "diagnostic steps; shown as the mean over seeds [95% t-interval over seeds]. "
+             "**Orthogonality**: the rms cosine of the true per-prompt gradients (unbiased "
+             "products of independent estimates, numerator and denominator summed over all pairs "
+             "before dividing; tested against known truth at the logs' dimension and noise), "
+             "pooled over every prompt of every seed with its jackknife interval too; beside it "
+             "the cross-prompt |cos| of the K-sample estimates, which is what the paper reports "
+             "(mean 0.088) and which noise pulls toward 0, and the same-prompt |cos|, two "
+             "estimates of one gradient whose truth is 1: the upper reference for what noisy "
+             "estimates can show, not a noise floor.\n",
+             "| arm | seeds | rms cos, true gradients: over seeds | pooled (jackknife) | "
+             "cross-prompt \\|cos\\| of estimates | same-prompt \\|cos\\| |",
+             "|---|---|---:|---:|---:|---:|"]
+    older = []
+    for arm, d in diag_summary.items():
+        if "older_format" in d:
+            older.append(arm)
+            continue
+        pooled = d["cos_rms_pooled"]
+        pooled_text = (f"{pooled['rms']:.3f} [{pooled['low']:.3f}, {pooled['high']:.3f}] "
+                       f"({pooled['prompts']} prompts)" if pooled else "-")
+        lines.append(f"| {arm} | {','.join(map(str, d['seeds']))} | "
+                     f"{stat_text(d['cos_rms'], False)} | {pooled_text} | "
+                     f"{stat_text(d['cos_cross_abs_mean'], False)} | "
+                     f"{stat_text(d['cos_same_prompt_abs_mean'], False)} |")
+    lines += ["\n**Curvature vs reward std, apart from pass rate.** The proxy (mean |grad log p|^2 "
+              "per token) from sample set A, the reward std from the independent set B. Pearson r "
+              "within a step (pooled over steps, each step its own stratum), beside the "
+              "curvature-free stand-in (the error rate of the same A samples: what counting wrong "
+              "answers alone gives) and the correlation conditional on pass rate (within strata "
+              "of prompts with the same number right in A). Across steps: the proxy at one "
+              "diagnostic step against the std at the next, same prompts.\n",
+              "| arm | r within | stand-in within | r within given pass rate | r across | "
+              "stand-in across | r across given pass rate |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for arm, d in diag_summary.items():
+        if "older_format" in d:
+            continue
+        lines.append(f"| {arm} | " + " | ".join(stat_text(d[k]) for k in (
+            "r_curvature_within", "r_error_rate_within", "r_curvature_given_pass_rate_within",
+            "r_curvature_across", "r_error_rate_across", "r_curvature_given_pass_rate_across"))
+            + " |")
+    if older:
+        lines.append(f"\n{len(older)} arms ({', '.join(older)}) logged diagnostics of an older "
+                     "diagnostics.py (per-pair |cos| lists, curvature and std from one sample "
+                     "set): not summarised here; the estimators above need the Gram matrix and "
+                     "independent sets that it did not log.")
     return lines
 
 
 def figures_section(figures: list[Path]) -> list[str]:
     if not figures:
         return ["\n(no figures: matplotlib is not installed; `pip install matplotlib`)"]
-    return ["\n" + "\n".join(f"![{f.stem}]({f.name})" for f in figures)]
+    return ["\n## Figures\n"] + [f"![{f.stem}]({f.name})\n" for f in figures]
 
 
 # -----------------------------------------------------------------------------
-# Figures
+# Figures: one question each; one colour per estimator in every figure, rates as line styles
+
+# Okabe-Ito colours (readable in colour-blindness and grey): each estimator keeps its colour in
+# every figure of every report.
+ARM_COLORS = {"std": "#0072B2", "matched": "#E69F00", "batch": "#009E73", "none": "#D55E00"}
+RATE_STYLES = ["-", "--", ":", "-.", (0, (8, 2, 1, 2, 1, 2)), (0, (1, 4))]
+COLLAPSED = 0.05  # a run whose final training accuracy is below this has collapsed
 
 
 def pyplot():
@@ -443,90 +705,231 @@ def pyplot():
     return plt
 
 
-def plot_diagnostics(plt, arms, colors, diag: dict, out: Path) -> Path:
-    fig, axes = plt.subplots(1, 4, figsize=(20, 3.8))
-    titles = {"cross": "across prompts", "same_prompt": "same prompt, two estimates (floor)",
-              "debiased": "debiased (true gradients)"}
-    for ax, (name, title) in zip(axes, titles.items()):
-        for arm, d in diag.items():
-            if d[f"{name}_values"]:
-                ax.hist(d[f"{name}_values"], bins=40, range=(0, 1), alpha=0.5, color=colors[arm],
-                        label=f"{arm} (mean {d[f'{name}_mean']:.3f})")
-        ax.set_title(f"|cos|, {title}", fontsize=9)
-        ax.set_xlabel("|cos| of per-prompt policy gradients")
-        ax.legend(fontsize=6)
-    axes[0].set_ylabel("pairs")
-    for arm, d in diag.items():
-        rows = [row for r in arms[arm] for row in r["diagnostics"]]
-        axes[3].scatter([x["reward_std"] for x in rows], [x["curvature"] for x in rows], s=8,
-                        alpha=0.5, color=colors[arm],
-                        label=f"{arm} (r within step {d['r_within']:.2f})")
-    axes[3].set_xlabel("reward std of the prompt (K samples)")
-    axes[3].set_ylabel("curvature proxy (mean |grad|^2 per token)")
-    axes[3].set_yscale("log")
-    axes[3].legend(fontsize=6)
-    fig.tight_layout()
-    path = out / "diagnostics.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def normalizer(arm: str) -> str:
+    return arm.split(" /")[0]
+
+
+def save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.clf()
     return path
 
 
-def plot_compare(plt, arms, colors, keys, diag_keys, window, out: Path) -> Path:
-    panels = [k for k in keys] + ["reward_std"] + diag_keys
-    cols = min(3, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
-    for ax, key in zip(axes.flat, panels):
-        for arm, rs in sorted(arms.items()):
-            curve = arm_curve(rs, key, 1 if key.startswith(("diag/", "eval/")) else window)
-            if curve is None:
+def contrast_color(a: str, b: str) -> str:
+    """The colour of a difference a - b: that of the arm set against std (std - matched: matched's),
+    else of the first arm (matched - none: matched's)."""
+    return ARM_COLORS.get(b if a == "std" else a, "k")
+
+
+def plot_effects(plt, rows: list[tuple], names: tuple[str, ...], title: str, labels: dict,
+                 collapsed: set[str], path: Path) -> Path | None:
+    """A forest plot of the effects named `names`: one row per (setting, effect), training and
+    held-out side by side; the paired 95% interval thick, the unpaired one thin below it, the
+    per-seed differences as dots. Rows where an arm collapsed on some seed (intervals spanning the
+    whole scale) stay in the report's table only."""
+    chosen = [(setting, effect, row) for setting, effect, row in rows if effect[0] in names
+              and not set(row["arms"]) & collapsed]
+    if not chosen:
+        return None
+    left_out = sum(1 for _, effect, row in rows if effect[0] in names
+                   and set(row["arms"]) & collapsed)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.55 * len(chosen) + 1.6), sharey=True)
+    for ax, key in zip(axes, ("train", "heldout")):
+        for y, (setting, (name, a, b), row) in enumerate(chosen):
+            e, color = row.get(key), contrast_color(a, b)
+            if not e:
                 continue
-            steps, mean, low, high, n = curve
-            style = {"std": "-", "batch": "-.", "none": "--"}.get(arm.split(" /")[0], ":")
-            ax.plot(steps, mean, style, color=colors[arm], label=f"{arm} (n={n})")
-            ax.fill_between(steps, low, high, color=colors[arm], alpha=0.15)
-        ax.set_title(key)
+            if e["unpaired"]["interval"]:
+                ax.plot(e["unpaired"]["interval"], [y + 0.22] * 2, color=color, lw=1, alpha=0.6)
+            if e["interval"]:
+                ax.plot(e["interval"], [y, y], color=color, lw=4, solid_capstyle="butt")
+            ax.plot(e["difference"], y, "o", color="white", mec=color, mew=2, ms=7, zorder=3)
+            ax.plot(e["per_seed"], [y - 0.22] * len(e["per_seed"]), ".", color=color, alpha=0.8)
+        ax.axvline(0, color="0.4", lw=0.8)
+        ax.set_xlabel(f"difference in {labels[key]}")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(chosen)))
+    axes[0].set_yticklabels([f"{setting}: {name} ({a} - {b})"
+                             for setting, (name, a, b), _ in chosen], fontsize=8)
+    axes[0].invert_yaxis()
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], color="0.3", lw=4, label="paired 95% interval (mean: circle)"),
+               Line2D([], [], color="0.3", lw=1, label="unpaired 95% interval"),
+               Line2D([], [], color="0.3", marker=".", ls="", label="per-seed differences")]
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3,
+               frameon=False, fontsize=8)
+    note = (f"\n({left_out} rows with an arm that collapsed on a seed: in the report's table "
+            "only)" if left_out else "")
+    fig.suptitle(title + note, fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def curve_panels(plt, arms: dict, selected: list[str], keys: list[tuple[str, str]], window: int,
+                 title: str, path: Path) -> Path:
+    """Curves of the selected arms, one row of panels per optimizer and one panel per (metric key,
+    label): the mean over seeds thick, each seed thin and faint beneath it (the spread without
+    hiding the mean); colour = estimator, line style = rate."""
+    optimizers = sorted({arms[a][0]["config"]["optimizer"] for a in selected})
+    fig, axes = plt.subplots(len(optimizers), len(keys), squeeze=False,
+                             figsize=(5.2 * len(keys), 3.6 * len(optimizers)))
+    for row, opt in zip(axes, optimizers):
+        mine = [a for a in selected if arms[a][0]["config"]["optimizer"] == opt]
+        rates = sorted({arms[a][0]["config"]["lr"] for a in mine})
+        for ax, (key, label) in zip(row, keys):
+            for arm in mine:
+                curve = arm_curve(arms[arm], key, 1 if key.startswith("eval/") else window)
+                if curve is None:
+                    continue
+                steps, mean, seeds = curve
+                color = ARM_COLORS.get(normalizer(arm), "k")
+                style = RATE_STYLES[rates.index(arms[arm][0]["config"]["lr"]) % len(RATE_STYLES)]
+                marker = "o" if key.startswith("eval/") else None
+                for s in seeds:
+                    ax.plot(steps, s, ls=style, color=color, lw=0.7, alpha=0.25)
+                ax.plot(steps, mean, ls=style, color=color, lw=2, marker=marker, ms=3,
+                        label=f"{arm} ({len(seeds)} seeds)")
+            ax.set_title(f"{opt}: {label}", fontsize=9)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        handles, names = row[-1].get_legend_handles_labels()
+        row[-1].legend(handles, names, loc="center left", bbox_to_anchor=(1.02, 0.5),
+                       frameon=False, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_rates(plt, arms: dict, metric: str, window: int, path: Path) -> Path | None:
+    """How each estimator depends on its rate: one panel per estimator run at 2+ rates (its colour),
+    one line style per rate."""
+    by_norm: dict[tuple, list] = {}
+    for arm, rs in arms.items():
+        by_norm.setdefault((normalizer(arm), rs[0]["config"]["optimizer"]), []).append(arm)
+    swept = {k: sorted(v, key=lambda a: arms[a][0]["config"]["lr"])
+             for k, v in by_norm.items() if len(v) > 1}
+    if not swept:
+        return None
+    rates = sorted({arms[a][0]["config"]["lr"] for v in swept.values() for a in v})
+    fig, axes = plt.subplots(1, len(swept), figsize=(4.3 * len(swept), 3.6), squeeze=False,
+                             sharey=True)
+    for ax, ((norm, opt), selected) in zip(axes[0], sorted(swept.items())):
+        for arm in selected:
+            steps, mean, seeds = arm_curve(arms[arm], metric, window)
+            lr = arms[arm][0]["config"]["lr"]
+            style = RATE_STYLES[rates.index(lr) % len(RATE_STYLES)]
+            for s in seeds:
+                ax.plot(steps, s, ls=style, color=ARM_COLORS.get(norm, "k"), lw=0.6, alpha=0.25)
+            ax.plot(steps, mean, ls=style, color=ARM_COLORS.get(norm, "k"), lw=2,
+                    label=f"lr {lr:g}")
+        ax.set_title(f"{norm} / {opt}", fontsize=9, color=ARM_COLORS.get(norm, "k"))
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"training-rollout accuracy ({window}-step moving average), held-out accuracy "
-                 "(eval/) and diagnostics (diag/): mean over seeds, band from the lowest to the "
-                 "highest seed")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3,
+                  frameon=False, handlelength=3.5)
+    axes[0][0].set_ylabel(f"training {metric} ({window}-step mean)")
+    fig.suptitle("Each estimator across its learning rates (mean over seeds thick, each seed "
+                 "faint)", fontsize=10)
     fig.tight_layout()
-    path = out / "curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
-# The diagnostics' per-step summaries, drawn as curves when logged.
-DIAG_CURVES = ("diag/cos_abs_mean", "diag/cos_same_prompt_abs_mean", "diag/cos_debiased_abs_mean",
-               "diag/curvature_std_corr", "diag/curvature_std_corr_across")
+def plot_diagnostics(plt, diag_summary: dict, path: Path) -> Path | None:
+    """Each diagnostic beside its control, per arm: mean over seeds with its t-interval, per-seed
+    values as dots. Orthogonality (rms of the true gradients' cosine vs the paper's cross-prompt
+    |cos| vs the same-prompt reference), curvature within a step and across steps (raw r, the
+    error-rate stand-in, conditional on pass rate)."""
+    arms = [a for a, d in diag_summary.items() if "older_format" not in d]
+    if not arms:
+        return None
+    panels = [("Orthogonality: |cos| between per-prompt gradients",
+               [("cos_rms", "rms cos,\ntrue gradients"),
+                ("cos_cross_abs_mean", "cross-prompt |cos|\nof estimates (paper's)"),
+                ("cos_same_prompt_abs_mean", "same-prompt |cos|\n(upper reference)")]),
+              ("Curvature vs reward std, within a step",
+               [("r_curvature_within", "r(curvature, std)"),
+                ("r_error_rate_within", "r(error rate, std)\nstand-in"),
+                ("r_curvature_given_pass_rate_within", "r(curvature, std)\ngiven pass rate")]),
+              ("... across steps (same prompts)",
+               [("r_curvature_across", "r(curvature, std)"),
+                ("r_error_rate_across", "r(error rate, std)\nstand-in"),
+                ("r_curvature_given_pass_rate_across", "r(curvature, std)\ngiven pass rate")])]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    width = 0.8 / len(arms)
+    for ax, (title, stats) in zip(axes, panels):
+        for j, arm in enumerate(arms):
+            color = ARM_COLORS.get(normalizer(arm), "k")
+            for x, (stat, _) in enumerate(stats):
+                s = diag_summary[arm][stat]
+                pos = x - 0.4 + width * (j + 0.5)
+                if s["interval"]:
+                    ax.plot([pos, pos], s["interval"], color=color, lw=3, alpha=0.7)
+                if s["mean"] == s["mean"]:
+                    ax.plot(pos, s["mean"], "o", color="white", mec=color, mew=2, ms=6,
+                            label=arm if x == 0 else None)
+                ax.plot([pos] * len(s["per_seed"]), list(s["per_seed"].values()), ".",
+                        color=color, ms=4)
+        ax.set_xticks(range(len(stats)))
+        ax.set_xticklabels([label for _, label in stats], fontsize=8)
+        ax.axhline(0, color="0.4", lw=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+               fontsize=8, title="mean over seeds, 95% interval;\ndots: seeds", title_fontsize=8)
+    fig.tight_layout()
+    return save(fig, path)
 
 
-def plot_figures(arms: dict, curve_keys: list[str], diag_keys: list[str], diag: dict, window: int,
-                 out: Path) -> list[Path]:
-    """curves.png, and diagnostics.png when there are diagnostics; none without matplotlib."""
+def plot_figures(arms: dict, summary: dict, rows: list[tuple], diag_summary: dict, metric: str,
+                 heldout: str | None, window: int, out: Path) -> list[Path]:
+    """per_prompt_effect.png, step_size_effect.png, best_rates.png, rates.png (when an estimator
+    ran at 2+ rates) and diagnostics.png (when logged); none without matplotlib."""
     plt = pyplot()
     if not plt:
         return []
-    colors = {arm: f"C{i}" for i, arm in enumerate(sorted(arms))}  # one color per arm, everywhere
-    paths = [plot_compare(plt, arms, colors, curve_keys, diag_keys, window, out)]
-    if diag:
-        paths.append(plot_diagnostics(plt, arms, colors, diag, out))
-    return paths
+    labels = {"train": f"training {metric}", "heldout": f"held-out {heldout}"}
+    # an arm whose final training accuracy fell below COLLAPSED on some seed
+    collapsed = {arm for arm, s in summary.items()
+                 if min(s["final_per_seed"].get(metric, {0: 1.0}).values()) < COLLAPSED}
+    paths = [plot_effects(plt, rows, ("per-prompt", "authors' batch arm"),
+                          "The per-prompt effect: std - matched (same step size), and the "
+                          "authors' std - batch", labels, collapsed,
+                          out / "per_prompt_effect.png"),
+             plot_effects(plt, rows, ("step size", "batch step size", "total"),
+                          "The step-size effect: matched - none and batch - none, beside the "
+                          "total std - none", labels, collapsed, out / "step_size_effect.png")]
+    best = sorted(set(best_rates(summary, metric).values()))
+    keys = [(metric, f"training {metric} ({window}-step mean)")]
+    keys += [(heldout, f"held-out {heldout}")] if heldout else []
+    paths.append(curve_panels(plt, arms, best, keys, window, "Each arm at its best rate (mean "
+                              "over seeds thick, each seed faint)", out / "best_rates.png"))
+    paths.append(plot_rates(plt, arms, metric, window, out / "rates.png"))
+    if diag_summary:
+        paths.append(plot_diagnostics(plt, diag_summary, out / "diagnostics.png"))
+    plt.close("all")
+    return [p for p in paths if p]
 
 
 # -----------------------------------------------------------------------------
 # compare: run folders -> report.md, summary.json, figures
 
 
+def jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items() if k != "cos_terms"}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return x
+
+
 def compare(argv=None):
     ap = argparse.ArgumentParser(prog="eval.py compare", description="Compare GRPO runs: the "
-                                 "three arms, seeds as intervals and bands.")
+                                 "arms' effects paired by seed, diagnostics with intervals.")
     ap.add_argument("runs", nargs="+", help="run folders, or folders holding run folders")
     ap.add_argument("--out", default="reports/compare")
     ap.add_argument("--window", type=int, default=10,
@@ -543,6 +946,9 @@ def compare(argv=None):
     if not dirs:
         sys.exit(f"error: no run folders (with metrics.jsonl) in {args.runs}")
     runs = [read_run(d) for d in dirs]
+    problem = check_pairing(runs)
+    if problem:
+        sys.exit(f"error: {problem}")
     arms: dict[str, list] = {}
     for r in runs:
         arms.setdefault(arm_of(r["config"]), []).append(r)
@@ -559,25 +965,26 @@ def compare(argv=None):
 
     summary = summarize_arms(arms, keys, heldout_keys, metric)
     effect_rows = decomposition(summary, metric, heldout)
+    comparisons = adjust_for_comparisons(effect_rows)
     phase_table = gap_phases(arms, summary, metric, args.window, args.gap_threshold)
-    diag = {arm: diagnostic_summary(rs) for arm, rs in sorted(arms.items())
-            if any(r["diagnostics"] for r in rs)}
+    diag_summary = {arm: d for arm, rs in sorted(arms.items())
+                    if (d := diagnostic_summary(rs)) is not None}
 
-    report = (intro_section(len(runs), len(arms), args.window, metric, heldout)
-              + arms_table(summary, keys + heldout_keys, metric)
-              + effects_table(effect_rows, metric, heldout)
+    report = (intro_section(runs, len(arms), args.window, metric, heldout)
+              + arms_table(summary, keys + heldout_keys, metric, heldout)
+              + effects_table(effect_rows, metric, heldout, comparisons)
               + phases_table(phase_table, metric, args.gap_threshold)
-              + (diagnostics_report(diag) if diag else []))
-    curve_keys = keys + [k for k in heldout_keys if "/samples/" in k]
-    figures = plot_figures(arms, curve_keys, [k for k in DIAG_CURVES if k in logged], diag,
+              + (diagnostics_report(diag_summary) if diag_summary else []))
+    figures = plot_figures(arms, summary, effect_rows, diag_summary, metric, heldout,
                            args.window, out)
     report += figures_section(figures)
 
     (out / "report.md").write_text("\n".join(report) + "\n")
-    effects = {f"{setting}: {name}": row for setting, (name, _, _), row in effect_rows}
-    (out / "summary.json").write_text(json.dumps(
+    effects = {f"{setting}: {name} ({a} - {b})": row for setting, (name, a, b), row in effect_rows}
+    (out / "summary.json").write_text(json.dumps(jsonable(
         {"metric": metric, "heldout_metric": heldout, "arms": summary, "effects": effects,
-         "phases": phase_table, "diagnostics": diag, "window": args.window}, indent=2) + "\n")
+         "comparisons": comparisons, "phases": phase_table, "diagnostics": diag_summary,
+         "window": args.window}), indent=2) + "\n")
     print("\n".join(report))
     print(f"\nwrote {out}/report.md, {out}/summary.json"
           + (f" and {len(figures)} figures" if figures else ""))
@@ -595,7 +1002,7 @@ def sweep(argv=None):
     ap.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
     ap.add_argument("--lrs", required=True, help="comma-separated learning rates")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--normalize", default="std,batch,none")
+    ap.add_argument("--normalize", default="std,matched,batch,none")
     ap.add_argument("--out", required=True)
     ap.add_argument("extra", nargs=argparse.REMAINDER,
                     help="after --: more grpo.py flags for every run")

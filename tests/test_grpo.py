@@ -82,6 +82,74 @@ def test_batch_with_all_rewards_equal_is_zero_not_nan():
         assert torch.equal(a, torch.zeros(3, 8))
 
 
+def test_matched_by_hand():
+    """[1,0,0,0] (std sqrt(3)/4 = 0.4330), [1,1,0,0] (std 0.5), [1,1,1,1] (no signal). Sum of |c|:
+    1.5 + 2 = 3.5; sum of |c| / std: 1.5 / 0.4330 + 2 / 0.5 = 7.4641; s = 3.5 / 7.4641 = 0.468912
+    (binary rewards: sum sigma^2 / sum sigma = (3/16 + 1/4) / (0.4330 + 0.5), the same). matched is
+    none / s; its mean |A| is std's, 7.4641 / 12 = 0.622, where batch's is 5% smaller, 3.5 / 0.4930
+    / 12 = 0.592 (its std over all twelve rewards holds the between-prompt variance too)."""
+    r = torch.tensor([[1.0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
+    sigma = [math.sqrt(3) / 4 + 1e-6, 0.5 + 1e-6]
+    s = 3.5 / (1.5 / sigma[0] + 2 / sigma[1])
+    assert s == pytest.approx(0.468912, abs=1e-6)
+    assert s == pytest.approx((3 / 16 + 1 / 4) / (math.sqrt(3) / 4 + 0.5), abs=1e-5)
+    matched = G.group_advantages(r, "matched")
+    torch.testing.assert_close(matched, G.group_advantages(r, "none") / s, atol=1e-6, rtol=0)
+    mean_abs = lambda a: float(a.abs().mean())  # noqa: E731
+    assert mean_abs(matched) == pytest.approx(mean_abs(G.group_advantages(r, "std")), rel=1e-6)
+    assert mean_abs(matched) == pytest.approx((1.5 / sigma[0] + 2 / sigma[1]) / 12, rel=1e-6)
+    assert mean_abs(G.group_advantages(r, "batch")) == pytest.approx(
+        3.5 / math.sqrt(7 / 12 * 5 / 12) / 12, rel=1e-5)
+
+
+def test_matched_keeps_stds_step_size_on_random_batches():
+    """16 groups of 8 binary rewards at random pass rates: matched's mean |A| equals std's on every
+    batch, and matched is none times one positive scalar (the same direction)."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        r = (torch.rand(16, 8, generator=g) < torch.rand(16, 1, generator=g)).float()
+        std, none = G.group_advantages(r, "std"), G.group_advantages(r, "none")
+        matched = G.group_advantages(r, "matched")
+        assert float(matched.abs().mean()) == pytest.approx(float(std.abs().mean()), rel=1e-5)
+        signal = none != 0
+        ratio = matched[signal] / none[signal]
+        assert float(ratio.max() - ratio.min()) <= 1e-5 * float(ratio.max())
+
+
+def test_matched_is_std_with_one_prompt_and_zero_without_signal():
+    for row in ([0, 0, 1, 0, 0, 0, 0, 0], [1, 1, 0, 1, 0, 1, 1, 1], [1, 0]):
+        r = torch.tensor([row], dtype=torch.float32)
+        torch.testing.assert_close(G.group_advantages(r, "matched"), G.group_advantages(r, "std"),
+                                   atol=1e-6, rtol=1e-6)
+    assert torch.equal(G.group_advantages(torch.ones(3, 8), "matched"), torch.zeros(3, 8))
+
+
+def test_matched_divisor_over_ranks_is_the_whole_steps():
+    """Data parallel: each rank holds whole groups; global_matched_divisor sums the two partial
+    sums over ranks, so every rank divides by the whole step's s (here two ranks, simulated: the
+    world's sum adds the other rank's values)."""
+    g = torch.Generator().manual_seed(1)
+    r = (torch.rand(16, 8, generator=g) < torch.rand(16, 1, generator=g)).float()
+
+    class Rank:
+        size = 2
+
+        def __init__(self, other=None):
+            self.other, self.sent = other, None
+
+        def sum(self, *values):
+            self.sent = values
+            return [a + b for a, b in zip(values, self.other.sent)] if self.other else values
+
+    first = Rank()
+    G.global_matched_divisor(r[:8], 1e-6, first)  # rank 0's partial sums
+    s = G.global_matched_divisor(r[8:], 1e-6, Rank(other=first))  # rank 1 adds them to its own
+    whole = G.group_advantages(r, "matched")
+    torch.testing.assert_close(G.group_advantages(r[8:], "matched", matched_divisor=s), whole[8:],
+                               atol=1e-6, rtol=1e-5)
+    assert G.global_matched_divisor(r, 1e-6, G.World()) is None  # one process: computed in place
+
+
 def test_unknown_normalisation_is_an_error():
     with pytest.raises(ValueError, match="normalize must be"):
         G.group_advantages(torch.zeros(1, 4), "median")
@@ -338,6 +406,18 @@ def test_batch_update_is_none_times_one_over_the_batch_std(tiny_folder):
     assert_same_vector(batch, none / (batch_std + 1e-6))
 
 
+def test_matched_update_is_none_times_one_scalar_and_differs_from_std(tiny_folder):
+    """Through the whole update (micro-batches, token-mean, SGD): matched's step is none's times
+    1/s, s = (3/16 + 1/4) / (sqrt(3)/4 + 1/2) for these two groups, and not std's direction."""
+    ro = rollouts([[1.0, 0, 0, 0], [1, 1, 0, 0]])
+    s = 3.5 / (1.5 / (math.sqrt(3) / 4 + 1e-6) + 2 / (0.5 + 1e-6))
+    none, _ = update_delta(tiny_folder, ro, "none")
+    matched, _ = update_delta(tiny_folder, ro, "matched")
+    std, _ = update_delta(tiny_folder, ro, "std")
+    assert_same_vector(matched, none / s)
+    assert torch.nn.functional.cosine_similarity(std, matched, dim=0) < 0.999
+
+
 def test_token_mean_is_trls_dapo_loss(tiny_folder):
     """TRL (git main, Sept 2025) loss_type="dapo", one completion per micro-batch, beta 0.02,
     written out as TRL computes it: per token -exp(lp - lp.detach()) * A + beta * k3, summed,
@@ -448,7 +528,7 @@ def test_prompts_are_cut_from_the_left_as_trl_cuts_them():
     (["--normalize", "median"], "invalid choice: 'median'"),
     (["--group-size", "1"], "--group-size must be >= 2"),
     (["--optimizer", "lion"], "invalid choice: 'lion'"),
-    (["--diag-every", "5", "--diag-prompts", "1"], "--diag-prompts must be >= 2"),
+    (["--diag-every", "5", "--diag-prompts", "2"], "--diag-prompts must be >= 3 with --diag-every"),
     (["--eval-every", "-1"], "--eval-every must be >= 0"),
     (["--std-estimator", "sample"], "invalid choice: 'sample'"),
     (["--max-prompt-tokens", "-1"], "--max-prompt-tokens must be >= 0"),
@@ -740,17 +820,21 @@ def test_diagnostics_are_logged_and_do_not_perturb_training(tmp_path):
     logged = [r for r in run_metrics(diag) if "diag/prompts_with_signal" in r]
     assert [r["step"] for r in logged] == [2, 4]
     rows = [json.loads(x) for x in (diag / "diagnostics.jsonl").read_text().splitlines()]
-    assert len(rows) == 12 and all(r["curvature"] > 0 and 0 <= r["reward_std"] <= 0.5 for r in rows)
+    assert len(rows) == 12 and all(r["curvature_a"] > 0 and 0 <= r["reward_std_b"] <= 0.5
+                                   and r["pass_rate_a"] == r["right_a"] / 4 for r in rows)
+    assert [len(r["gram"]) for r in rows if "gram" in r] == [12, 12]  # 2 x 6 estimates per step
     for r in logged:
         if r["diag/prompts_with_signal"] >= 2:
             assert 0 <= r["diag/cos_abs_mean"] <= r["diag/cos_abs_p90"] <= 1
+        if "diag/cos_rms" in r:
+            assert 0 <= r["diag/cos_rms_low"] <= r["diag/cos_rms"] <= r["diag/cos_rms_high"]
 
 
 def test_per_prompt_gradients_and_curvature_by_hand(tmp_path):
     """diagnostics.measure against an independent computation on a tiny model: per-sample gradients
     by autograd on a full forward; G_i^S = sum_{k in S} (r_ik - mean_S) g_ik for the two sets
-    S = A (first K), B (last K); kappa_i = mean_{k in A} |g_ik|^2 / |o_ik|; the three cosine
-    families from those vectors."""
+    S = A (first K), B (last K); kappa_i = mean_{k in A} |g_ik|^2 / |o_ik|; the logged Gram matrix,
+    the naive cosines, the rms from pair terms written out, the reward std of set B."""
     import numpy as np
     model = M.load_model(save_hf_model(make_hf_model(seed=6, vocab_size=20), tmp_path))
     params = L.apply_lora(model, r=2, alpha=4)
@@ -763,9 +847,9 @@ def test_per_prompt_gradients_and_curvature_by_hand(tmp_path):
     comps = [torch.randint(1, 20, (int(torch.randint(1, 4, (1,), generator=g)),),
                            generator=g).tolist()
              for _ in range(3 * 8)]
-    rewards = torch.tensor([[1.0, 0, 0, 1, 0, 1, 1, 1],    # A: std .5; B: signal
-                            [0, 0, 0, 0, 1, 0, 0, 0],      # A: no signal; B: signal
-                            [1, 0, 1, 1, 1, 0, 0, 0]])     # A: std .433; B: signal
+    rewards = torch.tensor([[1.0, 0, 0, 1, 0, 1, 1, 1],    # A: 2 right; B: std .433
+                            [0, 1, 0, 0, 1, 1, 0, 0],      # A: 1 right; B: std .5
+                            [1, 0, 1, 1, 1, 0, 0, 0]])     # A: 3 right; B: std .433
     ro = G.Rollouts(problems, prompts, comps, [""] * 24, rewards)
     summary, rows = diag.measure(model, params, ro, K=4, temperature=1.0, vocab_size=20, step=1,
                                  seed=0)
@@ -775,34 +859,44 @@ def test_per_prompt_gradients_and_curvature_by_hand(tmp_path):
         lp = sum(full[len(prompt) - 1 + j, t] for j, t in enumerate(completion))
         return torch.cat([x.flatten() for x in torch.autograd.grad(lp, params)]).double()
 
-    est, kappas, stds = {}, [], [0.5, 0.0, 0.4330127]
+    est, kappas, std_b = {}, [], [math.sqrt(3) / 4, 0.5, math.sqrt(3) / 4]
     for i in range(3):
         gs = [grad_of(prompts[i], comps[i * 8 + k]) for k in range(8)]
         kappas.append(sum(float(x.pow(2).sum()) / len(comps[i * 8 + k])
                           for k, x in enumerate(gs[:4])) / 4)
-        assert rows[i]["curvature"] == pytest.approx(kappas[-1], rel=1e-4)
-        assert rows[i]["reward_std"] == pytest.approx(stds[i], abs=1e-6)
+        assert rows[i]["curvature_a"] == pytest.approx(kappas[-1], rel=1e-4)
+        assert rows[i]["reward_std_b"] == pytest.approx(std_b[i], abs=1e-6)
+        assert rows[i]["right_a"] == [2, 1, 3][i]
         for s, half in (("A", slice(0, 4)), ("B", slice(4, 8))):
             r = rewards[i, half]
             est[s, i] = sum(float(r[k] - r.mean()) * gs[half][k] for k in range(4))
+    vectors = [est["A", i] for i in range(3)] + [est["B", i] for i in range(3)]
+    gram = np.array([[float(u @ v) for v in vectors] for u in vectors])
+    np.testing.assert_allclose(rows[0]["gram"], gram, rtol=1e-4, atol=1e-12)
     cos = lambda a, b: float(a @ b / (a.norm() * b.norm()))  # noqa: E731
-    cross = abs(cos(est["A", 0], est["A", 2]))  # prompt 1 has no signal in A
-    assert (summary["diag/cos_abs_pairs"] == 1
-            and summary["diag/cos_abs_mean"] == pytest.approx(cross, rel=1e-4))
-    same = [abs(cos(est["A", i], est["B", i])) for i in (0, 2)]
-    assert summary["diag/cos_same_prompt_abs_pairs"] == 2
+    cross = [abs(cos(est["A", i], est["A", j])) for i, j in ((0, 1), (0, 2), (1, 2))]
+    assert (summary["diag/cos_abs_pairs"] == 3
+            and summary["diag/cos_abs_mean"] == pytest.approx(np.mean(cross), rel=1e-4))
+    same = [abs(cos(est["A", i], est["B", i])) for i in range(3)]
+    assert summary["diag/cos_same_prompt_abs_pairs"] == 3
     assert summary["diag/cos_same_prompt_abs_mean"] == pytest.approx(np.mean(same), rel=1e-4)
-    inner = lambda i, j: sum(float(est[s, i] @ est[t, j])  # noqa: E731
-                             for s in "AB" for t in "AB") / 4
-    norm2 = {i: float(est["A", i] @ est["B", i]) for i in range(3)}
-    positive = [i for i in range(3) if norm2[i] > 0]
-    debiased = [abs(inner(i, j)) / math.sqrt(norm2[i] * norm2[j]) for a, i in enumerate(positive)
-                for j in positive[a + 1:]]
-    assert summary["diag/cos_debiased_abs_pairs"] == len(debiased)
-    if debiased:
-        assert summary["diag/cos_debiased_abs_mean"] == pytest.approx(np.mean(debiased), rel=1e-4)
+    dot = lambda s, i, t, j: float(est[s, i] @ est[t, j])  # noqa: E731
+    num = sum((dot("A", i, "A", j) * dot("B", i, "B", j)
+               + dot("A", i, "B", j) * dot("B", i, "A", j)) / 2
+              for i in range(3) for j in range(i + 1, 3))
+    den = sum(dot("A", i, "B", i) * dot("A", j, "B", j) for i in range(3) for j in range(i + 1, 3))
+    norms = [dot("A", i, "B", i) for i in range(3)]
+    if den > 0 and all(norms):
+        assert summary["diag/cos_rms"] == pytest.approx(math.sqrt(max(num / den, 0)), rel=1e-3)
+    else:
+        assert "diag/cos_rms" not in summary
+    # the proxy from A against the std from B; the stand-in: A's error rates 1/2, 3/4, 1/4
     assert summary["diag/curvature_std_corr"] == pytest.approx(
-        np.corrcoef(stds, kappas)[0, 1], rel=1e-4)
+        np.corrcoef(kappas, std_b)[0, 1], rel=1e-4)
+    assert summary["diag/error_rate_std_corr"] == pytest.approx(
+        np.corrcoef([0.5, 0.75, 0.25], std_b)[0, 1], rel=1e-6)
+    # A's right counts 2, 1, 3: three strata of one prompt, nothing left to condition on
+    assert "diag/curvature_std_corr_given_pass_rate" not in summary
 
 
 # --- the text graded ends where the model's turn ended --------------------------------------------

@@ -1,5 +1,6 @@
-"""study.py: `compare` on synthetic run folders (effects, phases, diagnostics, intervals by hand),
-`sweep` with resume, and eval.py's compare and sweep commands landing here."""
+"""study.py: `compare` on synthetic run folders (paired and unpaired effects, phases, diagnostics,
+intervals by hand), the pairing check, `sweep` with resume, and eval.py's compare and sweep commands
+landing here."""
 
 import json
 import math
@@ -16,38 +17,46 @@ import study as S
 def write_run(folder: Path, normalize: str, seed: int, slope: float, lr=1e-3, optimizer="adamw",
               steps=40, diag=False, level=None, heldout=None):
     """A synthetic run folder. level: constant training accuracy (else a noisy line of the given
-    slope); heldout: the held-out accuracy at every evaluation (steps 0, 20, 40)."""
+    slope); heldout: the held-out accuracy at every evaluation (steps 0, 20, 40). Step 1's rollout
+    metrics depend on the seed only, as in real runs of one seed (see check_pairing)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"normalize": normalize, "optimizer": optimizer,
                                                     "lr": lr, "seed": seed, "steps": steps}))
     with (folder / "metrics.jsonl").open("w") as f:
         if heldout is not None:
-            f.write(json.dumps({"step": 0, "eval/samples/strict/accuracy": 0.1}) + "\n")
+            f.write(json.dumps({"step": 0, "eval/samples/strict/accuracy": 0.1,
+                                "eval/problems": 128}) + "\n")
         for step in range(1, steps + 1):
             hard = (level if level is not None
                     else min(1.0, 0.15 + slope * step + rng.normal(0, 0.02)))
-            m = {"step": step, "reward": hard, "accuracy": hard,
-                 "accuracy/easy": min(1.0, 0.5 + slope * step), "accuracy/hard": hard,
-                 "reward_std": 0.3, "time/step": 1.0}
-            if diag and step % 10 == 0:
-                m |= {"diag/cos_abs_mean": 0.1, "diag/cos_abs_p90": 0.2,
-                      "diag/curvature_std_corr": 0.3}
-                if step > 10:
-                    m["diag/curvature_std_corr_across"] = -0.1
+            m = {"step": step, "accuracy": hard, "accuracy/easy": min(1.0, 0.5 + slope * step),
+                 "accuracy/hard": hard, "reward_std": 0.3, "time/step": 1.0}
+            if step == 1:
+                m |= {"accuracy": 0.2 + 0.01 * seed, "accuracy/easy": 0.3 + 0.01 * seed,
+                      "accuracy/hard": 0.1 + 0.01 * seed, "completion_len": 30.0 + seed,
+                      "entropy": 0.11895706121443714 + seed}
             if heldout is not None and step % 20 == 0:
-                m["eval/samples/strict/accuracy"] = heldout
+                m |= {"eval/samples/strict/accuracy": heldout, "eval/problems": 128}
             f.write(json.dumps(m) + "\n")
-    if diag:  # per-prompt rows: curvature = 10 * reward std (r = 1), cosines 0.1 / 0.3
-        with (folder / "diagnostics.jsonl").open("w") as f:
-            for step in range(10, steps + 1, 10):
-                for i, std in enumerate([0.1, 0.2, 0.3, 0.4]):
-                    row = {"step": step, "id": str(i), "reward_std": std, "curvature": 10 * std}
-                    if i == 0:
-                        row |= {"abs_cosines": [0.1, 0.3],
-                                "abs_cosines_same_prompt": [0.5, 0.3, 0.4],
-                                "abs_cosines_debiased": [0.2]}
-                    f.write(json.dumps(row) + "\n")
+    if diag:
+        write_diagnostics(folder, range(10, steps + 1, 10))
+
+
+def write_diagnostics(folder: Path, steps):
+    """Four prompts per diagnostic step whose two estimates are both exactly g_i: e1, e1, e2, e2
+    (pairwise cos 1 within each pair, 0 across); proxy = 10 x the std of set B (r = 1), right
+    answers in A 2, 2, 3, 3 (two strata of two)."""
+    g = np.array([[1.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0]])
+    S = np.vstack([g, g])
+    with (folder / "diagnostics.jsonl").open("w") as f:
+        for step in steps:
+            for i, (std, right) in enumerate(zip([0.1, 0.2, 0.3, 0.4], [2, 2, 3, 3])):
+                row = {"step": step, "id": str(i), "right_a": right, "pass_rate_a": right / 8,
+                       "curvature_a": 10 * std, "pass_rate_b": 0.5, "reward_std_b": std}
+                if i == 0:
+                    row["gram"] = (S @ S.T).tolist()
+                f.write(json.dumps(row) + "\n")
 
 
 @pytest.fixture()
@@ -60,57 +69,143 @@ def runs(tmp_path):
     return tmp_path / "runs"
 
 
-def test_compare_writes_report_figure_and_phases(runs, tmp_path):
+def test_compare_writes_report_figures_and_phases(runs, tmp_path):
     pytest.importorskip("matplotlib")
     summary = S.compare([str(runs), "--out", str(tmp_path / "rep"), "--window", "5"])
     report = (tmp_path / "rep/report.md").read_text()
-    assert (tmp_path / "rep/curves.png").stat().st_size > 10_000
-    assert "The effects" in report and "Phases" in report and "Diagnostics" in report
-    assert (tmp_path / "rep/diagnostics.png").is_file()
+    for name in ("best_rates", "rates", "step_size_effect", "diagnostics"):
+        assert (tmp_path / f"rep/{name}.png").stat().st_size > 10_000, name
+        assert f"![{name}]({name}.png)" in report
+    assert not (tmp_path / "rep/per_prompt_effect.png").exists()  # no matched or batch arm
+    assert "The effects, paired by seed" in report and "Phases" in report
     assert set(summary) == {"std / adamw / lr 0.001", "none / adamw / lr 0.001",
                             "none / adamw / lr 0.002", "std / adamw / lr 0.002"}
     data = json.loads((tmp_path / "rep/summary.json").read_text())
-    # 2 seeds x 4 diagnostic steps x 2 cosines (0.1, 0.3); curvature = 10 x reward std in every step
     d = data["diagnostics"]["std / adamw / lr 0.001"]
-    assert d["cross_pairs"] == 16 and d["cross_mean"] == pytest.approx(0.2)
-    assert d["r_within"] == pytest.approx(1.0)
-    assert d["same_prompt_pairs"] == 24 and d["same_prompt_mean"] == pytest.approx(0.4)
-    assert d["debiased_mean"] == pytest.approx(0.2) and d["r_across"] == pytest.approx(-0.1)
-    assert d["r_within_signal"] == pytest.approx(1.0)
+    assert d["seeds"] == [0, 1] and d["steps"] == [4, 4]
+    # estimates e1, e1, e2, e2 without noise: 2 of 6 pairs at cos 1, the rest 0: rms sqrt(1/3)
+    assert d["cos_rms"]["mean"] == pytest.approx(math.sqrt(1 / 3))
+    assert d["cos_rms_pooled"]["rms"] == pytest.approx(math.sqrt(1 / 3))
+    assert d["cos_rms_pooled"]["prompts"] == 8  # 4 prompts x 2 seeds
+    assert d["cos_cross_abs_mean"]["mean"] == pytest.approx(1 / 3)
+    assert d["cos_same_prompt_abs_mean"]["mean"] == pytest.approx(1.0)
+    # curvature = 10 x std: r = 1 within a step, across steps, and within the strata of right_A;
+    # the stand-in, error rates 6/8, 6/8, 5/8, 5/8 against stds .1-.4: -0.025 / (0.125 x 0.2236)
+    for when in ("within", "across"):
+        assert d[f"r_curvature_{when}"]["mean"] == pytest.approx(1.0)
+        assert d[f"r_curvature_given_pass_rate_{when}"]["mean"] == pytest.approx(1.0)
+        assert d[f"r_error_rate_{when}"]["mean"] == pytest.approx(-0.025 / (0.125 * 0.05 ** 0.5))
+    assert d["r_curvature_within"]["interval"] == pytest.approx([1.0, 1.0])  # same on both seeds
     phase = data["phases"]["adamw / lr 0.001"]
     # std rises 0.006/step faster: the smoothed gap reaches 0.03 after ~5-8 steps and never closes
     assert phase["opens"] is not None and 3 <= phase["opens"] <= 12 and phase["closes"] is None
     # best vs best: std at its lr 0.001 (slope 0.012), none at its lr 0.002 (slope 0.011)
-    best = data["effects"]["adamw / each at its best lr: total"]
+    best = data["effects"]["adamw / each at its best lr: total (std - none)"]
     assert best["rates"] == [0.001, 0.002]
     lo, hi = phase["final_gap_interval"]
     assert lo < phase["final_gap"] < hi
 
 
-def test_the_three_arm_decomposition_by_hand(tmp_path):
-    """Constant accuracies: std 0.60 / 0.62 (seeds 0, 1), batch 0.50 / 0.52, none 0.45 / 0.47,
-    held-out std 0.4, batch 0.3, none 0.3. Per-prompt effect +0.10, step-size +0.05, total +0.15;
-    each pair of arms has pooled variance 0.0002 and se 0.01414, t(0.975, 2) = 4.303, so every
-    training interval is +-0.0609."""
-    for seed in (0, 1):
-        for arm, level, held in (("std", 0.60, 0.4), ("batch", 0.50, 0.3), ("none", 0.45, 0.3)):
-            write_run(tmp_path / "runs" / f"{arm}-s{seed}", arm, seed, 0.0,
-                      level=level + 0.02 * seed, heldout=held)
+def test_diagnostics_over_seeds_by_hand():
+    """Correlations averaged over seeds as Fisher z: r = 0.2, 0.4, 0.6 -> z = 0.2027, 0.4236,
+    0.6931, mean 0.4398 (r 0.4133), sd 0.2455, t(0.975, 2) = 4.303: z in [-0.170, 1.050], r in
+    [-0.168, 0.782]. Cosines: a plain t-interval, cut at 0."""
+    out = S.seed_interval({0: 0.2, 1: 0.4, 2: 0.6}, correlation=True)
+    z = [math.atanh(r) for r in (0.2, 0.4, 0.6)]
+    half = 4.303 * np.std(z, ddof=1) / math.sqrt(3)
+    assert out["mean"] == pytest.approx(math.tanh(np.mean(z)))
+    assert out["interval"] == pytest.approx([math.tanh(np.mean(z) - half),
+                                             math.tanh(np.mean(z) + half)], abs=1e-4)
+    cos = S.seed_interval({0: 0.01, 1: 0.2, 2: 0.05}, correlation=False)
+    assert cos["mean"] == pytest.approx(0.26 / 3) and cos["interval"][0] == 0
+
+
+def test_the_decomposition_paired_by_hand(tmp_path):
+    """Constant accuracies per seed (0, 1, 2): std .60 .63 .61, matched .55 .57 .56, batch
+    .50 .53 .52, none .45 .46 .48. Per seed, std - matched = .05 .06 .05: mean .05333, sd .005774,
+    se .003333, t(0.975, 2) = 4.303: [+.0390, +.0677]; the unpaired interval of the same seeds is
+    wider: pooled variance (.000233 + .0001) / 2, se .01054, t(0.975, 4) = 2.776."""
+    finals = {"std": [0.60, 0.63, 0.61], "matched": [0.55, 0.57, 0.56],
+              "batch": [0.50, 0.53, 0.52], "none": [0.45, 0.46, 0.48]}
+    for arm, levels in finals.items():
+        for seed, level in enumerate(levels):
+            write_run(tmp_path / "runs" / f"{arm}-s{seed}", arm, seed, 0.0, level=level,
+                      heldout=0.4)
     S.compare([str(tmp_path / "runs"), "--out", str(tmp_path / "rep")])
     data = json.loads((tmp_path / "rep/summary.json").read_text())
-    assert data["heldout_metric"] == "eval/samples/strict/accuracy"
-    for name, diff, held in (("per-prompt effect", 0.10, 0.1), ("step-size effect", 0.05, 0.0),
-                             ("total", 0.15, 0.1)):
-        e = data["effects"][f"adamw / lr 0.001: {name}"]
-        assert e["train"]["difference"] == pytest.approx(diff)
-        lo, hi = e["train"]["interval"]
-        assert (hi - lo) / 2 == pytest.approx(4.303 * 0.0002 ** 0.5, rel=1e-3)
-        assert e["heldout"]["difference"] == pytest.approx(held)  # the last evaluation, not step 0
-        # detectable at 80% power: (t(0.975, 2) + t(0.80, 2)) * se = (4.303 + 1.061) * 0.01414
-        assert e["train"]["detectable"] == pytest.approx(5.364 * 0.0002 ** 0.5, rel=1e-3)
+    e = data["effects"]["adamw / lr 0.001: per-prompt (std - matched)"]["train"]
+    assert e["per_seed"] == pytest.approx([0.05, 0.06, 0.05])
+    assert e["difference"] == pytest.approx(0.16 / 3)
+    assert e["interval"] == pytest.approx([0.16 / 3 - 4.303 * 0.01 / 3,
+                                           0.16 / 3 + 4.303 * 0.01 / 3], abs=1e-4)
+    assert e["detectable"] == pytest.approx((4.303 + 1.061) * 0.01 / 3, abs=1e-4)
+    # t = 0.05333 / 0.003333 = 16.0 on 2 df: two-sided p = 1 - 16 / sqrt(16^2 + 2) = 0.003884
+    assert e["p"] == pytest.approx(1 - 16 / math.sqrt(258), abs=1e-4)
+    se = math.sqrt((np.var(finals["std"], ddof=1) + np.var(finals["matched"], ddof=1)) / 2 * 2 / 3)
+    assert e["unpaired"]["interval"] == pytest.approx([0.16 / 3 - 2.776 * se,
+                                                       0.16 / 3 + 2.776 * se], abs=1e-4)
+    names = set(data["effects"])
+    for name in ("per-prompt (std - matched)", "step size (matched - none)", "total (std - none)",
+                 "authors' batch arm (std - batch)", "batch step size (batch - none)"):
+        assert f"adamw / lr 0.001: {name}" in names
+    # 5 effects in training; held-out is 0.4 in every run: arms identical on every seed there are
+    # no comparison (one prompt per step, std = batch, is the real case)
+    assert data["comparisons"] == 5
+    held = data["effects"]["adamw / lr 0.001: total (std - none)"]["heldout"]
+    assert held["difference"] == 0 and held["p"] == 1.0 and "p_holm" not in held
+    train = [data["effects"][k]["train"] for k in data["effects"]]
+    for cell, adjusted in zip(train, S.holm([c["p"] for c in train])):
+        assert cell["p_holm"] == pytest.approx(adjusted)
     report = (tmp_path / "rep/report.md").read_text()
-    assert ("| adamw / lr 0.001 | per-prompt effect (std - batch) | 0.001 vs 0.001 | "
-            "+0.100 [+0.039, +0.161]; detectable 0.076 |") in report
+    assert "**5 paired comparisons**" in report
+    assert ("| adamw / lr 0.001 | per-prompt (std - matched) | 0.001 vs 0.001 | **+0.053 "
+            f"[+0.039, +0.068]** (p 0.004, Holm {e['p_holm']:.2f}; detectable 0.018); "
+            "unpaired") in report
+    assert "| identical on every seed |" in report
+
+
+def test_runs_that_do_not_pair_are_one_clear_error(tmp_path, capsys):
+    """A seed's arms must have drawn the same step-1 rollouts; a run from another machine (its
+    first step's accuracy differs) is named, and so are two runs of one arm and seed."""
+    for arm in ("std", "none"):
+        write_run(tmp_path / "a" / f"{arm}-s0", arm, 0, 0.01)
+    metrics = tmp_path / "a/none-s0/metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    first = json.loads(lines[0]) | {"accuracy": 0.5}
+    metrics.write_text("\n".join([json.dumps(first)] + lines[1:]) + "\n")
+    with pytest.raises(SystemExit) as e:
+        S.compare([str(tmp_path / "a"), "--out", str(tmp_path / "rep")])
+    message = str(e.value)
+    assert message.startswith("error: runs ") and "\n" not in message
+    assert "std-s0" in message and "none-s0" in message and "(accuracy 0.5 vs 0.2)" in message
+    # the same rollouts scored on another CPU: only the entropy's last bits differ (Intel vs AMD,
+    # the first study's std-sgd-lr0.125-s0 and the paired one's)
+    metrics.write_text("\n".join([json.dumps(json.loads(lines[0])
+                                             | {"entropy": 0.11895707701846517})]
+                                 + lines[1:]) + "\n")
+    with pytest.raises(SystemExit, match=r"\(entropy 0.11895707701846517 vs 0.11895706121443714\)"):
+        S.compare([str(tmp_path / "a"), "--out", str(tmp_path / "rep")])
+    write_run(tmp_path / "b" / "std-s0", "std", 0, 0.01)
+    write_run(tmp_path / "b" / "std-copy-s0", "std", 0, 0.01)
+    with pytest.raises(SystemExit, match="are both arm 'std / adamw / lr 0.001', seed 0"):
+        S.compare([str(tmp_path / "b"), "--out", str(tmp_path / "rep")])
+
+
+def test_two_sided_p_against_the_t_density():
+    """df 2: P(|T| >= t) = 1 - t / sqrt(t^2 + 2) exactly; df 1 (Cauchy): 1 - 2 atan(t) / pi; other
+    df: the oracle below."""
+    for t in (0.5, 2.0, 4.303, 16.0):
+        assert S.t_two_sided_p(t, 2) == pytest.approx(1 - t / math.sqrt(t * t + 2), abs=1e-7)
+        assert S.t_two_sided_p(-t, 1) == pytest.approx(1 - 2 * math.atan(t) / math.pi, abs=1e-7)
+    for df in (3, 7, 30):
+        assert S.t_two_sided_p(S.T975[df - 1], df) == pytest.approx(0.05, abs=5e-4)
+        assert S.t_two_sided_p(1.3, df) == pytest.approx(2 * (1 - student_t_cdf(1.3, df)),
+                                                         abs=1e-5)
+
+
+def test_holm_by_hand():
+    # sorted p .01, .02, .04, .30 times 4, 3, 2, 1 = .04, .06, .08, .30, kept non-decreasing
+    assert S.holm([0.04, 0.01, 0.30, 0.02]) == pytest.approx([0.08, 0.04, 0.30, 0.06])
 
 
 def test_compare_without_matplotlib_still_writes_numbers(runs, tmp_path, monkeypatch, capsys):
@@ -152,10 +247,14 @@ def test_sweep_runs_every_arm_skips_complete_runs_and_restarts_interrupted_ones(
     (stopped / "config.json").write_text(json.dumps({"steps": 2}))
     (stopped / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n")
     S.sweep(["--optimizer", "sgd", "--lrs", "0.1", "--seeds", "0", "--out", str(out), *tiny])
-    for arm in ("std", "batch", "none"):
+    for arm in ("std", "matched", "batch", "none"):
         rows = [json.loads(x) for x in
                 (out / f"{arm}-sgd-lr0.1-s0/metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows] == [1, 2]
+    # the arms of a seed pair: identical step-1 rollouts (compare checks it too)
+    firsts = [S.first_rollouts(S.read_run(out / f"{arm}-sgd-lr0.1-s0"))
+              for arm in ("std", "matched", "batch", "none")]
+    assert firsts[0] and all(f == firsts[0] for f in firsts)
     (aside,) = (out / "interrupted").iterdir()
     assert aside.name.startswith("none-sgd-lr0.1-s0-")
     assert (aside / "metrics.jsonl").read_text().count("\n") == 1
@@ -164,7 +263,7 @@ def test_sweep_runs_every_arm_skips_complete_runs_and_restarts_interrupted_ones(
     # again, as the README runs it (python eval.py sweep ...): every arm is complete
     E.main(["sweep", "--optimizer", "sgd", "--lrs", "0.1", "--seeds", "0", "--out", str(out),
             *tiny])
-    assert capsys.readouterr().out.count("(complete)") == 3
+    assert capsys.readouterr().out.count("(complete)") == 4
 
 
 def test_difference_interval_by_hand():
@@ -208,14 +307,3 @@ def test_best_vs_best_needs_a_sweep(runs, tmp_path):
     report = (tmp_path / "rep/report.md").read_text()
     assert "| adamw / lr 0.001 | total (std - none) |" in report
     assert "each at its best lr" not in report
-
-
-def test_curvature_correlation_with_and_without_zero_std_prompts():
-    # two all-right/all-wrong prompts (std 0, tiny gradients) and three with reward variance
-    rows = [{"step": 10, "id": str(i), "reward_std": s, "curvature": c}
-            for i, (s, c) in enumerate([(0, 0.01), (0, 0.02), (0.2, 3), (0.4, 1), (0.5, 2)])]
-    d = S.diagnostic_summary([{"diagnostics": rows, "metrics": []}])
-    # by hand over the last three: dx = (-1/6, 1/30, 2/15), dy = (1, -1, 0):
-    # r = -0.2 / sqrt(0.04667 * 2)
-    assert d["r_within_signal"] == pytest.approx(-0.2 / (0.0466667 * 2) ** 0.5, abs=1e-4)
-    assert d["r_within"] > 0.5  # the std-0 cluster alone makes the pooled correlation positive
