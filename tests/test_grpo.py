@@ -102,14 +102,16 @@ def test_matched_by_hand():
         3.5 / math.sqrt(7 / 12 * 5 / 12) / 12, rel=1e-5)
 
 
-def test_matched_keeps_stds_step_size_on_random_batches():
+@pytest.mark.parametrize("estimator", ["population", "bessel"])
+def test_matched_keeps_stds_step_size_on_random_batches(estimator):
     """16 groups of 8 binary rewards at random pass rates: matched's mean |A| equals std's on every
-    batch, and matched is none times one positive scalar (the same direction)."""
+    batch (with either std estimator), and matched is none times one positive scalar."""
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
         r = (torch.rand(16, 8, generator=g) < torch.rand(16, 1, generator=g)).float()
-        std, none = G.group_advantages(r, "std"), G.group_advantages(r, "none")
-        matched = G.group_advantages(r, "matched")
+        std = G.group_advantages(r, "std", 1e-4, estimator=estimator)
+        none = G.group_advantages(r, "none")
+        matched = G.group_advantages(r, "matched", 1e-4, estimator=estimator)
         assert float(matched.abs().mean()) == pytest.approx(float(std.abs().mean()), rel=1e-5)
         signal = none != 0
         ratio = matched[signal] / none[signal]
@@ -124,7 +126,8 @@ def test_matched_is_std_with_one_prompt_and_zero_without_signal():
     assert torch.equal(G.group_advantages(torch.ones(3, 8), "matched"), torch.zeros(3, 8))
 
 
-def test_matched_divisor_over_ranks_is_the_whole_steps():
+@pytest.mark.parametrize("estimator", ["population", "bessel"])
+def test_matched_divisor_over_ranks_is_the_whole_steps(estimator):
     """Data parallel: each rank holds whole groups; global_matched_divisor sums the two partial
     sums over ranks, so every rank divides by the whole step's s (here two ranks, simulated: the
     world's sum adds the other rank's values)."""
@@ -142,12 +145,12 @@ def test_matched_divisor_over_ranks_is_the_whole_steps():
             return [a + b for a, b in zip(values, self.other.sent)] if self.other else values
 
     first = Rank()
-    G.global_matched_divisor(r[:8], 1e-6, first)  # rank 0's partial sums
-    s = G.global_matched_divisor(r[8:], 1e-6, Rank(other=first))  # rank 1 adds them to its own
-    whole = G.group_advantages(r, "matched")
+    G.global_matched_divisor(r[:8], 1e-6, first, estimator)  # rank 0's partial sums
+    s = G.global_matched_divisor(r[8:], 1e-6, Rank(other=first), estimator)  # rank 1 adds its own
+    whole = G.group_advantages(r, "matched", estimator=estimator)
     torch.testing.assert_close(G.group_advantages(r[8:], "matched", matched_divisor=s), whole[8:],
                                atol=1e-6, rtol=1e-5)
-    assert G.global_matched_divisor(r, 1e-6, G.World()) is None  # one process: computed in place
+    assert G.global_matched_divisor(r, 1e-6, G.World(), estimator) is None  # computed in place
 
 
 def test_unknown_normalisation_is_an_error():
