@@ -423,8 +423,8 @@ class FastDecode:
                 raise
             self.compile, self.compile_error = False, one_line(e)
             print(f"WARNING: torch.compile failed ({self.compile_error}); the sampler goes on with "
-                  "the eager step, slower (--compile off skips compiling, --compile on makes this "
-                  "an error)", file=sys.stderr, flush=True)
+                  "the eager step, slower (grpo.py --compile off skips compiling, --compile on "
+                  "makes this an error)", file=sys.stderr, flush=True)
             self.release()
             return self.decode(model, inputs, return_logprobs)
 
