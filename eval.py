@@ -61,10 +61,10 @@ def load_eval_problems(args) -> list[D.Problem]:
 
 def heldout_accuracy(model, tok, problems, template: str, max_new_tokens: int, samples: int,
                      temperature: float, seed: int, batch_size: int = 64,
-                     progress: bool = False, max_prompt_tokens: int = 0
+                     progress: bool = False, max_prompt_tokens: int = 0, decode=None
                      ) -> tuple[dict, list[dict]]:
     """Greedy and sampled accuracy, strict and lenient, and pass@k of the model as it is (adapter
-    on, unmerged).
+    on, unmerged). decode: generate's decode loop (None: the plain loop).
 
     Returns ({group: metrics} for "all" and each tier, one row per problem). The sampler is
     seeded per call, so the same weights give the same numbers, and no global random state is
@@ -83,7 +83,8 @@ def heldout_accuracy(model, tok, problems, template: str, max_new_tokens: int, s
         for start in range(0, len(prompts), per_call):
             outs += M.generate(model, prompts[start:start + per_call], max_new_tokens,
                                temperature=temperature, eos_token_id=stops, seed=seed + start,
-                               num_samples=num_samples, vocab_size=tok.vocab_size)
+                               num_samples=num_samples, vocab_size=tok.vocab_size,
+                               decode=decode)
             if progress:
                 done = min(start + per_call, len(prompts))
                 print(f"\r  {'greedy' if temperature == 0 else f'{num_samples} samples'}: "
@@ -165,9 +166,13 @@ def evaluate(args) -> dict:
         L.merge_lora(model)  # same function, no per-token adapter cost while sampling
     problems = load_eval_problems(args)
     t0 = time.time()
+    # The fast decoder, as grpo.py's --decoder auto; compiled on CUDA, eager if that fails.
+    import fast_decode as FD
+    decode = FD.FastDecode(compile=device.type == "cuda", fall_back=True)
     groups, rows = heldout_accuracy(model, tok, problems, args.template, args.max_new_tokens,
                                     args.samples, args.temperature, args.seed, args.batch_size,
-                                    progress=True, max_prompt_tokens=args.max_prompt_tokens)
+                                    progress=True, max_prompt_tokens=args.max_prompt_tokens,
+                                    decode=decode)
     K = args.samples
     results = {"model": args.model, "adapter": args.adapter, "data": args.data, "split": args.split,
                "template": args.template, "samples": K, "temperature": args.temperature,

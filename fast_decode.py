@@ -1,7 +1,8 @@
 """
 The sampler's decode loop rebuilt for speed. It computes the same function as the plain loop in
-model.py (Qwen2.hidden_states over a KVCache, the LM head, sample_token) and is tested equal to it
-(tests/test_fast_decode.py, bench/cuda_checks.py); `generate` runs it unless asked for fast=False.
+model.py (model.decode_plain: Qwen2.hidden_states over a KVCache, the LM head, sample_token) and is
+tested equal to it (tests/test_fast_decode.py, bench/cuda_checks.py). model.generate runs it when
+given it: generate(..., decode=FastDecode()); grpo.py's --decoder chooses.
 
 Why a second copy of the step at all: a GPU decode step at batch 8 is bound by the number of kernels
 it launches (the plain step is 43 per layer, 85 with LoRA: bench/count_kernels.py), not by
@@ -9,15 +10,15 @@ arithmetic. What changes:
 
 - Projections that share an input are one GEMM: q/k/v (with their biases) and gate/up. load_model
   lays their weights out as adjacent rows of one tensor (model.fuse_projection_storage), so the
-  fused weight is a view; for any other model it is a copy made once per generate call.
+  fused weight is a view; for any other model it is a copy, refilled at every call.
 - LoRA: the A matrices that share an input are one GEMM and their B matrices one block-diagonal GEMM
   with alpha / r folded into B (exact when alpha / r is a power of two, as in both presets), in the
   adapter's dtype.
 - Each RMSNorm takes the residual add before it, and the LoRA deltas are added inside the op that
   consumes them (the norm, rotary, the SiLU gate), in the plain path's order and dtypes.
-- Rotary cos/sin come from a table built once per call; the padding mask is an additive bias built
-  once per step, not converted in every layer; keys and values of a layer are one tensor
-  (KVCache.kv), written once.
+- Rotary cos/sin come from a table built once; the padding mask is an additive bias built once per
+  step, not converted in every layer; keys and values of a layer are one tensor (KVCache.kv),
+  written once.
 - Attention runs over the filled columns only: exactly on the shrinking-batch loop, and on the
   fixed-shape loop over the smallest multiple of ATTENTION_BUCKET columns that holds them (one CUDA
   graph per bucket).
@@ -27,7 +28,11 @@ arithmetic. What changes:
 - On CUDA the pieces between the GEMMs (the norms, rotary, the gate, the sampler) are compiled with
   torch.compile (inductor, rounding bfloat16 intermediates where eager does:
   emulate_precision_casts) and each step is replayed as a CUDA graph: 10 kernels per layer, 19 with
-  LoRA.
+  LoRA. If compilation fails, FastDecode(fall_back=True) says so and goes on eagerly.
+- One FastDecode serves a whole run: the fused weights, the fixed-shape loop's KV cache and buffers
+  and its CUDA graphs are kept from call to call (a capture synchronises and empties the
+  allocator's cache, which also flushes the learner's blocks), and the weights are refilled in
+  place at each call.
 
 How equal: in float32 on the CPU the eager step's hidden states, keys and values are the plain
 forward's bit for bit without LoRA, on Intel and AMD alike. With LoRA the block-diagonal B GEMM and
@@ -35,17 +40,21 @@ the addmm that adds its delta sum in another order than LoRALinear; MKL picks it
 instruction set and shape, so that is the plain forward's bits on an Intel Xeon at batch > 1 and a
 last-bit difference on an AMD EPYC or at batch 1 (tested within n ulps of the largest value, n the
 longest reduction of the step). The logits differ by rounding where the CPU computes the head over a
-transposed copy (twice as fast there), and compiled code sums its reductions in another order. The tokens drawn
-for a seed are the same in every test; they could differ only where a draw lands within that
-rounding of a CDF boundary, as the plain loop's own draws may between batch sizes. lora.merged_copy
-(--sampler merged) is the one deliberate departure, measured by grpo.sampler_mismatch. Left out:
-paged KV, continuous batching, speculative decoding, split-KV attention.
+transposed copy (twice as fast there), and compiled code sums its reductions in another order. The
+tokens drawn for a seed are the same in every test; they could differ only where a draw lands within
+that rounding of a CDF boundary, as the plain loop's own draws may between batch sizes.
+lora.merged_copy (--sampler merged) is the one deliberate departure, measured by
+grpo.sampler_mismatch. Left out: paged KV, continuous batching, speculative decoding, split-KV
+attention.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+import weakref
+from dataclasses import dataclass, field
 from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +82,7 @@ class Projection:
     bias: torch.Tensor | None = None
     lora_a: torch.Tensor | None = None
     lora_b: torch.Tensor | None = None
+    linears: list = field(default_factory=list)  # the layers it was built from
 
     # lora_b transposed, contiguous: x @ B^T without a transposed GEMM
     lora_b_t: torch.Tensor | None = None
@@ -99,6 +109,17 @@ class Projection:
     @property
     def lora_dtype(self):
         return None if self.lora_a is None else self.lora_a.dtype
+
+    def refill(self):
+        """Its tensors that are copies (not views of the layers' weights) get the layers' current
+        values, in place: the addresses a CUDA graph holds stay valid."""
+        fresh = fuse(self.linears)
+        for name in ("weight", "bias", "lora_a", "lora_b", "lora_b_t", "with_a", "with_a_bias"):
+            mine, new = getattr(self, name), getattr(fresh, name)
+            if (mine is None) != (new is None):
+                raise RuntimeError("the adapters changed shape; build a new Decoder")
+            if mine is not None and mine.data_ptr() != new.data_ptr():
+                mine.copy_(new)
 
 
 def adjacent_rows(tensors: list[torch.Tensor]) -> torch.Tensor | None:
@@ -127,14 +148,14 @@ def fuse(linears: list) -> Projection:
     """The Projection of nn.Linear / LoRALinear layers with one input (their outputs concatenated
     in order)."""
     bias = stacked([m.bias for m in linears]) if linears[0].bias is not None else None
-    projection = Projection(stacked([m.weight for m in linears]), bias)
+    projection = Projection(stacked([m.weight for m in linears]), bias, linears=list(linears))
     adapted = [(i, m) for i, m in enumerate(linears)
                if isinstance(m, L.LoRALinear) and m.enabled and not m.merged]
     if not adapted:
         return projection
     if any(m.training and isinstance(m.dropout, torch.nn.Dropout) for _, m in adapted):
         raise ValueError("LoRA dropout is active (the model is in training mode): "
-                         "call model.eval() before generate, or pass fast=False")
+                         "call model.eval() before generate, or decode with the plain loop")
     projection.lora_a = torch.cat([m.lora_A.weight.detach() for _, m in adapted])
     projection.lora_b = projection.lora_a.new_zeros(projection.weight.shape[0],
                                                     projection.lora_a.shape[0])
@@ -238,14 +259,6 @@ def two_pass_inverse_cdf(logits, temperature: float, uniforms, vocab_size: int |
     return (chunk * C + torch.searchsorted(inside, draw, right=True)).squeeze(1)
 
 
-def token_logprobs(logits, tokens, temperature: float, vocab_size: int | None):
-    """log p(token) under softmax(logits / temperature) over the first vocab_size ids: what the
-    sampler drew from, in the terms completion_logprobs scores the learner."""
-    if vocab_size is not None:
-        logits = logits[:, :vocab_size]
-    return torch.log_softmax(logits / temperature, dim=-1).gather(1, tokens[:, None]).squeeze(1)
-
-
 def _compiled(fn):
     # dynamic: one compiled graph for every batch size (the shrinking loop changes it every few
     # steps).
@@ -257,19 +270,20 @@ def _compiled(fn):
 
 
 class Decoder:
-    """One decode step of `model` over fused weights, built from the model's current weights (per
-    generate call)."""
+    """One decode step of `model` over fused weights: views of the model's weights where their
+    storage allows, copies elsewhere, which refill() brings up to date."""
 
-    def __init__(self, model: M.Qwen2, max_position: int, compile: bool = False):
+    def __init__(self, model: M.Qwen2, compile: bool = False):
         c = model.config
         self.n_heads, self.n_kv_heads, self.eps = (c.num_attention_heads, c.num_key_value_heads,
                                                    c.rms_norm_eps)
         self.embed = model.model.embed_tokens.weight.detach()
-        head = model.lm_head.weight.detach()
+        self.head = model.lm_head.weight.detach()
         # On a CPU, x @ W^T with W stored [V, H] runs at half the speed of the same GEMM with W
-        # stored [H, V] (MKL, batch 8); so there the head is copied transposed, once per call. Same
-        # sums, other rounding.
-        self.head_t = head.T.contiguous() if head.device.type == "cpu" else head.T
+        # stored [H, V] (MKL, batch 8); so there the head is copied transposed (refilled at every
+        # call). Same sums, other rounding.
+        cpu = self.head.device.type == "cpu"
+        self.head_t = self.head.T.contiguous() if cpu else self.head.T
         self.final_norm = model.model.norm.weight.detach()
         self.layers = []
         for block in model.model.layers:
@@ -279,12 +293,23 @@ class Decoder:
                 fuse([att.q_proj, att.k_proj, att.v_proj]), fuse([att.o_proj]),
                 block.post_attention_layernorm.weight.detach(),
                 fuse([mlp.gate_proj, mlp.up_proj]), fuse([mlp.down_proj])))
-        cos, sin = M.rotary_cos_sin(torch.arange(max_position, device=self.embed.device)[None],
-                                    c.head_dim, c.rope_theta, self.embed.dtype)
-        self.cos, self.sin = cos[0, 0], sin[0, 0]  # [max_position, D]
+        # Every position's entry is computed alone, so a prefix of this table is bit for bit the
+        # table of fewer positions.
+        positions = torch.arange(c.max_position_embeddings, device=self.embed.device)[None]
+        cos, sin = M.rotary_cos_sin(positions, c.head_dim, c.rope_theta, self.embed.dtype)
+        self.cos, self.sin = cos[0, 0], sin[0, 0]  # [max_position_embeddings, D]
         pieces = (rms_norm, residual_norm, rotate_qkv, silu_gate, two_pass_inverse_cdf)
         self.rms_norm, self.residual_norm, self.rotate_qkv, self.silu_gate, self.inverse_cdf = (
             map(_compiled, pieces) if compile else pieces)
+
+    def refill(self):
+        """The model's current weights into the copies (the LoRA matrices change every training
+        step), in place."""
+        for layer in self.layers:
+            for projection in (layer.qkv, layer.o, layer.gate_up, layer.down):
+                projection.refill()
+        if self.head_t.data_ptr() != self.head.data_ptr():
+            self.head_t.copy_(self.head.T)
 
     def hidden(self, tokens, positions, cache: M.KVCache, column, width: int, bias):
         """Final-norm hidden states [B, H] for one new token per row (tokens, positions [B]): its
@@ -326,32 +351,203 @@ class Decoder:
 
 
 # -----------------------------------------------------------------------------
-# The two decode loops (called by model.generate after its prefill)
+# The two decode loops, and what they keep from one call to the next
 
 
-def decode(model, inputs: M.DecodeInputs, fixed_shapes: bool, compile: bool, return_logprobs: bool):
-    """-> (tokens [B, N], steps run, sampler log-probs [B, N] float32 or None), from the state
-    model.generate's plain loop starts from."""
-    max_position = int(inputs.next_position.max()) + inputs.uniforms.shape[1]
-    decoder = Decoder(model, max_position, compile)
-    loop = _decode_fixed_shapes if fixed_shapes else _decode_shrinking
-    return loop(decoder, inputs, return_logprobs)
+class Settings(NamedTuple):
+    """The sampler's settings: constants of a captured step."""
+    temperature: float
+    top_p: float
+    vocab_size: int | None
 
 
-def _draw(decoder, h, inputs: M.DecodeInputs, uniforms, logprobs: bool):
+@dataclass
+class StepBuffers:
+    """The fixed-shape loop's state for one batch size, at fixed addresses (what a CUDA graph
+    reads and writes): the KV cache, with `room` columns, and the step's inputs."""
+    cache: M.KVCache
+    key_valid: torch.Tensor  # bool [B, room]
+    offset: torch.Tensor     # [B] each row's rotary position minus its cache column
+    token: torch.Tensor      # [B] the token fed to the step
+    uniform: torch.Tensor    # float64 [B] the uniform of the token it draws
+    column: torch.Tensor     # [1] the cache column the step writes
+    columns: torch.Tensor    # [room] 0, 1, ..., room - 1
+    steps: dict = field(default_factory=dict)  # (width, Settings, logprobs) -> step (a graph)
+    pool: object = None      # the graphs' memory pool (CUDA)
+
+    @property
+    def shape(self):
+        return self.key_valid.shape
+
+
+class FastDecode:
+    """model.generate's decode loop over the fused step: generate(..., decode=FastDecode()).
+
+    fixed_shapes (default: on CUDA): the whole batch to the end with fixed shapes, so that on CUDA
+      each step is one CUDA graph replay instead of a launch per kernel (what bounds a GPU decode
+      step); otherwise rows that have ended leave the batch as it goes, which is what pays on a
+      CPU. Both draw the same tokens.
+    compile: torch.compile the step's pieces between the GEMMs.
+    fall_back: if compilation fails, print one line, set compile_error and decode eagerly from then
+      on (the failed call is redone: it kept nothing); otherwise the error is raised.
+
+    One object serves a whole run and keeps from call to call: the fused weights (refilled in place
+    at each call, as the adapter changes every step), and with fixed shapes the KV cache (sized for
+    the longest prompt so far plus the completion budget, rounded up to ATTENTION_BUCKET; a longer
+    request or another batch size allocates anew), the step's buffers and one step per attention
+    width and setting, on CUDA a CUDA graph captured once. Another model, or this one with a weight
+    replaced, an adapter merged or switched off, rebuilds them all; release() drops them.
+    """
+
+    def __init__(self, fixed_shapes: bool | None = None, compile: bool = False,
+                 fall_back: bool = False):
+        self.fixed_shapes, self.compile, self.fall_back = fixed_shapes, compile, fall_back
+        self.compile_error: str | None = None  # why compilation was given up (fall_back)
+        self.release()
+
+    def release(self):
+        """Forget the model: weights, cache, buffers and graphs."""
+        self.drop_buffers()
+        self.decoder, self.model_state = None, None
+
+    def drop_buffers(self):
+        if getattr(self, "buffers", None) is not None:
+            self.buffers.steps.clear()  # the steps refer to the buffers: no cycle left for the GC
+        self.buffers = None
+
+    def __call__(self, model: M.Qwen2, inputs: M.DecodeInputs, return_logprobs: bool = False):
+        try:
+            return self.decode(model, inputs, return_logprobs)
+        except Exception as e:
+            if not (self.compile and self.fall_back and is_compile_error(e)):
+                raise
+            self.compile, self.compile_error = False, one_line(e)
+            print(f"WARNING: torch.compile failed ({self.compile_error}); the sampler goes on with "
+                  "the eager step, slower (grpo.py --compile off skips compiling, --compile on "
+                  "makes this an error)", file=sys.stderr, flush=True)
+            self.release()
+            return self.decode(model, inputs, return_logprobs)
+
+    def decode(self, model: M.Qwen2, inputs: M.DecodeInputs, return_logprobs: bool):
+        state = model_state(model)
+        if self.decoder is None or not same_state(self.model_state, state):
+            self.release()
+            self.decoder, self.model_state = Decoder(model, self.compile), state
+        else:
+            self.decoder.refill()
+        fixed = inputs.uniforms.device.type == "cuda" if self.fixed_shapes is None \
+            else self.fixed_shapes
+        if fixed:
+            return self.decode_fixed_shapes(inputs, return_logprobs)
+        return decode_shrinking(self.decoder, inputs, return_logprobs)
+
+    def buffers_for(self, inputs: M.DecodeInputs) -> StepBuffers:
+        """This call's StepBuffers: the last call's when they fit (and so its graphs)."""
+        B, N = inputs.uniforms.shape
+        P, dtype = inputs.prompt_cache.length, inputs.h.dtype
+        device = inputs.uniforms.device
+        kept = self.buffers
+        if (kept is not None and kept.shape[0] == B and kept.shape[1] >= P + N
+                and kept.cache.kv[0].dtype == dtype and kept.key_valid.device == device):
+            return kept
+        del kept
+        self.drop_buffers()  # the old cache and graphs go before the new ones come
+        room = -(-(P + N) // ATTENTION_BUCKET) * ATTENTION_BUCKET
+        _, _, H, _, D = inputs.prompt_cache.kv[0].shape
+        cache = object.__new__(M.KVCache)
+        cache.kv = [torch.zeros((2, B, H, room, D), dtype=dtype, device=device)
+                    for _ in inputs.prompt_cache.kv]
+        self.buffers = StepBuffers(
+            cache, torch.zeros(B, room, dtype=torch.bool, device=device),
+            torch.zeros(B, dtype=torch.long, device=device),
+            torch.zeros(B, dtype=torch.long, device=device),
+            torch.zeros(B, dtype=torch.float64, device=device),
+            torch.zeros(1, dtype=torch.long, device=device),
+            torch.arange(room, device=device),
+            pool=torch.cuda.graph_pool_handle() if device.type == "cuda" else None)
+        return self.buffers
+
+    def decode_fixed_shapes(self, inputs: M.DecodeInputs, return_logprobs: bool):
+        """The whole batch to the end, one fixed-shape step per attention bucket; on CUDA each
+        bucket's step is captured once as a CUDA graph and replayed, in this call and the next.
+
+        Step t feeds token t at cache column P + t and draws token t + 1. Its inputs live in the
+        StepBuffers, which the loop refills before each step; the mask and positions are built
+        inside it.
+        """
+        decoder, uniforms, eos = self.decoder, inputs.uniforms, inputs.eos
+        P = inputs.prompt_cache.length  # the fused step writes at its own columns, P + t
+        B, max_new_tokens = uniforms.shape
+        device = uniforms.device
+        buffers = self.buffers_for(inputs)
+        inputs.prompt_cache.fan_out(inputs.samples, buffers.shape[1], into=buffers.cache)
+        buffers.key_valid.zero_()
+        buffers.key_valid[:, :inputs.key_valid.shape[1]] = inputs.key_valid
+        buffers.offset.copy_(inputs.next_position.squeeze(1) - P)
+        settings = Settings(inputs.temperature, inputs.top_p, inputs.vocab_size)
+
+        out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
+        logprobs = torch.zeros(B, max_new_tokens, device=device) if return_logprobs else None
+        out[:, 0], lp = _draw(decoder, inputs.h, settings, uniforms[:, 0], return_logprobs)
+        if return_logprobs:
+            logprobs[:, 0] = lp
+        if max_new_tokens == 1:
+            return out, 1, logprobs
+        buffers.token.copy_(out[:, 0])
+        buffers.column.fill_(P)
+        done = torch.isin(out[:, 0], eos)
+        n_steps = max_new_tokens
+        for t in range(max_new_tokens - 1):
+            if eos.numel() and t % 16 == 15 and bool(done.all()):  # a GPU sync: every 16 steps
+                n_steps = t + 1
+                break
+            buffers.column.fill_(P + t)
+            buffers.uniform.copy_(uniforms[:, t + 1])
+            width = -(-(P + t + 1) // ATTENTION_BUCKET) * ATTENTION_BUCKET
+            key = (width, settings, return_logprobs)
+            if key not in buffers.steps:
+                step = partial(_fixed_shape_step, decoder, buffers, width, settings,
+                               return_logprobs)
+                buffers.steps[key] = (_cuda_graph(step, buffers.pool) if device.type == "cuda"
+                                      else step)
+            token, lp = buffers.steps[key]()
+            out[:, t + 1] = token
+            if return_logprobs:
+                logprobs[:, t + 1] = lp
+            buffers.token.copy_(token)
+            if eos.numel():
+                done |= torch.isin(token, eos)
+        return out, n_steps, logprobs
+
+
+def _fixed_shape_step(decoder: Decoder, buffers: StepBuffers, width: int, settings: Settings,
+                      return_logprobs: bool):
+    """One step of the fixed-shape loop, reading and writing only the buffers: attention over the
+    first `width` cache columns, those after the step's own column masked."""
+    visible = buffers.key_valid[:, :width] & (buffers.columns[:width] <= buffers.column)
+    bias = torch.zeros(visible.shape, dtype=decoder.embed.dtype, device=visible.device)
+    bias.masked_fill_(~visible, float("-inf"))
+    hidden = decoder.hidden(buffers.token, buffers.offset + buffers.column, buffers.cache,
+                            buffers.column, width, bias[:, None, None])
+    return _draw(decoder, hidden, settings, buffers.uniform, return_logprobs)
+
+
+def _draw(decoder, h, settings, uniforms, logprobs: bool):
     """Each row's next token from hidden states h, and its log-prob if asked (else None)."""
     logits = decoder.logits(h)
-    token = decoder.sample(logits, inputs.temperature, inputs.top_p, uniforms, inputs.vocab_size)
+    token = decoder.sample(logits, settings.temperature, settings.top_p, uniforms,
+                           settings.vocab_size)
     if not logprobs:
         return token, None
-    return token, token_logprobs(logits, token, inputs.temperature, inputs.vocab_size)
+    return token, M.sampled_logprobs(logits, token, settings.temperature, settings.vocab_size)
 
 
-def _decode_shrinking(decoder, inputs: M.DecodeInputs, return_logprobs: bool):
-    """model._decode_plain with the fused step: rows that have ended leave the batch (checked every
+def decode_shrinking(decoder, inputs: M.DecodeInputs, return_logprobs: bool):
+    """model.decode_plain with the fused step: rows that have ended leave the batch (checked every
     16 steps)."""
-    h, cache, uniforms, eos = inputs.h, inputs.cache, inputs.uniforms, inputs.eos
+    h, uniforms, eos = inputs.h, inputs.uniforms, inputs.eos
     next_position, key_valid = inputs.next_position.squeeze(1), inputs.key_valid
+    cache = inputs.prompt_cache.fan_out(inputs.samples, key_valid.shape[1])
     P = cache.length  # the prompt columns: the fused step writes at its own columns, P + t
     B, max_new_tokens = uniforms.shape
     device = uniforms.device
@@ -386,60 +582,61 @@ def _decode_shrinking(decoder, inputs: M.DecodeInputs, return_logprobs: bool):
     return out, n_steps, logprobs
 
 
-def _decode_fixed_shapes(decoder, inputs: M.DecodeInputs, return_logprobs: bool):
-    """The whole batch to the end, one fixed-shape step per attention bucket; on CUDA each bucket's
-    step is captured once as a CUDA graph and replayed.
+def model_state(model: M.Qwen2):
+    """What a Decoder of `model` depends on beyond the values of its weights: which tensors they
+    are (weak references, addresses) and which adapters apply."""
+    params = list(model.parameters())
+    adapters = tuple((m.enabled, m.merged) for m in L.lora_layers(model).values())
+    return [weakref.ref(p) for p in params], [p.data_ptr() for p in params], adapters
 
-    Step t feeds token t at cache column P + t and draws token t + 1. Its inputs live in fixed
-    buffers (token, column, uniform) that the loop refills before each step; the mask and positions
-    are built inside it.
-    """
-    h, cache, uniforms, eos = inputs.h, inputs.cache, inputs.uniforms, inputs.eos
-    next_position, key_valid = inputs.next_position.squeeze(1), inputs.key_valid
-    P = cache.length  # the prompt columns: the fused step writes at its own columns, P + t
-    B, max_new_tokens = uniforms.shape
-    device, W = uniforms.device, key_valid.shape[1]
-    out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
-    logprobs = torch.zeros(B, max_new_tokens, device=device) if return_logprobs else None
-    out[:, 0], lp = _draw(decoder, h, inputs, uniforms[:, 0], return_logprobs)
-    if return_logprobs:
-        logprobs[:, 0] = lp
-    if max_new_tokens == 1:
-        return out, 1, logprobs
-    token_in, uniform_in = out[:, 0].clone(), uniforms[:, 1].clone()
-    column = torch.full((1,), P, device=device)
-    columns = torch.arange(W, device=device)
 
-    def step(width):
-        visible = key_valid[:, :width] & (columns[:width] <= column)
-        bias = torch.zeros(visible.shape, dtype=h.dtype, device=device)
-        bias.masked_fill_(~visible, float("-inf"))
-        hidden = decoder.hidden(token_in, next_position + (column - P), cache, column, width,
-                                bias[:, None, None])
-        return _draw(decoder, hidden, inputs, uniform_in, return_logprobs)
+def same_state(old, new) -> bool:
+    if old is None:
+        return False
+    (old_refs, old_ptrs, old_adapters), (new_refs, new_ptrs, new_adapters) = old, new
+    return (old_ptrs == new_ptrs and old_adapters == new_adapters
+            and all(a() is b() for a, b in zip(old_refs, new_refs)))
 
-    steps = {}  # attention width -> the step (a CUDA graph's replay on CUDA)
-    pool = torch.cuda.graph_pool_handle() if device.type == "cuda" else None
-    done = torch.isin(out[:, 0], eos)
-    n_steps = max_new_tokens
-    for t in range(max_new_tokens - 1):
-        if eos.numel() and t % 16 == 15 and bool(done.all()):  # a GPU sync, so only every 16 steps
-            n_steps = t + 1
-            break
-        column.fill_(P + t)
-        uniform_in.copy_(uniforms[:, t + 1])
-        width = min(W, -(-(P + t + 1) // ATTENTION_BUCKET) * ATTENTION_BUCKET)
-        if width not in steps:
-            step_at = partial(step, width)
-            steps[width] = _cuda_graph(step_at, pool) if device.type == "cuda" else step_at
-        token, lp = steps[width]()
-        out[:, t + 1] = token
-        if return_logprobs:
-            logprobs[:, t + 1] = lp
-        token_in.copy_(token)
-        if eos.numel():
-            done |= torch.isin(token, eos)
-    return out, n_steps, logprobs
+
+# -----------------------------------------------------------------------------
+# Compilation: what counts as its failure, and a check that it works here
+
+
+def is_compile_error(e: BaseException) -> bool:
+    """Raised by torch.compile (Dynamo, inductor) or by Triton building or running its kernels."""
+    module = type(e).__module__ or ""
+    return (isinstance(e, torch._dynamo.exc.TorchDynamoException)
+            or module.startswith(("triton", "torch._inductor")))
+
+
+def one_line(e: BaseException) -> str:
+    """The error and its cause (BackendCompilerFailed wraps the backend's), on one line."""
+    cause = getattr(e, "inner_exception", None) or e.__cause__
+    text = f"{type(e).__name__}"
+    if cause is not None and cause is not e:
+        e, text = cause, f"{text} <- {type(cause).__name__}"
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"{text}: {lines[0][:200]}" if lines else text
+
+
+def compile_error(device, dtype) -> str | None:
+    """None when torch.compile builds and runs the fused step's pieces here (a one-layer random
+    model in this dtype with a float32 adapter, the fixed-shape loop on CUDA and the shrinking one
+    elsewhere, sampling a few tokens), else what failed, in one line."""
+    config = M.Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96,
+                           num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                           max_position_embeddings=64)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = M.Qwen2(config).to(device=device, dtype=dtype).eval()
+        L.apply_lora(model, r=4, alpha=8)
+    try:
+        M.generate(model, [[1, 2, 3]], 4, seed=0, num_samples=2, decode=FastDecode(compile=True))
+    except Exception as e:
+        if not is_compile_error(e):
+            raise
+        return one_line(e)
+    return None
 
 
 def _cuda_graph(step, pool):
@@ -448,7 +645,7 @@ def _cuda_graph(step, pool):
 
     Warm-up first, on a side stream (compilation, cuBLAS handles, the allocator): it is the real
     step, and the first replay repeats it exactly (the same cache column with the same values). The
-    graphs of one generate call share a memory pool: they are replayed one after another, never
+    graphs over one StepBuffers share a memory pool: they are replayed one after another, never
     concurrently.
     """
     side = torch.cuda.Stream()

@@ -60,6 +60,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,10 +69,11 @@ import torch
 
 import data as D
 import diagnostics as diag
+import fast_decode as FD
 import grader
 import lora as L
 import model as M
-from parallel import World
+from parallel import PeerFailed, World
 
 DEMO_MODEL = Path(__file__).resolve().parent / "demo" / "model"
 
@@ -126,6 +128,15 @@ class Config:
     temperature: float = arg(1.0, "sampling temperature; the learner scores the same distribution")
     sampler: str = arg("exact", "exact | merged: sample a merged copy "
                                 "(faster, inexact; mismatch logged)")
+    decoder: str = arg("auto", "the sampler's decode loop: plain (model.py's, the reference) | "
+                               "fast (fast_decode.py: the same tokens; fixed shapes and CUDA "
+                               "graphs on CUDA) | auto: fast on both, by measurement (CPU: "
+                               "1.53-1.60x transformers' tokens/s against the plain loop's "
+                               "1.15-1.18x; CUDA: 10 kernels per step and layer against 43, "
+                               "its speed measured by bench/run_gpu.sh); BENCHMARKS.md")
+    compile: str = arg("auto", "torch.compile the fast decoder's pieces: on | off | auto (on CUDA, "
+                               "and if compiling fails, one warning, eager decoding and "
+                               "sampler/compiled 0 in the metrics); on: an error if it fails")
     # the update
     normalize: str = arg("std", "std | batch | matched | none (see group_advantages)")
     std_estimator: str = arg("bessel", "bessel (1/(K-1): TRL's torch.std, what the authors ran) | "
@@ -179,7 +190,8 @@ CHOICES = dict(preset=list(PRESETS), normalize=["std", "batch", "matched", "none
                std_estimator=["bessel", "population"], optimizer=["adamw", "sgd"],
                loss_agg=["seq-sum", "seq-mean", "token-mean"], template=list(D.PROMPT_TEMPLATES),
                device=["auto", "cpu", "cuda"], dtype=["auto", "float32", "bfloat16"],
-               sampler=["exact", "merged"])
+               sampler=["exact", "merged"], decoder=["auto", "plain", "fast"],
+               compile=["auto", "on", "off"])
 # Keys whose values depend on the machine, not on the computation: excluded from exact-resume
 # comparisons.
 TIMING_PREFIXES = ("time/", "perf/")
@@ -251,7 +263,11 @@ def read_run_config(path: Path) -> tuple[dict, str | None]:
 
 
 def validate(cfg: Config) -> list[str]:
-    problems = []
+    problems = [f"--{name.replace('_', '-')} {getattr(cfg, name)!r}: choose one of "
+                f"{', '.join(choices)}" for name, choices in CHOICES.items()
+                if getattr(cfg, name) not in choices]  # a config.json is not checked by argparse
+    if cfg.compile == "on" and cfg.decoder == "plain":
+        problems.append("--compile on compiles the fast decoder: it needs --decoder fast or auto")
     if cfg.group_size < 2:
         problems.append(f"--group-size must be >= 2 (got {cfg.group_size}): "
                         "a group of one has no baseline")
@@ -419,15 +435,15 @@ def load_heldout_problems(cfg: Config) -> list[D.Problem]:
     return random.Random(0).sample(problems, cfg.eval_problems)
 
 
-def heldout_record(model, tok, problems, cfg: Config) -> dict:
+def heldout_record(model, tok, problems, cfg: Config, decode=None) -> dict:
     """Held-out accuracy of the current adapter as metrics.jsonl keys: eval/<metric> and
-    eval/<tier>/<metric>."""
+    eval/<tier>/<metric>. decode: the run's decode loop (None: the plain loop)."""
     import eval as E
     t0 = time.time()
     groups, _ = E.heldout_accuracy(model, tok, problems, cfg.template, cfg.max_new_tokens,
                                    cfg.eval_samples, cfg.temperature,
                                    seed=cfg.seed * 1_000_003 + 999_983,
-                                   max_prompt_tokens=cfg.max_prompt_tokens)
+                                   max_prompt_tokens=cfg.max_prompt_tokens, decode=decode)
     record = {}
     for group, metrics in groups.items():
         prefix = "eval/" if group == "all" else f"eval/{group}/"
@@ -478,8 +494,10 @@ class Rollouts:
     grade_s: float = 0.0    # seconds decoding and grading them
 
 
-def rollout(model, tok, problems, cfg: Config, seed: int, first_row: int = 0) -> Rollouts:
-    """K completions per problem and their binary rewards [problems, K]."""
+def rollout(model, tok, problems, cfg: Config, seed: int, first_row: int = 0,
+            decode: FD.FastDecode | None = None) -> Rollouts:
+    """K completions per problem and their binary rewards [problems, K]. decode: the run's decode
+    loop (make_decoder; kept from step to step), None: the plain loop."""
     t0 = time.time()
     prompts = [prompt_ids(tok, p, cfg, model.config.max_position_embeddings) for p in problems]
     model.eval()
@@ -488,7 +506,8 @@ def rollout(model, tok, problems, cfg: Config, seed: int, first_row: int = 0) ->
     sampler = L.merged_copy(model) if merged else model
     out = M.generate(sampler, prompts, cfg.max_new_tokens, temperature=cfg.temperature,
                      eos_token_id=M.stop_ids(tok), seed=seed, num_samples=cfg.group_size,
-                     vocab_size=tok.vocab_size, return_logprobs=merged, first_row=first_row)
+                     vocab_size=tok.vocab_size, return_logprobs=merged, first_row=first_row,
+                     decode=decode)
     del sampler
     completions, sampler_logprobs = out if merged else (out, None)
     t1 = time.time()
@@ -503,6 +522,9 @@ def rollout(model, tok, problems, cfg: Config, seed: int, first_row: int = 0) ->
                   sample_s=t1 - t0, grade_s=time.time() - t1)
     if merged:
         ro.sampler_stats = sampler_mismatch(model, ro, sampler_logprobs, cfg, tok.vocab_size)
+    if decode is not None and (decode.compile or decode.compile_error):
+        # 0 once compiling failed and the sampler went on eagerly (the mean over processes)
+        ro.sampler_stats["sampler/compiled"] = float(decode.compile)
     return ro
 
 
@@ -685,11 +707,12 @@ def diagnostic_prompts(problems, cfg: Config) -> list:
     return random.Random(f"diag-{cfg.seed}").sample(problems, min(cfg.diag_prompts, len(problems)))
 
 
-def run_diagnostics(model, tok, params, prompts, cfg: Config, step: int, previous_rows: list[dict]):
+def run_diagnostics(model, tok, params, prompts, cfg: Config, step: int, previous_rows: list[dict],
+                    decode=None):
     """2K fresh samples per diagnostic prompt (own seed: training is not perturbed)
     -> (summary, rows)."""
     ro = rollout(model, tok, prompts, dataclasses.replace(cfg, group_size=2 * cfg.group_size),
-                 seed=cfg.seed * 1_000_003 + 500_009 * step + 7)
+                 seed=cfg.seed * 1_000_003 + 500_009 * step + 7, decode=decode)
     summary, rows = diag.measure(model, params, ro, cfg.group_size, cfg.temperature, tok.vocab_size,
                                  step, cfg.seed)
     if previous_rows and "curvature_a" in previous_rows[0]:  # not an older diagnostics.py's row
@@ -1134,10 +1157,49 @@ def design_note(cfg: Config) -> str | None:
             "fires; the per-prompt reweighting needs --prompts-per-step > 1")
 
 
+# Where --compile auto compiles: on CUDA the compiled step is 10 kernels per layer against 34
+# eager (bench/count_kernels.py); a CPU gains nothing from it.
+COMPILE_AUTO = ("cuda",)
+
+
+def make_decoder(cfg: Config, device, dtype) -> FD.FastDecode | None:
+    """--decoder and --compile -> the run's decode loop for model.generate (None: the plain loop).
+    Compiling is tried here, on a tiny model, before any work: --compile on stops with a one-line
+    error if it fails, auto says so and decodes eagerly (and falls back later too, should the real
+    model's compilation fail)."""
+    if cfg.decoder == "plain":
+        return None
+    compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type in COMPILE_AUTO)
+    decode = FD.FastDecode(compile=compile, fall_back=cfg.compile == "auto")
+    error = FD.compile_error(device, dtype) if compile else None
+    if error and cfg.compile == "on":
+        raise ValueError(f"--compile on: torch.compile fails on this machine ({error}); "
+                         "run with --compile auto or off")
+    if error:
+        decode.compile, decode.compile_error = False, error
+        print(f"WARNING: torch.compile fails on this machine ({error}); the sampler decodes "
+              "eagerly, slower (--compile off skips the attempt)", file=sys.stderr, flush=True)
+    return decode
+
+
+def describe_decoder(decode: FD.FastDecode | None, device) -> str:
+    """The run's start-up line on its sampler: the decode loop and, on CUDA, the attention
+    backends (model.safe_attention's choice, made by resolve_device)."""
+    attention = f"; {M.attention_backends()}" if device.type == "cuda" else ""
+    if decode is None:
+        return "decoder: plain (model.py)" + attention
+    loop = "fixed shapes, CUDA graphs" if device.type == "cuda" else "shrinking batch"
+    return (f"decoder: fast ({loop}, {'compiled' if decode.compile else 'eager'}"
+            + (f"; compiling failed: {decode.compile_error}" if decode.compile_error else "")
+            + ")" + attention)
+
+
 def setup(cfg: Config, world: World = World()):
-    """Seeded model, tokenizer, LoRA parameters, optimizer and training problems: a run's state at
+    """Seeded model, tokenizer, LoRA parameters, optimizer, training problems and the sampler's
+    decode loop (make_decoder, first: a bad --compile stops before any work): a run's state at
     step 0 (the same on every rank: the seed fixes the adapter's initialisation)."""
     device, dtype = resolve_device(cfg, world)
+    decode = make_decoder(cfg, device, dtype)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -1151,7 +1213,7 @@ def setup(cfg: Config, world: World = World()):
                          "a step would repeat a prompt")
     params = L.apply_lora(model, r=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                           targets=tuple(cfg.lora_targets.split(",")))
-    return model, tok, params, make_optimizer(params, cfg), problems, device, dtype
+    return model, tok, params, make_optimizer(params, cfg), problems, device, dtype, decode
 
 
 def train(cfg: Config, run_dir: Path, resume: bool | Path = False,
@@ -1169,7 +1231,7 @@ def train(cfg: Config, run_dir: Path, resume: bool | Path = False,
             batch = run.stream.take(cfg.prompts_per_step)
             mine = world.shard(batch)  # this rank's whole groups
             ro = rollout(model, tok, mine, cfg, seed=cfg.seed * 1_000_003 + step,
-                         first_row=world.rank * len(mine) * cfg.group_size)
+                         first_row=world.rank * len(mine) * cfg.group_size, decode=run.decode)
             t1 = time.time()
             advantages = group_advantages(
                 ro.rewards, cfg.normalize, cfg.std_eps,
@@ -1194,8 +1256,8 @@ class Run:
 
     def __init__(self, cfg: Config, run_dir: Path, resume: bool | Path, world: World):
         self.cfg, self.run_dir, self.world = cfg, run_dir, world
-        self.model, self.tok, self.params, self.optimizer, problems, self.device, dtype = setup(
-            cfg, world)
+        (self.model, self.tok, self.params, self.optimizer, problems, self.device, dtype,
+         self.decode) = setup(cfg, world)
         self.heldout = load_heldout_problems(cfg) if cfg.eval_every else []
         self.diag_set = diagnostic_prompts(problems, cfg) if cfg.diag_every else []
         self.stream = PromptStream(problems, cfg.seed)
@@ -1212,12 +1274,14 @@ class Run:
         self.say(f"{len(problems)} problems, {sum(p.numel() for p in self.params):,} trainable "
                  f"LoRA parameters, {self.device} {str(dtype).removeprefix('torch.')}, "
                  f"{world.size} process{'es' if world.size > 1 else ''}, run folder {run_dir}")
+        self.say(describe_decoder(self.decode, self.device))
         if design_note(cfg):
             self.say(design_note(cfg))
         # across-step control's previous
         self.diag_rows = last_diagnostics(run_dir / "diagnostics.jsonl")
         if self.heldout and not resume and world.main:
-            record = {"step": 0} | heldout_record(self.model, self.tok, self.heldout, cfg)
+            record = {"step": 0} | heldout_record(self.model, self.tok, self.heldout, cfg,
+                                                  self.decode)
             self.say(heldout_line(record), flush=True)
             self.write_metrics(record)
         self.t_run, self.steps_timed = time.time(), 0
@@ -1265,12 +1329,13 @@ class Run:
         if cfg.diag_every and (step + 1) % cfg.diag_every == 0:
             t = time.time()
             summary, self.diag_rows = run_diagnostics(self.model, self.tok, self.params,
-                                                      self.diag_set, cfg, step + 1, self.diag_rows)
+                                                      self.diag_set, cfg, step + 1, self.diag_rows,
+                                                      self.decode)
             record |= summary | {"time/diagnostics": time.time() - t}
             with (self.run_dir / "diagnostics.jsonl").open("a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in self.diag_rows)
         if self.heldout and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            record |= heldout_record(self.model, self.tok, self.heldout, cfg)
+            record |= heldout_record(self.model, self.tok, self.heldout, cfg, self.decode)
         record["time/step"] = time.time() - times[0]
         self.write_metrics(record)
         self.steps_timed += 1
@@ -1496,9 +1561,12 @@ def main(argv=None):
     cfg, args = parse_args(argv)
     if args.dry_run:
         cfg = dataclasses.replace(cfg, steps=1, save_every=1, diag_every=0)
-    world = World.from_env("cuda" if resolve_device(cfg)[0].type == "cuda" else "cpu",
-                           cfg.dist_timeout_s)
-    resolve_device(cfg, world)  # torchrun on GPUs: this rank's device, before any collective
+    try:
+        device_type = resolve_device(cfg)[0].type
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    # under torchrun: each process on its own GPU from here on, before any collective
+    world = World.from_env(device_type, cfg.dist_timeout_s)
     resume_from, notes = False, []
     if args.resume:
         run_dir = Path(args.resume)
@@ -1521,18 +1589,24 @@ def main(argv=None):
         for note in notes:
             print(note)
     finished = False
+    who = f" (rank {world.rank})" if world.size > 1 else ""
     try:
         train(cfg, run_dir, resume=resume_from, world=world)
         finished = True
     except (FileNotFoundError, ValueError, ConnectionError, TrainingStopped) as e:
-        sys.exit(f"error: {e}")
-    except (torch.distributed.DistError, RuntimeError) as e:
-        if world.size == 1:
-            raise
-        sys.exit(f"error (rank {world.rank}): another process of this data-parallel run failed or "
+        sys.exit(f"error{who}: {e}")
+    except PeerFailed as e:
+        sys.exit(f"error{who}: another process of this data-parallel run failed or "
                  f"stopped answering within --dist-timeout-s {cfg.dist_timeout_s:g}; the last "
                  f"checkpoint in {run_dir}/checkpoints is intact "
-                 f"(python grpo.py --resume {run_dir}). Cause: {str(e).splitlines()[0]}")
+                 f"(python grpo.py --resume {run_dir}). Cause: {e}")
+    except Exception as e:
+        if world.size == 1:
+            raise
+        traceback.print_exc()  # this process's own error, which stops the others
+        sys.exit(f"error{who}: this process failed: {type(e).__name__}: "
+                 f"{(str(e).splitlines() or [''])[0]}; the last checkpoint in "
+                 f"{run_dir}/checkpoints is intact (python grpo.py --resume {run_dir})")
     finally:
         world.close(finished)
     if args.dry_run and world.main:

@@ -15,9 +15,12 @@ Design
   its cache fanned out to its K samples. Each row draws from its own pre-generated uniforms
   (inverse-CDF sampling), so a row's tokens depend only on the seed, the row index and its own
   logits, never on what else is in the batch. The prefill's result and the sampler's settings are
-  one DecodeInputs, which the decode loop takes. The loop here (_decode_plain) is the reference;
-  generate runs by default the same step rebuilt for speed in fast_decode.py (fused weights;
-  compiled and replayed as CUDA graphs on a GPU), tested equal to it.
+  one DecodeInputs, which the decode loop takes. The loop here (decode_plain) is the sampler, whole
+  and the reference; fast_decode.py rebuilds the same step for speed (fused weights; compiled and
+  replayed as CUDA graphs on a GPU), tested equal to it, and generate runs it when its caller
+  passes it (`decode=`): grpo.py chooses (--decoder). This file imports neither it nor lora.py.
+- Attention on CUDA: cuDNN's SDPA is switched off where the device is chosen (pick_device,
+  safe_attention), for the reasons its docstring gives.
 
     model = load_model("Qwen/Qwen2.5-Math-1.5B")          # or a local folder; safetensors only
     tok = load_tokenizer("Qwen/Qwen2.5-Math-1.5B")
@@ -262,10 +265,13 @@ class KVCache:
     (what a CUDA graph can replay), and leaves `length` at the prompt's; its loops count columns
     from there.
 
-    The sampler decodes over it in two ways, each needed (generate's default on one device):
-    - shrinking batch (CPU): rows that have ended leave (select), so later steps cost less;
-    - fixed shapes (CUDA, fast_decode.py): each step is one CUDA graph replay, as kernel launches
-      bound a GPU step; it attends over unwritten columns too, so fan_out fills them with zeros.
+    The sampler decodes over it in two ways:
+    - shrinking batch (this file's loop; fast_decode's on a CPU): rows that have ended leave
+      (select), so later steps cost less;
+    - fixed shapes (fast_decode's on CUDA): each step is one CUDA graph replay, as kernel launches
+      bound a GPU step; it attends over unwritten columns too, so fan_out fills them with zeros,
+      and it keeps one cache from call to call (fan_out(..., into=)), whose addresses the graphs
+      hold.
     """
 
     def __init__(self, config: Qwen2Config, batch_size: int, max_len: int, dtype, device):
@@ -292,18 +298,23 @@ class KVCache:
         new.kv, new.length = [kv[:, rows] for kv in self.kv], self.length
         return new
 
-    def fan_out(self, copies: int, max_len: int) -> KVCache:
-        """A new cache with each row repeated `copies` times
-        (row b -> rows b*copies .. b*copies+copies-1)."""
-        new = object.__new__(KVCache)
+    def fan_out(self, copies: int, max_len: int, into: KVCache | None = None) -> KVCache:
+        """A cache of max_len columns with each row repeated `copies` times
+        (row b -> rows b*copies .. b*copies+copies-1): a new one, or `into`'s storage, refilled."""
         _, B, H, _, D = self.kv[0].shape
-        # Zeros, not garbage: fixed-shape decoding attends over unwritten columns with weight 0,
-        # and 0 * NaN = NaN.
-        new.kv = [kv.new_zeros((2, B * copies, H, max_len, D)) for kv in self.kv]
-        new.length = self.length
-        for old, kv in zip(self.kv, new.kv):
+        if into is None:
+            into = object.__new__(KVCache)
+            into.kv = [kv.new_empty((2, B * copies, H, max_len, D)) for kv in self.kv]
+        if into.kv[0].shape[1] != B * copies or into.kv[0].shape[3] < self.length:
+            raise ValueError(f"fan_out into a cache of shape {tuple(into.kv[0].shape)}: "
+                             f"{B * copies} rows of {self.length}+ columns needed")
+        into.length = self.length
+        for old, kv in zip(self.kv, into.kv):
             kv[:, :, :, :self.length] = old[:, :, :, :self.length].repeat_interleave(copies, dim=1)
-        return new
+            # Zeros, not garbage: fixed-shape decoding attends over unwritten columns with weight
+            # 0, and 0 * NaN = NaN.
+            kv[:, :, :, self.length:] = 0
+        return into
 
 
 class PrefixCache:
@@ -376,11 +387,11 @@ def causal_mask(key_valid: torch.Tensor, T: int) -> torch.Tensor:
 
 @dataclass
 class DecodeInputs:
-    """What a decode loop starts from: generate's prefill, fanned out to B rows, and the sampler's
-    settings. N = the new tokens to draw; P = the longest prompt (the cache's length at the start).
-    """
-    h: torch.Tensor              # [B, H] final-norm hidden state of each prompt's last column
-    cache: KVCache               # the prompts' keys/values, with room for N more columns
+    """What a decode loop starts from: generate's prefill and the sampler's settings. B rows, each
+    continuing prompt b // samples; N = the new tokens to draw; P = the longest prompt."""
+    h: torch.Tensor              # [B, H] final-norm hidden state of each row's prompt's last column
+    prompt_cache: KVCache        # the prompts' keys/values: one row per prompt, P columns
+    samples: int                 # rows per prompt (the loop fans prompt_cache out to B rows)
     key_valid: torch.Tensor      # bool [B, P + N]: False on each row's left padding
     next_position: torch.Tensor  # [B, 1] rotary position of the first new token (the prompt length)
     uniforms: torch.Tensor       # float64 [B, N]: row b draws its token t with uniforms[b, t]
@@ -394,8 +405,7 @@ class DecodeInputs:
 def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, eos_token_id: int | list[int] | None = None,
              seed: int | None = None, num_samples: int = 1, vocab_size: int | None = None,
-             fast: bool = True, fixed_shapes: bool | None = None, compile: bool | None = None,
-             return_logprobs: bool = False, first_row: int = 0):
+             return_logprobs: bool = False, first_row: int = 0, decode=None):
     """Sample `num_samples` completions for each prompt; returns len(prompts) * num_samples token
     lists, prompt-major (the samples of prompt i are rows i*num_samples ... i*num_samples +
     num_samples - 1), each cut after its first EOS (the EOS is kept: it is a sampled action the
@@ -404,18 +414,12 @@ def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temper
     temperature 0 is greedy. vocab_size: ids >= it (embedding rows the tokenizer does not have) are
     never drawn. first_row: row r of this call draws from row first_row + r of the seed's stream, so
     a batch split across processes (each calling with its own share) draws what one call with the
-    whole batch would.
-    fast (default): decode with fast_decode.py, the same function over fused weights; fast=False
-    runs the plain loop below (_decode_plain), the reference the fast one is tested against. Options
-    of the fast loop:
-      fixed_shapes (default: on CUDA): the whole batch to the end with fixed shapes, so that on CUDA
-        each step is one CUDA graph replay instead of a launch per kernel (what bounds a GPU decode
-        step); otherwise rows that have ended leave the batch as it goes, which is what pays on a
-        CPU. Both draw the same tokens.
-      compile (default: on CUDA): torch.compile the step's pointwise and reduction pieces.
-      return_logprobs: also return each row's per-token log-probs under the distribution it was
-        drawn from (softmax(logits / temperature) over the first vocab_size ids):
-        (completions, logprobs).
+    whole batch would. return_logprobs: also return each row's per-token log-probs under the
+    distribution it was drawn from (softmax(logits / temperature) over the first vocab_size ids):
+    (completions, logprobs).
+    decode: the decode loop run after the prefill, decode(model, DecodeInputs, return_logprobs)
+      -> (tokens [B, N], steps run, log-probs [B, N] or None). None: decode_plain, below.
+      fast_decode.FastDecode is the same loop rebuilt for speed, tested to draw the same tokens.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt and no empty prompt")
@@ -423,9 +427,6 @@ def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temper
         raise ValueError("num_samples and max_new_tokens must be >= 1")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if not fast and (fixed_shapes or compile or return_logprobs):
-        raise ValueError("fixed_shapes, compile and return_logprobs are options of the fast loop "
-                         "(fast=True)")
     if return_logprobs and (temperature == 0 or top_p < 1.0):
         raise ValueError("return_logprobs needs temperature > 0 and top_p = 1 "
                          "(the distribution the learner scores)")
@@ -440,13 +441,9 @@ def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temper
 
     ids, lengths, key_valid, positions = left_pad(prompts, device, width=P + max_new_tokens)
 
-    # Prefill each prompt once, then fan its cache out to its samples.
+    # Prefill each prompt once; the decode loop fans its cache out to its samples.
     cache = KVCache(config, len(prompts), P, dtype, device)
     h = model.hidden_states(ids, positions, causal_mask(key_valid[:, :P], P), cache)[:, -1]
-    cache = cache.fan_out(num_samples, P + max_new_tokens)
-    h = h.repeat_interleave(num_samples, dim=0)
-    key_valid = key_valid.repeat_interleave(num_samples, dim=0)
-    next_position = lengths.repeat_interleave(num_samples)[:, None]
 
     # Per-row uniforms drawn on the CPU from one seeded stream: row r gets draws r*N .. r*N+N-1,
     # whatever the batch holds (a CPU generator is reproducible across devices; CUDA's is not across
@@ -456,37 +453,34 @@ def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temper
     stream = torch.rand(first_row + B, max_new_tokens, generator=generator, dtype=torch.float64)
     uniforms = stream[first_row:].to(device)
 
-    inputs = DecodeInputs(h=h, cache=cache, key_valid=key_valid, next_position=next_position,
+    inputs = DecodeInputs(h=h.repeat_interleave(num_samples, dim=0), prompt_cache=cache,
+                          samples=num_samples,
+                          key_valid=key_valid.repeat_interleave(num_samples, dim=0),
+                          next_position=lengths.repeat_interleave(num_samples)[:, None],
                           uniforms=uniforms, temperature=temperature, top_p=top_p,
                           vocab_size=vocab_size, eos=eos)
-    logprobs = None
-    if fast:
-        from fast_decode import decode  # here, not at the top: fast_decode builds on this module
-        on_cuda = device.type == "cuda"
-        out, n_steps, logprobs = decode(
-            model, inputs, fixed_shapes=on_cuda if fixed_shapes is None else fixed_shapes,
-            compile=on_cuda if compile is None else compile, return_logprobs=return_logprobs)
-    else:
-        out, n_steps = _decode_plain(model, inputs)
+    out, n_steps, logprobs = (decode or decode_plain)(model, inputs, return_logprobs)
 
     # Cut each row after its first EOS.
     stop, result, result_logprobs = set(eos.tolist()), [], []
     for i, row in enumerate(out[:, :n_steps].tolist()):
         end = next((j + 1 for j, tok in enumerate(row) if tok in stop), len(row))
         result.append(row[:end])
-        if logprobs is not None:
+        if return_logprobs:
             result_logprobs.append(logprobs[i, :end].tolist())
     return (result, result_logprobs) if return_logprobs else result
 
 
-def _decode_plain(model: Qwen2, inputs: DecodeInputs):
+def decode_plain(model: Qwen2, inputs: DecodeInputs, return_logprobs: bool = False):
     """The decode loop, with rows that have ended dropped from the batch as it goes
-    -> (tokens [B, N], steps run)."""
-    h, cache, key_valid = inputs.h, inputs.cache, inputs.key_valid
+    -> (tokens [B, N], steps run, log-probs [B, N] float32 or None)."""
+    h, key_valid = inputs.h, inputs.key_valid
     next_position, uniforms, eos = inputs.next_position, inputs.uniforms, inputs.eos
     B, max_new_tokens = uniforms.shape
+    cache = inputs.prompt_cache.fan_out(inputs.samples, key_valid.shape[1])
     device = uniforms.device
     out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
+    logprobs = torch.zeros(B, max_new_tokens, device=device) if return_logprobs else None
     done = torch.zeros(B, dtype=torch.bool, device=device)
     rows = torch.arange(B, device=device)  # the output row of each row still in the batch
     n_steps = 0
@@ -495,6 +489,9 @@ def _decode_plain(model: Qwen2, inputs: DecodeInputs):
         token = sample_token(logits, inputs.temperature, inputs.top_p, uniforms[rows, t],
                              inputs.vocab_size)
         out[rows, t] = token
+        if return_logprobs:
+            logprobs[rows, t] = sampled_logprobs(logits, token, inputs.temperature,
+                                                 inputs.vocab_size)
         n_steps = t + 1
         done[rows] |= torch.isin(token, eos)
         if t == max_new_tokens - 1:
@@ -512,7 +509,15 @@ def _decode_plain(model: Qwen2, inputs: DecodeInputs):
                 key_valid, next_position = key_valid[keep], next_position[keep]
         mask = causal_mask(key_valid[:, :cache.length + 1], 1)  # token t goes to column P + t
         h = model.hidden_states(token[:, None], next_position + t, mask, cache)[:, -1]
-    return out, n_steps
+    return out, n_steps, logprobs
+
+
+def sampled_logprobs(logits, tokens, temperature: float, vocab_size: int | None):
+    """log p(token) under softmax(logits / temperature) over the first vocab_size ids: what the
+    sampler drew from, in the terms completion_logprobs scores the learner."""
+    if vocab_size is not None:
+        logits = logits[:, :vocab_size]
+    return torch.log_softmax(logits / temperature, dim=-1).gather(1, tokens[:, None]).squeeze(1)
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor,
@@ -672,12 +677,39 @@ def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def pick_device(name: str) -> torch.device:
-    """--device: "auto" is cuda when available, else cpu; "cuda" without one is a clear error."""
+    """--device: "auto" is cuda when available, else cpu; "cuda" without one is a clear error.
+    On CUDA it also chooses the attention backends (safe_attention)."""
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: no CUDA device is available")
+    if device.type == "cuda":
+        safe_attention()
     return device
+
+
+def safe_attention() -> str:
+    """Switch cuDNN's scaled_dot_product_attention off (process-wide) -> what runs instead.
+
+    torch 2.11 prefers cuDNN attention on Hopper with cuDNN > 9.15, and it has two hazards here:
+    with an explicit mask (the learner always passes one) its backward returns NaN in dQ when the
+    key length is 64 mod 128 and a row's logsumexp is below ln(FLT_MAX) = -88.7 (pytorch#196678,
+    hit through Qwen2.5 in TRL#7181), and it builds a plan for every new shape (tens to hundreds of
+    ms each; the learner's shapes change every micro-batch). Flash attention (no mask: the plain
+    causal batch) and memory-efficient attention (masks) are clean on the same inputs;
+    bench/cuda_checks.py checks it on the machine (the probe and the bf16 gate)."""
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    return attention_backends()
+
+
+def attention_backends() -> str:
+    """The SDPA backends CUDA may use now, as one line for a run's log."""
+    flags = {"flash": torch.backends.cuda.flash_sdp_enabled(),
+             "memory-efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
+             "math": torch.backends.cuda.math_sdp_enabled(),
+             "cuDNN": torch.backends.cuda.cudnn_sdp_enabled()}
+    return ("attention (SDPA on CUDA): " + ", ".join(k for k, on in flags.items() if on)
+            + "; off: " + (", ".join(k for k, on in flags.items() if not on) or "none"))
 
 
 def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None,
@@ -725,7 +757,7 @@ def fuse_projection_storage(model: Qwen2) -> Qwen2:
     Only the storage changes: every parameter keeps its name, shape and value, so loading, saving
     and this file's forward are untouched, while the fast decoder (fast_decode.py) reads each group
     as one weight matrix without a copy. A model moved with .to() afterwards has separate storage
-    again (the fast decoder then concatenates the group once per generate call).
+    again (the fast decoder then keeps a concatenated copy, refilled at every generate call).
     """
     for block in model.model.layers:
         for part, names in FUSED_GROUPS:

@@ -17,16 +17,36 @@ the gradient is accumulated over micro-batches and only the last backward could 
 communication with compute (DDP's no_sync on the others), the LoRA gradient is small (18.5M floats
 at r=16), and one explicit sum after accumulation keeps the update one readable line.
 
-One process (no torchrun) is the same code with every collective the identity.
+One process (no torchrun) is the same code with every collective the identity. A collective that
+fails (a peer died, raised or stopped answering) raises PeerFailed, so that each process can tell
+its own error from another's.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+
+class PeerFailed(RuntimeError):
+    """A collective failed: another process of the run failed, exited or stopped answering within
+    the timeout (the cause is chained)."""
+
+
+def collective(method):
+    """A World method whose failure raises PeerFailed."""
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as e:
+            raise PeerFailed(f"{method.__name__} across {self.size} processes failed: "
+                             f"{(str(e).splitlines() or [type(e).__name__])[0]}") from e
+    return wrapped
 
 
 class World:
@@ -43,9 +63,14 @@ class World:
         if size == 1:
             return cls()
         backend = "nccl" if device_type == "cuda" else "gloo"
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device_type == "cuda":
+            # Before any collective: NCCL runs on the current device, which is otherwise GPU 0
+            # for every process.
+            torch.cuda.set_device(local_rank)
         if not dist.is_initialized():
             dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank)
 
     @property
     def main(self) -> bool:
@@ -56,6 +81,7 @@ class World:
         n = len(items) // self.size
         return items[self.rank * n:(self.rank + 1) * n]
 
+    @collective
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """In place: the sum of this tensor over all ranks."""
         if self.size > 1:
@@ -70,6 +96,7 @@ class World:
     def any(self, flag: bool) -> bool:
         return self.sum(float(flag))[0] > 0
 
+    @collective
     def gather(self, obj) -> list:
         """Every rank's object, in rank order (on every rank)."""
         if self.size == 1:
@@ -78,6 +105,7 @@ class World:
         dist.all_gather_object(out, obj)
         return out
 
+    @collective
     def broadcast(self, obj):
         """Rank 0's object on every rank."""
         if self.size == 1:
@@ -85,6 +113,10 @@ class World:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    @collective
+    def barrier(self):
+        dist.barrier()
 
     def device(self) -> torch.device:
         if self.size > 1 and dist.get_backend() == "nccl":
@@ -98,5 +130,5 @@ class World:
         is no waiting: a peer may be gone."""
         if self.size > 1 and dist.is_initialized():
             if finished:
-                dist.barrier()
+                self.barrier()
             dist.destroy_process_group()

@@ -1,21 +1,28 @@
 """
 Decode speed of the sampler against the memory-bandwidth roofline, and how far each sampler is from the learner.
 
-The Qwen2.5-Math-1.5B shape with random weights (bfloat16 on a GPU), one prompt of 200 tokens x B samples x 1024
-new tokens at temperature 1 (the paper's rollout; random weights never emit EOS, so every row runs to the end):
+The Qwen2.5-Math-1.5B shape with random weights (bfloat16 on a GPU), one prompt of 200 tokens x B samples x
+--new-tokens new tokens at temperature 1 (the paper's rollout; random weights never emit EOS, so every row runs to
+the end):
 
-- ms per decode step at batch 8 and 64: (time of generate with 1024 new tokens - with 1) / 1023, so graph
-  captures and the compilation of a new shape count, the prefill does not. Samplers: the exact one (generate's
-  default) with LoRA r=64 on all seven projections and without (the same model under lora_disabled), the
-  merged-weights one (lora.merged_copy, whose per-step merge is timed apart), and the plain loop
-  (generate(fast=False), 64 steps) for reference.
+- ms per decode step at batch 8 and 64: (time of generate with N new tokens - with 1) / (N - 1), each with the
+  decoder grpo.py runs (fast_decode.FastDecode, compiled on CUDA), kept from call to call as the trainer keeps it:
+  one warm-up call first (compilation, graph captures), so the timed calls are the steady state. Samplers: the
+  exact one (generate's default) with LoRA r=64 on all seven projections and without (the same model under
+  lora_disabled), the merged-weights one (lora.merged_copy, whose per-step merge is timed apart; --skip-merged
+  leaves it out), and the plain loop (model.decode_plain, --plain-steps steps) for reference.
 - The roofline: the bytes one step must read, every weight once (LoRA's float32 A and B included when on) plus
   the KV cache of the filled positions (28,672 bytes per position and row; P + N/2 on average), over the memory
   bandwidth: the HBM spec for the GPUs named below, and the bandwidth of a large device copy measured here.
-- The sampler-learner mismatch of both samplers with LoRA, batch 8: grpo.sampler_mismatch (KL k3 and mean
-  |delta log p| between the log-probs generate returns and completion_logprobs of the same tokens).
+  Targets on an H200: batch 8 at least 50% of the spec roofline, LoRA at most 1.15x no LoRA.
+- The sampler-learner mismatch of both samplers with LoRA, batch 8 (--skip-mismatch leaves it out):
+  grpo.sampler_mismatch (KL k3 and mean |delta log p| between the log-probs generate returns and
+  completion_logprobs of the same tokens).
 
-    python bench/bench_decode.py                                             # CUDA, about 3 minutes
+Each row prints when measured.
+
+    python bench/bench_decode.py                                             # CUDA, every sampler
+    python bench/bench_decode.py --new-tokens 256 --skip-merged --skip-mismatch   # bench/run_gpu.sh's
     python bench/bench_decode.py --device cpu --shape small --new-tokens 32 --batch 2 --prompt-len 16   # dry run
 """
 import argparse
@@ -27,6 +34,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import fast_decode as FD  # noqa: E402
 import grpo as G  # noqa: E402
 import lora as L  # noqa: E402
 import model as M  # noqa: E402
@@ -75,8 +83,10 @@ def main():
     ap.add_argument("--batch", type=int, nargs="+", default=[8, 64])
     ap.add_argument("--lora-rank", type=int, default=64)
     ap.add_argument("--plain-steps", type=int, default=64, help="decode steps timed for the plain loop")
+    ap.add_argument("--skip-merged", action="store_true")
+    ap.add_argument("--skip-mismatch", action="store_true")
     args = ap.parse_args()
-    device = torch.device(args.device)
+    device = M.pick_device(args.device)  # on CUDA: safe_attention
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
     config = M.Qwen2Config(max_position_embeddings=4096, tie_word_embeddings=True, **SHAPES[args.shape])
@@ -103,30 +113,37 @@ def main():
           f"| bandwidth: " + ", ".join(f"{k} {v / 1e12:.2f} TB/s" for k, v in bandwidths.items()), flush=True)
 
     N = args.new_tokens
-    gen = lambda m, B, n, **kw: lambda: M.generate(m, [prompt], n, temperature=1.0, seed=0, num_samples=B, **kw)  # noqa: E731
+    # The trainer's decoder: compiled on CUDA (a failure here is an error, not a slower timing).
+    decoder = FD.FastDecode(compile=device.type == "cuda")
     rows = []
     for B in args.batch:
-        def per_step(m, n=N, **kw):
-            gen(m, B, n, **kw)(), gen(m, B, 1, **kw)()  # warm-up: compilation, cuBLAS, allocator
-            return (seconds(gen(m, B, n, **kw), device) - seconds(gen(m, B, 1, **kw), device)) / (n - 1)
+        def per_step(m, decode, n=N):
+            run = lambda k: lambda: M.generate(m, [prompt], k, temperature=1.0, seed=0, num_samples=B,  # noqa: E731
+                                               decode=decode)
+            run(n)()  # warm-up: compilation, graph captures, the allocator
+            return (seconds(run(n), device) - seconds(run(1), device)) / (n - 1)
 
-        steps = {"exact, LoRA": per_step(model)}
-        with L.lora_disabled(model):
-            steps["exact, no LoRA"] = per_step(model)
-        merge = seconds(lambda: L.merged_copy(model), device)
-        merged = L.merged_copy(model)
-        steps["merged, LoRA"] = per_step(merged)
-        del merged
-        steps["plain loop, LoRA"] = per_step(model, n=args.plain_steps + 1, fast=False)
         kv = kv_bytes * B * (args.prompt_len + N / 2)
-        for what, t in steps.items():
+
+        def report(what, t):
             weights = base_bytes + (lora_bytes if what.startswith("exact, LoRA") or what.startswith("plain") else 0)
             roofs = {k: (weights + kv) / bw for k, bw in bandwidths.items()}
             rows.append((B, what, t, roofs))
             print(f"  batch {B:>3} {what:<18} {t * 1e3:7.2f} ms/step  roofline " +
                   ", ".join(f"{k} {r * 1e3:.2f} ms ({r / t:.0%})" for k, r in roofs.items()), flush=True)
-        print(f"  batch {B:>3} LoRA / no LoRA: {steps['exact, LoRA'] / steps['exact, no LoRA']:.2f}x; merging the "
-              f"adapter into the copy: {merge * 1e3:.0f} ms per rollout", flush=True)
+            return t
+
+        lora_on = report("exact, LoRA", per_step(model, decoder))
+        with L.lora_disabled(model):
+            lora_off = report("exact, no LoRA", per_step(model, decoder))
+        print(f"  batch {B:>3} LoRA / no LoRA: {lora_on / lora_off:.2f}x", flush=True)
+        if not args.skip_merged:
+            merge = seconds(lambda: L.merged_copy(model), device)
+            merged = L.merged_copy(model)
+            report("merged, LoRA", per_step(merged, decoder))
+            del merged
+            print(f"  batch {B:>3} merging the adapter into the copy: {merge * 1e3:.0f} ms per rollout", flush=True)
+        report("plain loop, LoRA", per_step(model, None, n=args.plain_steps + 1))
 
     print("\n| batch | sampler | ms per step | roofline ms | share of roofline |")
     print("|---:|---|---:|---:|---:|")
@@ -134,6 +151,8 @@ def main():
         roof = roofs.get("spec", roofs["copy"])
         print(f"| {B} | {what} | {t * 1e3:.2f} | {roof * 1e3:.2f} | {roof / t:.0%} |")
 
+    if args.skip_mismatch:
+        return
     print(f"\nSampler - learner mismatch, batch {args.batch[0]}, LoRA r={args.lora_rank} (KL k3 of sampler || learner "
           "per token; mean |delta log p|):")
     print("| sampler | KL (k3) | mean abs diff log p |")
@@ -142,7 +161,7 @@ def main():
     for what, sampler in (("exact", model), ("merged", None)):
         sampler = sampler if sampler is not None else L.merged_copy(model)
         completions, logprobs = M.generate(sampler, [prompt], N, temperature=1.0, seed=1, num_samples=args.batch[0],
-                                           return_logprobs=True)
+                                           return_logprobs=True, decode=decoder)
         del sampler
         ro = G.Rollouts([None], [prompt], completions, [], torch.zeros(1, args.batch[0]))
         stats = G.sampler_mismatch(model, ro, logprobs, cfg, config.vocab_size)

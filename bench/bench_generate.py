@@ -1,7 +1,7 @@
 """
 Sampler and log-prob benchmark: our `generate` vs transformers' `generate(use_cache=True)`, same random weights,
-one process, and next to it our plain loop (generate(fast=False)) and our generate with LoRA on all seven
-projections; prefix sharing (8 prompts x 8 samples, one prefill per prompt vs 64 prefills); peak memory of
+one process: ours is generate with the fast decoder (fast_decode.FastDecode, grpo.py's default), next to it our
+plain loop (generate's own, model.decode_plain) and ours with LoRA on all seven projections; prefix sharing (8 prompts x 8 samples, one prefill per prompt vs 64 prefills); peak memory of
 chunked vs full log-probs.
 
     python bench/bench_generate.py                                   # CPU, a small model (minutes)
@@ -26,6 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import fast_decode as FD  # noqa: E402
 import lora as L  # noqa: E402
 import model as M  # noqa: E402
 
@@ -103,10 +104,12 @@ def bench_generate(args, device, dtype):
                                     max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                                     do_sample=False, use_cache=True, eos_token_id=None, pad_token_id=0)
 
-                run = lambda model, **kw: lambda: M.generate(model, prompts, args.new_tokens, temperature=0, **kw)  # noqa: E731
-                fns = {"ours": run(ours), "hf": run_hf, "plain": run(ours, fast=False), "lora": run(adapted)}
+                run = lambda model, decode: lambda: M.generate(model, prompts, args.new_tokens, temperature=0,  # noqa: E731
+                                                               decode=decode)
+                fast = lambda: FD.FastDecode(compile=device.type == "cuda")  # noqa: E731  (grpo.py's default)
+                fns = {"ours": run(ours, fast()), "hf": run_hf, "plain": run(ours, None), "lora": run(adapted, fast())}
                 if device.type == "cuda":  # the eager loop without CUDA graphs or compilation
-                    fns["eager"] = run(ours, fixed_shapes=False, compile=False)
+                    fns["eager"] = run(ours, FD.FastDecode(fixed_shapes=False))
                 t = time_all(fns, device, args.repeats)
                 n = batch * args.new_tokens
                 rows.append((vocab, batch, n / t["ours"], n / t["hf"], t["hf"] / t["ours"], t["hf"] / t["plain"],
@@ -117,13 +120,16 @@ def bench_generate(args, device, dtype):
                       + (f"  (ours without CUDA graph {n / t['eager']:9.0f} tok/s)" if "eager" in t else ""), flush=True)
             if vocab == args.vocab[-1] and not args.skip_prefix_sharing:
                 prompts = torch.randint(0, vocab, (8, args.prompt_len), generator=torch.Generator().manual_seed(1)).tolist()
-                shared = time_it(lambda: M.generate(ours, prompts, args.new_tokens, num_samples=8, seed=0), device, args.repeats)
-                repeated = time_it(lambda: M.generate(ours, [p for p in prompts for _ in range(8)], args.new_tokens, seed=0),
-                                   device, args.repeats)
+                decode = FD.FastDecode(compile=device.type == "cuda")
+                shared = time_it(lambda: M.generate(ours, prompts, args.new_tokens, num_samples=8, seed=0, decode=decode),
+                                 device, args.repeats)
+                repeated = time_it(lambda: M.generate(ours, [p for p in prompts for _ in range(8)], args.new_tokens, seed=0,
+                                                      decode=decode), device, args.repeats)
                 long_prompts = torch.randint(0, vocab, (8, args.long_prompt_len), generator=torch.Generator().manual_seed(2)).tolist()
-                shared_long = time_it(lambda: M.generate(ours, long_prompts, 32, num_samples=8, seed=0), device, args.repeats)
-                repeated_long = time_it(lambda: M.generate(ours, [p for p in long_prompts for _ in range(8)], 32, seed=0),
-                                        device, args.repeats)
+                shared_long = time_it(lambda: M.generate(ours, long_prompts, 32, num_samples=8, seed=0, decode=decode),
+                                      device, args.repeats)
+                repeated_long = time_it(lambda: M.generate(ours, [p for p in long_prompts for _ in range(8)], 32, seed=0,
+                                                           decode=decode), device, args.repeats)
             del ours, hf, adapted
     return rows, (shared, repeated, shared_long, repeated_long)
 
@@ -201,7 +207,7 @@ def main():
     ap.add_argument("--lora-rank", type=int, default=16, help="rank of the LoRA variant (all seven projections)")
     ap.add_argument("--chunk-sizes", type=int, nargs="+", default=[1024, 256], help="positions per log-prob chunk")
     args = ap.parse_args()
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    device, dtype = M.pick_device(args.device), getattr(torch, args.dtype)
     import transformers
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"# {time.strftime('%Y-%m-%d')} | {device} ({name}, {os.cpu_count()} CPUs, torch threads "

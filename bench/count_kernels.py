@@ -11,7 +11,7 @@ the CUDA profiler). A decode step's count is the difference between generate wit
 divided by k (the prefill and the first token cancel); per layer it is the difference between 28 layers and 1,
 divided by 27 (the embedding, final norm, LM head and sampler cancel).
 
-Rows: the plain loop (generate(fast=False), model.py's forward), the fast step eager (the CPU's path) and the
+Rows: the plain loop (model.decode_plain, model.py's forward), the fast step eager (the CPU's path) and the
 fast step compiled (the GPU's path, which on CUDA is also captured as one CUDA graph per attention bucket),
 each without LoRA and with LoRA r=64 on all seven projections (the paper's adapter).
 
@@ -31,6 +31,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import fast_decode as FD  # noqa: E402
 import lora as L  # noqa: E402
 import model as M  # noqa: E402
 
@@ -90,9 +91,9 @@ def random_model(layers: int, lora: bool, device) -> M.Qwen2:
     return model
 
 
-def per_step(model, prompts, k: int, device, **kwargs) -> tuple[float, list[str]]:
+def per_step(model, prompts, k: int, device, decode) -> tuple[float, list[str]]:
     """-> (kernels per decode step, the GPU kernel names of the k steps' run)."""
-    run = lambda n: lambda: M.generate(model, prompts, n, temperature=1.0, seed=0, **kwargs)  # noqa: E731
+    run = lambda n: lambda: M.generate(model, prompts, n, temperature=1.0, seed=0, decode=decode)  # noqa: E731
     run(2)(), run(2 + k)()  # warm-up: compilation, and every attention width the counted runs use
     (long, names), (short, _) = kernels_of(run(2 + k), device), kernels_of(run(2), device)
     return (long - short) / k, names
@@ -104,15 +105,15 @@ def main():
     ap.add_argument("--steps", type=int, default=2, help="k: decode steps counted")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    device = torch.device(args.device)
+    device = M.pick_device(args.device)  # on CUDA: safe_attention
     import torch._inductor.config as inductor_config
     inductor_config.cpp.enable_kernel_profile = True
     torch.manual_seed(0)
     prompts = torch.randint(0, 151936, (args.batch, 8)).tolist()
     fixed = device.type != "cuda"  # on CUDA fixed shapes are graph replays, which the profiler may not unfold
-    paths = {"plain loop (model.py)": dict(fast=False),
-             "fast step, eager (CPU)": dict(fixed_shapes=fixed, compile=False),
-             "fast step, compiled (GPU)": dict(fixed_shapes=fixed, compile=True)}
+    paths = {"plain loop (model.py)": lambda: None,
+             "fast step, eager (CPU)": lambda: FD.FastDecode(fixed_shapes=fixed, compile=False),
+             "fast step, compiled (GPU)": lambda: FD.FastDecode(fixed_shapes=fixed, compile=True)}
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "the CPU"
     print(f"# {time.strftime('%Y-%m-%d')} | torch {torch.__version__} | Qwen2.5-Math-1.5B structure, bfloat16, batch "
           f"{args.batch}, temperature 1 | kernels per decode step, counted on {where}")
@@ -121,12 +122,12 @@ def main():
     last, attention = {}, set()
     for lora in (False, True):
         models = {n: random_model(n, lora, device) for n in (1, 28)}
-        for name, kwargs in paths.items():
-            steps = {n: per_step(m, prompts, args.steps, device, **kwargs) for n, m in models.items()}
+        for name, decoder in paths.items():
+            steps = {n: per_step(m, prompts, args.steps, device, decoder()) for n, m in models.items()}
             layer = (steps[28][0] - steps[1][0]) / 27
             print(f"| {name} | {'r=64, all 7' if lora else 'none'} | {steps[28][0]:.0f} | {layer:.1f} |", flush=True)
             last[lora] = layer
-            if kwargs.get("compile"):
+            if "compiled" in name:
                 attention |= {k for k in steps[28][1] if any(s in k.lower() for s in ("fmha", "flash", "attention"))}
         del models
     if device.type == "cuda":

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -16,3 +17,16 @@ def data_dir() -> Path:
     if not path:
         pytest.skip("GRPO_DATA_DIR is not set")
     return Path(path)
+
+
+@pytest.fixture
+def failing_compiler(monkeypatch):
+    """torch.compile with a backend that raises, as a broken Triton or C++ toolchain would."""
+    def broken(gm, example_inputs):
+        raise RuntimeError("made to fail")
+
+    import fast_decode
+    torch._dynamo.reset()
+    monkeypatch.setattr(fast_decode, "_compiled", lambda fn: torch.compile(fn, backend=broken, dynamic=True))
+    yield
+    torch._dynamo.reset()

@@ -53,7 +53,7 @@ def one_step_both_ways(model, batch: int, tamper=None):
         plain = model.hidden_states(token[:, None], lengths[:, None], M.causal_mask(key_valid[:, :P + 1], 1),
                                     plain_cache)[:, -1]
         bias = torch.zeros(key_valid.shape).masked_fill_(~key_valid, float("-inf"))[:, None, None, :P + 1]
-        decoder = FD.Decoder(model, 64)
+        decoder = FD.Decoder(model)
         if tamper:
             tamper(decoder)
         fused = decoder.hidden(token, lengths, fused_cache, torch.tensor([P]), P + 1, bias)
@@ -141,14 +141,14 @@ def test_fast_generate_draws_what_the_plain_loop_draws(models, name, case, fixed
     model = models[name]
     kwargs = dict(max_new_tokens=40, seed=5, num_samples=3) | case
     prompts = [[1, 2, 3], [4, 5, 6, 7], [8], [9, 9, 9, 9, 9, 9, 9]]
-    plain = M.generate(model, prompts, fast=False, **kwargs)
-    assert M.generate(model, prompts, fixed_shapes=fixed_shapes, **kwargs) == plain
+    plain = M.generate(model, prompts, **kwargs)
+    assert M.generate(model, prompts, decode=FD.FastDecode(fixed_shapes), **kwargs) == plain
     if "eos_token_id" in case:  # rows did end early, at different steps
         assert len({len(row) for row in plain}) > 1 and min(len(row) for row in plain) < 40
 
 
 def test_attention_buckets_draw_what_the_plain_loop_draws(models, monkeypatch):
-    """Fixed shapes with a bucket of 4 columns: the attention width grows 12 -> 16 -> ... -> 50 during the
+    """Fixed shapes with a bucket of 4 columns: the attention width grows 12 -> 16 -> ... -> 52 during the
     call, each width its own step (its own CUDA graph on a GPU); unwritten columns inside a bucket are masked."""
     model = models["LoRA on all 7"]
     widths = []
@@ -156,20 +156,20 @@ def test_attention_buckets_draw_what_the_plain_loop_draws(models, monkeypatch):
     monkeypatch.setattr(FD.Decoder, "hidden", lambda self, *a: widths.append(a[4]) or hidden(self, *a))
     monkeypatch.setattr(FD, "ATTENTION_BUCKET", 4)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13]]
-    got = M.generate(model, prompts, max_new_tokens=40, seed=2, fixed_shapes=True)
-    assert got == M.generate(model, prompts, max_new_tokens=40, seed=2, fast=False)
-    assert sorted(set(widths)) == list(range(12, 50, 4)) + [50]
+    got = M.generate(model, prompts, max_new_tokens=40, seed=2, decode=FD.FastDecode(fixed_shapes=True))
+    assert got == M.generate(model, prompts, max_new_tokens=40, seed=2)
+    assert sorted(set(widths)) == list(range(12, 53, 4))  # P + t + 1 = 11 ... 49, rounded up
 
 
 def test_the_sampler_log_probs_are_what_completion_logprobs_scores(models):
     """The distribution generate draws from is the learner's: the log-prob of each drawn token under the
-    sampler's own logits equals completion_logprobs of the same tokens (temperature, vocab_size and LoRA)."""
+    sampler's own logits equals completion_logprobs of the same tokens (temperature, vocab_size and LoRA), for
+    the plain loop and both fast ones."""
     model = models["LoRA on all 7"]
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
-    for fixed_shapes in (False, True):
+    for decode in (None, FD.FastDecode(fixed_shapes=False), FD.FastDecode(fixed_shapes=True)):
         completions, logprobs = M.generate(model, prompts, max_new_tokens=24, temperature=0.8, seed=3, num_samples=2,
-                                           vocab_size=90, eos_token_id=[5], fixed_shapes=fixed_shapes,
-                                           return_logprobs=True)
+                                           vocab_size=90, eos_token_id=[5], decode=decode, return_logprobs=True)
         assert [len(c) for c in completions] == [len(lp) for lp in logprobs]
         with torch.no_grad():
             lp, _, mask = M.completion_logprobs(model, prompts, completions, [0, 0, 1, 1], temperature=0.8,
@@ -185,8 +185,9 @@ def test_compiled_pieces_draw_what_the_plain_loop_draws(models):
     prompts = [[1, 2, 3], [4, 5, 6, 7], [8]]
     for case in (dict(temperature=0), dict(temperature=1.0, vocab_size=90, eos_token_id=[3, 17])):
         kwargs = dict(max_new_tokens=32, seed=4, num_samples=2) | case
-        plain = M.generate(model, prompts, fast=False, **kwargs)
-        assert M.generate(model, prompts, fixed_shapes=True, compile=True, **kwargs) == plain
+        plain = M.generate(model, prompts, **kwargs)
+        compiled = FD.FastDecode(fixed_shapes=True, compile=True)
+        assert M.generate(model, prompts, decode=compiled, **kwargs) == plain
 
 
 # --- the two-pass sampler -----------------------------------------------------------------------------------------
@@ -250,7 +251,8 @@ def test_separate_storage_is_concatenated_and_draws_the_same(folder, tmp_path):
     att = other.model.layers[0].self_attn
     assert FD.adjacent_rows([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]) is None
     kwargs = dict(max_new_tokens=20, seed=1, num_samples=2, temperature=1.0)
-    assert M.generate(other, [[1, 2, 3], [4]], **kwargs) == M.generate(model, [[1, 2, 3], [4]], **kwargs)
+    fast = FD.FastDecode()
+    assert M.generate(other, [[1, 2, 3], [4]], decode=fast, **kwargs) == M.generate(model, [[1, 2, 3], [4]], **kwargs)
 
 
 def test_lora_scale_that_is_not_a_power_of_two(folder):
@@ -259,30 +261,31 @@ def test_lora_scale_that_is_not_a_power_of_two(folder):
     model = with_lora(M.load_model(folder), r=4, alpha=6)
     assert_same_step(model, *one_step_both_ways(model, 5), exact=False)
     kwargs = dict(max_new_tokens=30, seed=8, num_samples=2, temperature=1.0)
-    assert M.generate(model, [[1, 2], [3, 4, 5]], **kwargs) == M.generate(model, [[1, 2], [3, 4, 5]], fast=False, **kwargs)
+    fast = FD.FastDecode()
+    assert M.generate(model, [[1, 2], [3, 4, 5]], decode=fast, **kwargs) == M.generate(model, [[1, 2], [3, 4, 5]], **kwargs)
 
 
 def test_disabled_and_merged_adapters(folder):
     """lora_disabled (the KL reference) and merge_lora: the fast step adds no delta where the plain one adds none."""
     model = with_lora(M.load_model(folder))
     prompts, kwargs = [[1, 2, 3], [7, 8]], dict(max_new_tokens=24, seed=6, temperature=1.0)
+    fast = FD.FastDecode()  # one object throughout: each change of the adapters rebuilds it
+    assert M.generate(model, prompts, decode=fast, **kwargs) == M.generate(model, prompts, **kwargs)
     with L.lora_disabled(model):
-        assert M.generate(model, prompts, **kwargs) == M.generate(model, prompts, fast=False, **kwargs)
+        assert M.generate(model, prompts, decode=fast, **kwargs) == M.generate(model, prompts, **kwargs)
     L.merge_lora(model)
-    assert M.generate(model, prompts, **kwargs) == M.generate(model, prompts, fast=False, **kwargs)
+    assert M.generate(model, prompts, decode=fast, **kwargs) == M.generate(model, prompts, **kwargs)
 
 
-def test_fast_only_options_and_dropout_are_clear_errors(folder):
+def test_greedy_log_probs_and_dropout_are_clear_errors(folder):
     model = with_lora(M.load_model(folder))
-    with pytest.raises(ValueError, match="options of the fast loop"):
-        M.generate(model, [[1]], 4, fast=False, fixed_shapes=True)
     with pytest.raises(ValueError, match="return_logprobs needs temperature > 0"):
         M.generate(model, [[1]], 4, temperature=0, return_logprobs=True)
     dropout = M.load_model(folder)
     L.apply_lora(dropout, r=4, alpha=8, dropout=0.1)
     dropout.train()
     with pytest.raises(ValueError, match="LoRA dropout is active"):
-        M.generate(dropout, [[1]], 4)
+        M.generate(dropout, [[1]], 4, decode=FD.FastDecode())
 
 
 # --- the merged-weights sampler (lora.merged_copy) ----------------------------------------------------------------
@@ -325,3 +328,123 @@ def test_the_kernel_counter_counts_each_computing_op_once():
 
     assert kernels_of(ops, torch.device("cpu")) == (3, [])
     assert kernels_of(lambda: x.view(2, 16).float().T, torch.device("cpu")) == (0, [])
+
+
+# --- one FastDecode for a whole run: weights refilled, cache, buffers and steps (CUDA graphs) kept -----------------
+
+
+def test_one_fast_decode_serves_a_run_and_draws_what_the_plain_loop_draws(folder, monkeypatch):
+    """The fixed-shape loop (CUDA's) over one FastDecode, called as a training run calls it: the adapter changes in
+    place between calls (an optimizer step), prompts get longer (the cache grows once, rounded up to the bucket),
+    the batch size changes (a diagnostic or held-out rollout) and comes back, settings change. Every call draws the
+    plain loop's tokens for the weights of that moment, and its log-probs are bit for bit those of a fresh
+    FastDecode: nothing stale is kept. Calls of the same batch size that fit reuse the cache and every step built
+    before (on CUDA: the captured graphs) instead of building them again."""
+    monkeypatch.setattr(FD, "ATTENTION_BUCKET", 16)
+    model = with_lora(M.load_model(folder), seed=1)
+    lora_b = [m.lora_B.weight for m in L.lora_layers(model).values()]
+    kept = FD.FastDecode(fixed_shapes=True)
+    short, long = [[1, 2, 3], [4, 5, 6, 7]], [list(range(1, 26)), [5]]  # 4 + 30 -> 48 columns, 25 + 30 -> 64
+    calls = [(short, 3, dict(temperature=1.0)), (short, 3, dict(temperature=1.0)),
+             (long, 3, dict(temperature=1.0, vocab_size=90)), (short, 5, dict(temperature=0.7, top_p=0.8)),
+             (short, 3, dict(temperature=0)), (short, 3, dict(temperature=1.0))]
+    history = []
+    for i, (prompts, samples, settings) in enumerate(calls):
+        with torch.no_grad():
+            for b in lora_b:  # an optimizer step, in place
+                b.add_(0.05 * torch.randn(b.shape, generator=torch.Generator().manual_seed(i)))
+        kwargs = dict(max_new_tokens=30, seed=i, num_samples=samples, eos_token_id=[3]) | settings
+        got = M.generate(model, prompts, decode=kept, **kwargs)
+        assert got == M.generate(model, prompts, **kwargs), f"call {i}"
+        if settings.get("top_p", 1.0) == 1.0 and settings["temperature"] > 0:
+            _, kept_lp = M.generate(model, prompts, decode=kept, return_logprobs=True, **kwargs)
+            _, fresh_lp = M.generate(model, prompts, decode=FD.FastDecode(fixed_shapes=True),
+                                     return_logprobs=True, **kwargs)
+            assert kept_lp == fresh_lp, f"call {i}"
+        history.append((kept.buffers, kept.buffers.cache.kv[0].data_ptr(), dict(kept.buffers.steps)))
+    # Calls 0 and 1: the same buffers, cache and step objects; call 1 built nothing.
+    assert history[1][0] is history[0][0] and history[1][1] == history[0][1]
+    assert all(history[1][2][key] is step for key, step in history[0][2].items())
+    assert history[1][0].shape[1] == 48 and history[2][0].shape[1] == 64  # longer prompts: grown
+    # 5 rows per prompt: new buffers; back to 3: new again (one batch size is kept), then reused.
+    assert history[3][0] is not history[2][0] and history[4][0] is not history[3][0]
+    assert history[5][0] is history[4][0] and all(history[5][2][k] is v for k, v in history[4][2].items())
+
+
+def test_a_new_model_or_a_replaced_weight_rebuilds_the_fast_decoder(folder):
+    """Another model through the same FastDecode, or a weight of this one replaced (not updated in place): the
+    fused weights are built anew, so the tokens are the new weights' own."""
+    kept = FD.FastDecode(fixed_shapes=True)
+    a, b = M.load_model(folder), with_lora(M.load_model(folder), seed=3)
+    kwargs = dict(max_new_tokens=20, seed=1, num_samples=2, temperature=1.0)
+    for model in (a, b, a):
+        assert M.generate(model, [[1, 2, 3]], decode=kept, **kwargs) == M.generate(model, [[1, 2, 3]], **kwargs)
+    decoder = kept.decoder
+    down = a.model.layers[0].mlp.down_proj
+    down.weight = torch.nn.Parameter(down.weight.detach() * 1.5)
+    assert M.generate(a, [[1, 2, 3]], decode=kept, **kwargs) == M.generate(a, [[1, 2, 3]], **kwargs)
+    assert kept.decoder is not decoder
+
+
+# --- compilation: falls back when asked to, and says so ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("fixed_shapes", [False, True], ids=["shrinking-batch", "fixed-shapes"])
+def test_a_failed_compilation_falls_back_to_the_eager_step_with_one_loud_line(models, failing_compiler, capsys,
+                                                                               fixed_shapes):
+    model = models["LoRA on all 7"]
+    prompts, kwargs = [[1, 2, 3], [4, 5]], dict(max_new_tokens=24, seed=3, num_samples=2, temperature=1.0)
+    decode = FD.FastDecode(fixed_shapes=fixed_shapes, compile=True, fall_back=True)
+    assert M.generate(model, prompts, decode=decode, **kwargs) == M.generate(model, prompts, **kwargs)
+    assert not decode.compile and "RuntimeError: made to fail" in decode.compile_error
+    warning = [line for line in capsys.readouterr().err.splitlines() if "torch.compile failed" in line]
+    assert len(warning) == 1 and warning[0].startswith("WARNING") and "made to fail" in warning[0]
+    M.generate(model, prompts, decode=decode, **kwargs)  # eager from now on: no second warning
+    assert "torch.compile" not in capsys.readouterr().err
+
+
+def test_without_fall_back_a_failed_compilation_is_raised(models, failing_compiler):
+    decode = FD.FastDecode(fixed_shapes=True, compile=True)
+    with pytest.raises(torch._dynamo.exc.BackendCompilerFailed, match="made to fail"):
+        M.generate(models["no LoRA"], [[1, 2]], 8, seed=0, decode=decode)
+
+
+def test_compile_error_says_in_one_line_whether_torch_compile_works_here(failing_compiler):
+    error = FD.compile_error(torch.device("cpu"), torch.float32)
+    assert error is not None and "\n" not in error
+    assert error.startswith("BackendCompilerFailed") and "RuntimeError: made to fail" in error
+
+
+def test_compile_error_is_none_where_inductor_works():
+    """This machine has a C++ compiler, so inductor builds the fused step's pieces (bfloat16, as on a GPU)."""
+    assert FD.compile_error(torch.device("cpu"), torch.bfloat16) is None
+
+
+# --- the reading path: model.py stands alone ---------------------------------------------------------------------
+
+
+def project_imports(path) -> set[str]:
+    """Every project module a file imports, at its top or inside a function."""
+    import ast
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    ours = {p.stem for p in root.glob("*.py")}
+    names = set()
+    for node in ast.walk(ast.parse((root / path).read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names & ours
+
+
+def test_model_py_imports_neither_fast_decode_nor_lora_and_there_is_no_import_circle():
+    """The sampler a reader studies in model.py is the one its generate runs unless told otherwise."""
+    graph = {name: project_imports(f"{name}.py") & {"model", "lora", "fast_decode"}
+             for name in ("model", "lora", "fast_decode")}
+    assert graph == {"model": set(), "lora": {"model"}, "fast_decode": {"lora", "model"}}
+
+    def reaches(start, target, seen=()):
+        return any(n == target or (n not in seen and reaches(n, target, (*seen, n))) for n in graph[start])
+
+    assert not any(reaches(name, name) for name in graph)

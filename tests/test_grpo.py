@@ -1033,3 +1033,89 @@ def test_a_merged_sampler_run_logs_the_mismatch_every_step(tmp_path):
     assert len(rows) == 2
     for r in rows:
         assert 0 <= r["sampler/kl_k3"] < 1e-6 and 0 <= r["sampler/logp_abs_diff_mean"] < 1e-3
+
+
+# --- the sampler's decoder and compilation (--decoder, --compile) ---------------------------------
+
+
+def without(rows: list[dict], *prefixes) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith(prefixes)} for r in rows]
+
+
+def test_unknown_decoder_or_compile_values_are_one_line_errors_before_any_work(tmp_path, capsys):
+    for flags, message in ((["--decoder", "turbo"], "invalid choice: 'turbo'"),
+                           (["--compile", "maybe"], "invalid choice: 'maybe'"),
+                           (["--decoder", "plain", "--compile", "on"],
+                            "--compile on compiles the fast decoder: it needs --decoder fast")):
+        with pytest.raises(SystemExit):
+            G.parse_args(SMALL + flags)
+        assert message in capsys.readouterr().err
+    # a run folder's config.json is checked too (argparse never sees it)
+    (tmp_path / "config.json").write_text(json.dumps(
+        G.dataclasses.asdict(G.Config(**G.PRESETS["demo"])) | {"decoder": "turbo"}))
+    with pytest.raises(SystemExit):
+        G.parse_args(["--resume", str(tmp_path)])
+    assert "--decoder 'turbo': choose one of auto, plain, fast" in capsys.readouterr().err
+
+
+def test_compile_on_without_a_working_compiler_stops_before_any_work(failing_compiler, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.setattr(M, "load_model", lambda *a, **k: pytest.fail("work started"))
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        G.main(SMALL + ["--compile", "on", "--out", str(run)])
+    message = str(stop.value.code)
+    assert "\n" not in message and message.startswith("error: --compile on: torch.compile fails")
+    assert "RuntimeError: made to fail" in message and not run.exists()
+
+
+@pytest.mark.parametrize("fails", ["in the check", "on the real model"])
+def test_compile_auto_falls_back_with_one_loud_line_and_a_logged_flag(failing_compiler, tmp_path,
+                                                                      monkeypatch, capsys, fails):
+    """--compile auto where compiling fails: found by make_decoder's check before any work, or
+    only when the real model's step compiles (the check passed). Either way one WARNING line, the
+    run goes on eagerly and logs sampler/compiled 0, and it is the run --compile off makes (which
+    never compiles: the broken compiler stays silent)."""
+    monkeypatch.setattr(G, "COMPILE_AUTO", ("cpu", "cuda"))  # auto compiles on this CPU too
+    if fails == "on the real model":
+        monkeypatch.setattr(G.FD, "compile_error", lambda device, dtype: None)
+    flags = SMALL + ["--steps", "2", "--save-every", "2"]
+    G.main(flags + ["--out", str(tmp_path / "auto")])
+    err = capsys.readouterr().err
+    assert len([line for line in err.splitlines() if line.startswith("WARNING")]) == 1
+    assert "torch.compile fail" in err and "made to fail" in err
+    G.main(flags + ["--compile", "off", "--out", str(tmp_path / "off")])
+    assert "WARNING" not in capsys.readouterr().err  # off never tries to compile
+    auto, off = run_metrics(tmp_path / "auto"), run_metrics(tmp_path / "off")
+    assert [r["sampler/compiled"] for r in auto] == [0.0, 0.0]
+    assert all("sampler/compiled" not in r for r in off)
+    assert without(auto, "sampler/") == without(off, "sampler/")
+
+
+def test_the_decoder_changes_the_speed_not_the_run(tmp_path, capsys):
+    """--decoder plain (model.py's loop) and fast (the CPU's default) draw the same tokens: the
+    same two steps, metrics and adapter."""
+    flags = SMALL + ["--steps", "2", "--save-every", "2"]
+    for decoder in ("plain", "fast"):
+        G.main(flags + ["--decoder", decoder, "--out", str(tmp_path / decoder)])
+    out = capsys.readouterr().out
+    assert "decoder: plain (model.py)" in out and "decoder: fast (shrinking batch, eager)" in out
+    assert run_metrics(tmp_path / "plain") == run_metrics(tmp_path / "fast")
+    a, b = (adapter_tensors(tmp_path / d / "checkpoints" / "step_000002") for d in ("plain", "fast"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_cuda_run_logs_its_attention_backends_at_start(monkeypatch):
+    """The start-up line of a CUDA run (faked: resolve_device is where safe_attention is applied)
+    names the decoder and the attention backends, cuDNN among those switched off."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        device, _ = G.resolve_device(G.Config(device="cuda"))
+        line = G.describe_decoder(G.FD.FastDecode(compile=True), device)
+        assert line.startswith("decoder: fast (fixed shapes, CUDA graphs, compiled)")
+        assert line.endswith("; off: cuDNN") and "attention (SDPA on CUDA): flash" in line
+        assert G.describe_decoder(None, torch.device("cpu")) == "decoder: plain (model.py)"
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)

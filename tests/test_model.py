@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import fast_decode as FD
 import model as M
 from tiny import TINY, make_hf_model, save_hf_model
 
@@ -22,6 +23,11 @@ CONFIGS = [
     dict(tie_word_embeddings=False, num_key_value_heads=1, rope_theta=1e4, shard=False, num_hidden_layers=3,
          hidden_size=96, num_attention_heads=6, intermediate_size=160),
 ]
+
+
+# generate's decode loops: model.py's own (the default), fast_decode's two
+DECODERS = {"plain": lambda: None, "fast-shrinking-batch": lambda: FD.FastDecode(fixed_shapes=False),
+            "fast-fixed-shapes": lambda: FD.FastDecode(fixed_shapes=True)}
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +115,12 @@ def test_chunked_prefill_onto_a_filled_cache(pair):
     torch.testing.assert_close(torch.cat([first, second], 1), full, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("fixed_shapes", [False, True], ids=["shrinking-batch", "fixed-shapes"])
-def test_greedy_generate_matches_transformers(pair, fixed_shapes):
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_greedy_generate_matches_transformers(pair, decoder):
     ours, hf = pair
     g = torch.Generator().manual_seed(5)
     prompts = [torch.randint(0, 97, (n,), generator=g).tolist() for n in (9, 1, 4)]
-    got = M.generate(ours, prompts, max_new_tokens=40, temperature=0, fixed_shapes=fixed_shapes)
+    got = M.generate(ours, prompts, max_new_tokens=40, temperature=0, decode=DECODERS[decoder]())
     for prompt, tokens in zip(prompts, got):
         with torch.no_grad():
             out = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
@@ -123,11 +129,11 @@ def test_greedy_generate_matches_transformers(pair, fixed_shapes):
         assert len(tokens) == 40
 
 
-@pytest.mark.parametrize("fixed_shapes", [False, True], ids=["shrinking-batch", "fixed-shapes"])
-def test_greedy_generate_equals_full_recompute(pair, fixed_shapes):
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_greedy_generate_equals_full_recompute(pair, decoder):
     ours, _ = pair
     prompts = [[5, 6, 7, 8, 9, 10], [42]]
-    got = M.generate(ours, prompts, max_new_tokens=33, temperature=0, fixed_shapes=fixed_shapes)
+    got = M.generate(ours, prompts, max_new_tokens=33, temperature=0, decode=DECODERS[decoder]())
     for prompt, tokens in zip(prompts, got):
         assert tokens == full_recompute_greedy(ours, prompt, 33)[0]
 
@@ -196,8 +202,8 @@ def test_fixed_shape_decoding_draws_what_the_shrinking_batch_draws(pair, case):
     ours, _ = pair
     kwargs = dict(max_new_tokens=40, seed=5, num_samples=3) | case
     prompts = [[1, 2, 3], [4, 5, 6, 7], [8], [9, 9, 9, 9, 9, 9, 9]]
-    shrinking = M.generate(ours, prompts, fixed_shapes=False, **kwargs)
-    fixed = M.generate(ours, prompts, fixed_shapes=True, **kwargs)
+    shrinking = M.generate(ours, prompts, decode=FD.FastDecode(fixed_shapes=False), **kwargs)
+    fixed = M.generate(ours, prompts, decode=FD.FastDecode(fixed_shapes=True), **kwargs)
     assert fixed == shrinking
     if "eos_token_id" in case:  # rows did end early, at different steps
         assert len({len(row) for row in fixed}) > 1 and min(len(row) for row in fixed) < 40
@@ -210,7 +216,8 @@ def test_fixed_shape_decoding_stops_when_every_row_has_ended(pair, monkeypatch):
     steps = []
     sample = M.sample_token
     monkeypatch.setattr(M, "sample_token", lambda *a, **k: steps.append(1) or sample(*a, **k))
-    out = M.generate(ours, prompts, max_new_tokens=200, temperature=0, eos_token_id=first, fixed_shapes=True)
+    out = M.generate(ours, prompts, max_new_tokens=200, temperature=0, eos_token_id=first,
+                     decode=FD.FastDecode(fixed_shapes=True))
     assert out == [[first[0]], [first[1]]]
     assert len(steps) == 16  # the first token, then 15 steps until the every-16-steps check sees all rows ended
 
@@ -473,3 +480,37 @@ def test_tokenizer_matches_transformers_on_gsm8k_and_chat_tokens(data_dir):
     assert ours.encode("Hello world") == [9707, 1879] and ours.encode(" Hello world") == [21927, 1879]
     assert ours.eos_token_id == 151643 and ours.pad_token_id == 151643 and ours.vocab_size == 151665
     assert ours.token_to_id("<|im_end|>") == 151645
+
+
+# --- the attention backend on CUDA -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """torch believes a CUDA device is there; the cuDNN attention switch is restored afterwards."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    yield
+    torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+@pytest.mark.parametrize("name", ["cuda", "auto"])
+def test_choosing_a_cuda_device_switches_cudnn_attention_off(fake_cuda, name):
+    """pick_device is where every entry point (grpo.py, eval.py, bench/) gets its device: on CUDA it turns
+    cuDNN's SDPA off (its masked backward's NaN and per-shape plans, model.safe_attention) and leaves flash,
+    memory-efficient and math on; the line a run logs says so."""
+    assert M.pick_device(name).type == "cuda"
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
+    assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert M.attention_backends().endswith("; off: cuDNN")
+
+
+def test_the_trainer_applies_it_when_its_device_is_cuda(fake_cuda):
+    import grpo as G
+    device, dtype = G.resolve_device(G.Config(device="cuda"))
+    assert (device.type, dtype) == ("cuda", torch.bfloat16) and not torch.backends.cuda.cudnn_sdp_enabled()
+
+
+def test_on_the_cpu_the_attention_switches_are_left_alone(fake_cuda):
+    assert M.pick_device("cpu").type == "cpu" and torch.backends.cuda.cudnn_sdp_enabled()

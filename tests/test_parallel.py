@@ -173,19 +173,28 @@ G.main(sys.argv[1:])
 
 
 @pytest.mark.parametrize("action, message", [
-    ("raise RuntimeError('rank 1 broke')", "rank 1 broke"),
-    ("time.sleep(600)", "stopped answering within --dist-timeout-s 5"),
+    ("raise RuntimeError('rank 1 broke')",
+     "error (rank 1): this process failed: RuntimeError: rank 1 broke"),
+    ("time.sleep(600)",
+     "error (rank 0): another process of this data-parallel run failed or stopped answering "
+     "within --dist-timeout-s 5"),
 ])
 def test_a_failing_or_hanging_rank_stops_every_rank_with_the_checkpoint_intact(
         tmp_path, action, message):
+    """The failing rank reports its own error (with its traceback), not another's; a rank whose
+    peer failed or hung says so."""
     script = tmp_path / "failing.py"
     script.write_text(FAILING.replace("{action}", action))
     run = tmp_path / "run"
     t0 = time.time()
     done = torchrun(FLAGS + ["--out", str(run), "--save-every", "1", "--dist-timeout-s", "5"],
                     script=str(script))
+    output = done.stdout + done.stderr
     assert done.returncode != 0 and time.time() - t0 < 100
-    assert message in done.stdout + done.stderr
+    assert message in output
+    assert "error (rank 1): another process" not in output
+    if "raise" in action:
+        assert "Traceback" in output and "rank 1 broke" in output
     last = G.latest_checkpoint(run)
     assert last.name == "step_000002"  # steps 1 and 2 finished; the third never did
     json.loads((last / "trainer_state.json").read_text())
@@ -198,3 +207,46 @@ def test_prompts_per_step_not_divisible_by_the_processes_is_refused_before_any_w
     with pytest.raises(SystemExit):
         G.parse_args(["--preset", "demo", "--prompts-per-step", "16"])
     assert "--prompts-per-step 16 is not divisible by the 3 processes" in capsys.readouterr().err
+
+
+def test_a_dry_run_under_torchrun(tmp_path):
+    """--dry-run's temporary folder is broadcast from rank 0; on CUDA each rank must be on its own
+    GPU before that first collective (World.from_env, below)."""
+    done = torchrun(["--preset", "demo", "--dry-run", "--prompts-per-step", "2", "--group-size",
+                     "2", "--max-new-tokens", "16", "--eval-every", "0"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("dry run ok") == 1 and "2 processes" in done.stdout
+
+
+def test_each_process_takes_its_gpu_before_the_group_and_any_collective(monkeypatch):
+    """torchrun with NCCL, faked on the CPU: LOCAL_RANK 1 sets cuda:1 as the current device
+    before init_process_group (NCCL's collectives, the dry run's broadcast included, run on the
+    current device, otherwise GPU 0 for every process)."""
+    import parallel as P
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
+    monkeypatch.setattr(P.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(P.dist, "init_process_group",
+                        lambda backend, **kw: calls.append(("init", backend)))
+    monkeypatch.setattr(P.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(P.dist, "get_world_size", lambda: 2)
+    world = P.World.from_env("cuda", 60)
+    assert calls == [("set_device", 1), ("init", "nccl")]
+    assert (world.rank, world.size, world.local_rank) == (1, 2, 1)
+
+
+def test_a_failed_collective_is_a_peer_failure(monkeypatch):
+    import parallel as P
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Connection closed by peer [127.0.0.1]:1234")
+
+    monkeypatch.setattr(P.dist, "all_reduce", broken)
+    monkeypatch.setattr(P.dist, "all_gather_object", broken)
+    world = P.World(rank=0, size=2)
+    with pytest.raises(P.PeerFailed, match="sum_ across 2 processes failed: Connection closed"):
+        world.sum_(torch.zeros(3))
+    with pytest.raises(P.PeerFailed, match="gather"):
+        world.gather({"x": 1})
