@@ -95,7 +95,7 @@ MAX_BITS = 1000  # largest numerator/denominator of an exact value (floats are f
 MAX_NESTING = 40  # parser recursion depth
 MAX_ELEMENTS = 64  # elements per tuple, set, union or matrix
 
-_NO_BOX = object()  # sentinel: the text has no \boxed at all (None: a malformed or empty last box)
+_NO_BOX = object()  # boxed_answer's no_box here: the text has no box (None: an empty or malformed one)
 # Where a model's turn ends: special tokens (Qwen, Llama 3, Llama 2 / Mistral, DeepSeek), left in
 # text decoded with them, and the start of a turn a model invents at the start of a line (a base
 # model continuing its few-shot prompt, or a chat model writing the user's next message).
@@ -106,6 +106,10 @@ _INVENTED_TURN = re.compile(r"\n[ \t]{0,8}(?:Human|User|USER|Question|Problem|Q)
                             # ChatML decoded with its special tokens skipped
                             r"|\n(?:user|assistant)[ \t]{0,3}\n")
 _BRACE = re.compile(r"[{}]")
+# what may stand between the boxes of one answer: "\boxed{1}, \boxed{2}", "$\boxed{1}$ and $\boxed{2}$"
+# (each alternative starts with its own character: no backtracking)
+_BOX_JOINER = re.compile(r"(?:[\s,;$]|\\[()\[\],;: ]|\\q?quad|\\text\{\s{0,3}and\s{0,3}\}"
+                         r"|(?<![A-Za-z])and(?![A-Za-z])){0,64}")
 
 
 def _brace_group(text: str, start: int) -> str | None:
@@ -119,28 +123,50 @@ def _brace_group(text: str, start: int) -> str | None:
     return None
 
 
-def _last_boxed(text: str) -> object:
-    """Content of the last \\boxed / \\fbox (stripped), None if that box is empty or malformed,
-    _NO_BOX if none."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return _NO_BOX
+def read_box(text: str, start: int) -> tuple[str | None, int]:
+    """The box opening at text[start] (``\\boxed`` or ``\\fbox``): its content, stripped (None when
+    empty, unbalanced or longer than MAX_ANSWER_CHARS), and the index where the box ends. The
+    one place a box is read: rule 3 and data.py's gold loaders use it."""
     i = start + (6 if text.startswith("\\boxed", start) else 5)
     j = i
     while j < len(text) and text[j] in " \t\n":
         j += 1
-    if j < len(text) and text[j] == "{":
-        content = _brace_group(text, j)
-    elif j > i and j < len(text):  # "\boxed 5": one token, ended by space or "$"
-        end = j
-        while end < len(text) and end - j < MAX_ANSWER_CHARS and text[end] not in " \t\n$":
-            end += 1
-        content = text[j:end].rstrip(".,;")
-    else:
-        content = None  # "\boxed" at the end, or another command such as "\boxedA"
-    if content is None:
+    if j < len(text) and text[j] == "{" and (content := _brace_group(text, j)) is not None:
+        return content.strip() or None, j + len(content) + 2
+    end = j  # "\boxed 5": one token, ended by space or "$"; or what is left of a malformed box
+    while end < len(text) and end - j < MAX_ANSWER_CHARS and text[end] not in " \t\n$":
+        end += 1
+    if j == i or j == len(text) or text[j] == "{":  # "\boxed" at the end, "\boxedA", "\boxed{..."
+        return None, end
+    return text[j:end].rstrip(".,;") or None, end
+
+
+def boxed_answer(text: str, no_box: object = None) -> object:
+    """Rule 3: the content of the text's last box, or, when boxes right before it are joined to it
+    only by commas, "and", spaces or math delimiters, the list of them all ("\\boxed{1},
+    \\boxed{2}" is "1, 2"; a repeated box counts once; "\\boxed{x+11} or \\boxed{11+x}" restates
+    one answer: the last). None when the last box is empty or malformed; ``no_box`` when the text
+    has none. data.py reads MATH golds with it, so a gold and the completion that copies its
+    solution read alike."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return no_box
+    last, _ = read_box(text, start)
+    if last is None:
         return None
-    return content.strip() or None
+    answers = [last]
+    for _ in range(MAX_ELEMENTS - 1):
+        before = max(text.rfind("\\boxed", 0, start), text.rfind("\\fbox", 0, start))
+        if before < 0:
+            break
+        content, end = read_box(text, before)
+        if (content is None or not 0 <= start - end <= 64  # (a box around this one: not a list)
+                or not _BOX_JOINER.fullmatch(text, end, start)):
+            break
+        if _normalize(content) not in map(_normalize, answers):
+            answers.append(content)
+        start = before
+    return ", ".join(reversed(answers))
 
 
 # Final-answer markers. Words are read on ASCII-lowered bytes (one byte per character, so indices
@@ -177,17 +203,19 @@ _TEXT_GROUP = re.compile(r"\\text\{[^{}]{0,64}\}")
 # "<answer> answer here </answer>", "The answer is as follows:"
 _NOT_AN_ANSWER = {"answer", "here", "below", "above", "follows", "following", "correct", "the",
                   "this", "that", "is", "given", "as"}
-# \(...\) or $...$ on one line ("$\\$120$" holds an escaped dollar; "$18 and $": two currency signs)
-_MATH_GROUP = re.compile(r"\\\((.{1,512}?)\\\)|(?<![\\\d])\$((?:[^$\n\\]|\\.){1,512}?)(?<!\s)\$")
+# \(...\) or $...$ on one line ("$\\$120$" holds an escaped dollar)
+_MATH_GROUP = re.compile(r"\\\((.{1,512}?)\\\)|(?<![\\\d])\$((?:[^$\n\\]|\\.){1,512}?)"
+                         r"(?:(?<!\s)|(?<=[\d}]\s))\$")  # "$12 $" is math, "$18 and $" two signs
 _ARABIC_DIGIT = re.compile(r"[0-9]")  # str.isdigit() is also true of "²"
 _NUMBER_TOKEN = re.compile(r"(?<![\w.,/^])-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?%?(?![\w/^]|[.,]\d)")
-# Where an expression ends in running text: a word, \text{...} with words in it, $ and \( \) \[ \]
+# Where an expression ends in running text: a word or unit ("m" of "5m²"), \text{...} with words in it, $ and \( \) \[ \]
 # delimiters (not \$), sentence punctuation (not the ":" of a ratio, the "!" of a factorial, the "."
 # of a decimal), a comma that is not a thousands separator, a LaTeX line break, <<calculator>>
 # brackets, any other non-ASCII character than these math ones: − × ÷ · √ π ° ² ³ ≈.
 _EXPRESSION_END = re.compile(r"\\(?:text|mbox|mathrm|textrm|textit)\s{0,4}"
                              r"\{[^{}]{0,64}[A-Za-z][^{}]{0,64}\}"
-                             r"|(?<![\\A-Za-z])[A-Za-z]{2,}|\\[()\[\]]|(?<!\\)\$|\\\\|[\n;?&`\"'<>]"
+                             r"|(?<![\\A-Za-z])[A-Za-z]{2,}|(?<=\d)[A-Za-z](?=[\u00b2\u00b3])"  # "5m²"
+                             r"|\\[()\[\]]|(?<!\\)\$|\\\\|[\n;?&`\"'<>]"
                              r"|\.(?!\d)|(?<!\d):|:(?!\d)|(?<!\\)!(?![})=])"
                              r"|(?<!\{),(?!\d|\s{0,2}\\!|\})"
                              r"|[^\x00-\x7f"
@@ -196,6 +224,16 @@ _EXPRESSION_SPLIT = re.compile(f"({_EXPRESSION_END.pattern})")
 _MATH_DELIMITERS = frozenset(("$", "\\(", "\\)", "\\[", "\\]"))
 _MATRIX_SPAN = re.compile(r"\\begin\{([pb]matrix)\}.{0,512}?\\end\{\1\}")
 _LAST_NUMBER = re.compile(r"(?:(?<![\w)\]}])-)?\d+(?:,\d{3})*(?:\.\d+)?")
+_QUOTE = re.compile(r'\\?"|[\u201c\u2018`]')  # an answer in quotes: '"$12$"', '\\"18\\"', '“18”'
+# what restates the value before it: "$A$, which is $B$", "= 18", "\approx 0.33", ", or 0.5"
+_RESTATEMENT = re.compile(r"\s{0,4},?\s{0,4}(?:(?:which|that)\s{1,4}(?:is|equals)\b|i\.e\.|that is\b"
+                          r"|(=|\\approx|\u2248|approximately\b|or\b))\s{0,4},?\s{0,4}",
+                          re.IGNORECASE)
+_ASIDE = re.compile(r"\s\(|,?\s(?:because|since|as|given|if|when|where)\b", re.IGNORECASE)
+# where the statements of a clause end, and the words that make a statement conclude those before
+_STATEMENT_END = re.compile(r"[,;]\s|\.\s|\s(?:and|but)\s|\n")
+_CONCLUDES = re.compile(r"\s{0,4}(?:so|thus|therefore|hence|then|which|giving|making|that is)\b",
+                        re.IGNORECASE)
 
 
 def _lower(text: str) -> bytes:
@@ -217,6 +255,15 @@ def _own_turn(text: str) -> str:
     if m and not text[:m.start()].strip():  # a turn marker before any text of its own: look further
         m = _INVENTED_TURN.search(text, m.end())
     return text[:m.start()] if m else text
+
+
+def _after_code(text: str) -> str:
+    """What follows the text's last code block (tool-integrated output: an answer the model states
+    and then runs more code after was not its conclusion); "" when a block is left open."""
+    fence = text.rfind("```")
+    if fence < 0:
+        return text
+    return "" if text.count("```") % 2 else text[fence + 3:]
 
 
 def _balanced(s: str) -> bool:
@@ -339,22 +386,19 @@ def _last_expression(text: str) -> str | None:
 
 
 def _stated_answer(s: str, scope: str, lenient: bool = False) -> str | None:
-    """The answer written at the start of s, after a final-answer marker, or None if s says none.
+    """What follows a final-answer marker: the answer it states, or None if it states none.
 
     scope: "sentence" (after "answer is" / "Answer:": up to the end of its sentence), "line" (after
     ####: the whole line, which must be an answer, not a markdown heading), "tag" (the content of
-    <answer> tags). A math group ($...$, \\(...\\), \\[...\\], $$...$$) opening s is the answer.
-    Otherwise the clause is the answer when it is short (_is_short: "18", "x = 5",
-    "23 + 16 = 39 minutes", "18 square feet", the "5" of "5 because 2 + 3 = 5"), or a word answer of
-    up to three words ("Friday"). In prose ("the solution, which is $x=11$") the answer is its last
-    math group, else what follows its last "=" or "is", else its only number (lenient: its first
-    number); never the prose itself, and nothing in a sentence with a negation ("not 5") or a bound
-    ("at least 5")."""
+    <answer> tags). In order: math groups opening it (a: _restated), a short clause or a word
+    answer (b), prose (c: _concluded_value); nothing in a clause with a negation ("not 5") or a
+    bound ("at least 5")."""
     if m := _PLAIN_NUMBER.match(s):  # fast path: "#### 72", "The answer is 18."
         return m.group(1)
     s = s.lstrip(" \t*:")
     if s[:1] in ("\n", "\r"):  # "Final Answer:\n\n$$18$$", "####\n72": the answer on a later line
         s = s.lstrip().lstrip(" \t*:")
+    s = s[len(m.group()):] if (m := _QUOTE.match(s)) else s  # '"$12$ and $13$"'
     if scope != "line" and s[:1] in ("$", "\\") and (joined := _joined_groups(s)):
         return joined
     for open_, close in _DELIMITERS:
@@ -363,10 +407,9 @@ def _stated_answer(s: str, scope: str, lenient: bool = False) -> str | None:
             while end > 0 and close == "$" and s[end - 1] == "\\":  # "$\\$18$": an escaped dollar
                 end = s.find(close, end + 1)
             content = s[len(open_):end] if end >= 0 else ""
-            if content.strip() and (open_ != "$"
-                                    or ("\n" not in content and not content[-1].isspace())):
-                content = content.strip()
-                return _checked_answer(content)
+            if content.strip() and (open_ != "$" or "\n" not in content and (
+                    not content[-1].isspace() or content.rstrip()[-1] in "0123456789}")):
+                return _restated(content.strip(), s[end + len(close):], scope, lenient)
             # a lone "$" is a currency sign ("$18 a day"); an unclosed \[ is read on
             s = s[len(open_):]
             break
@@ -376,11 +419,7 @@ def _stated_answer(s: str, scope: str, lenient: bool = False) -> str | None:
         clause = s.split("\n", 1)[0]
         # up to ". " or ";" (str.find: a regex scan is 10x slower on long lines)
         if scope == "sentence":
-            semi = clause.find(";")
-            while semi > 0 and clause[semi - 1] == "\\":  # "10\\;\\text{edges}": a LaTeX space
-                semi = clause.find(";", semi + 1)
-            ends = [i for i in (clause.find(". "), clause.find(".\t"), semi) if i >= 0]
-            clause = clause[:min(ends)] if ends else clause
+            clause = clause[:_sentence_end(clause)]
     clause = clause.strip().rstrip(".").strip("* ")
     if (m := _FILLER.match(clause)) and m.end() < len(clause):
         clause = clause[m.end():]
@@ -407,15 +446,88 @@ def _stated_answer(s: str, scope: str, lenient: bool = False) -> str | None:
         return _checked_answer(clause)
     if _QUALIFIED.search(clause.lower()):
         return None  # "at least 5", "between 10 and 20"
-    groups = list(_MATH_GROUP.finditer(clause))
-    if groups:
-        return _checked_answer((groups[-1].group(1) or groups[-1].group(2)).strip())
-    at, verb = max((clause.rfind(verb), verb) for verb in (" is ", " are ", " equals ", "="))
-    if at >= 0 and (answer := _leading_expression(clause[at + len(verb):])):
-        # what follows the last "=" or "is": "she makes 9 * 2 = $18 a day", "..., which is 18"
-        return answer
-    numbers = _NUMBER_TOKEN.findall(clause)
-    return numbers[0] if len(numbers) == 1 or (lenient and numbers) else None
+    return _concluded_value(clause, lenient)
+
+
+def _sentence_end(line: str) -> int:
+    """Where the sentence that opens line ends: its first ". " or ";" (not a LaTeX "\\;")."""
+    semi = line.find(";")
+    while semi > 0 and line[semi - 1] == "\\":  # "10\\;\\text{edges}": a LaTeX space
+        semi = line.find(";", semi + 1)
+    ends = [i for i in (line.find(". "), line.find(".\t"), semi) if i >= 0]
+    return min(ends) if ends else len(line)
+
+
+def _restated(answer: str, rest: str, scope: str, lenient: bool) -> str | None:
+    """(a) A math group that opens the statement is its answer, and the rest of its sentence may
+    restate it: "$21 \\div 312500$, which is $0.0000672$" is the equation
+    "21 \\div 312500 = 0.0000672", compared by its last side, so arithmetic the model left
+    unfinished is never evaluated when a value follows it; "$\\frac{1}{3} \\approx 0.33$" and
+    "$\\frac{1}{2}$, or 0.5" are an approximation and two forms of one value. Strict: another
+    value beside it ("$8$ for John and $7$ for DeSean") leaves no single answer."""
+    rest = rest[:(4 if scope == "tag" else 1) * MAX_ANSWER_CHARS]
+    rest = rest if scope == "tag" else rest.split("\n", 1)[0]
+    rest = rest[:_sentence_end(rest)]
+    if cut := _ASIDE.search(rest):
+        rest = rest[:cut.start()]  # "$5$ (since 2 + 3 = 5)", "$5$ because ...": a reason, no value
+    for _ in range(4):
+        if not _LATER_NUMBER.search(rest):  # (not the "2" of "cm^2")
+            return _checked_answer(answer)
+        link = _RESTATEMENT.match(rest)
+        if link is None:
+            break
+        rest = rest[link.end():]
+        group = _MATH_GROUP.match(rest)
+        value = (group.group(1) or group.group(2)).strip() if group else _leading_expression(rest)
+        if not value:
+            break
+        rest = rest[group.end():] if group else rest[rest.find(value) + len(value):]
+        joint = (link.group(1) or "=").lower()
+        answer = (f"{answer}, {value}" if joint == "or" else
+                  f"{answer} = {value}" if joint == "=" else f"{answer} \\approx {value}")
+    return _checked_answer(answer) if lenient else None
+
+
+def _concluded_value(clause: str, lenient: bool) -> str | None:
+    """(c) Prose: the value the clause concludes with: what follows its last "is", "are", "equals"
+    or "=" ("the solution, which is $x=11$", "half of 36, which is 18", "the largest $n$ is 34"),
+    else its only value (a number, or a math group with a digit; lenient: its first). Strict: none
+    when another statement of the clause, which the answer's does not conclude ("so", "thus",
+    "which", ...), states a value too ("John has $8$, DeSean has $7$")."""
+    # the links read are those of the prose, not the "=" inside a math group
+    prose = _MATH_GROUP.sub(lambda m: "\x00" * len(m.group()), clause)
+    at, link = max((prose.rfind(link), link) for link in (" is ", " are ", " equals ", "="))
+    if at >= 0:
+        after = clause[at + len(link):].lstrip()
+        group = _MATH_GROUP.match(after)
+        answer = (group.group(1) or group.group(2)).strip() if group else _leading_expression(after)
+        if answer:
+            return answer if lenient or not _beside(clause, at) else None
+    values = _values(clause)
+    return values[0] if len(values) == 1 or (lenient and values) else None
+
+
+def _values(clause: str) -> list[str]:
+    """The values a clause states, in order: its math groups that hold a digit, and the numbers
+    outside them."""
+    found, last = [], 0
+    for m in _MATH_GROUP.finditer(clause):
+        found += [(n.start() + last, n.group()) for n in _NUMBER_TOKEN.finditer(clause[last:m.start()])]
+        if _ARABIC_DIGIT.search(content := (m.group(1) or m.group(2)).strip()):
+            found.append((m.start(), content))
+        last = m.end()
+    found += [(n.start() + last, n.group()) for n in _NUMBER_TOKEN.finditer(clause[last:])]
+    return [value for _, value in found]
+
+
+def _beside(clause: str, at: int) -> bool:
+    """Whether a value stands in a statement of the clause before the one that holds position at,
+    and that one does not conclude it: "x is 3 and y is 4", not "she has 9 eggs, so she makes 9 *
+    2 = 18"."""
+    begin = 0
+    for m in _STATEMENT_END.finditer(clause, 0, at):
+        begin = m.end()
+    return begin > 0 and not _CONCLUDES.match(clause, begin) and bool(_values(clause[:begin]))
 
 
 _CONNECTOR = re.compile(r"\s{0,4}(?:,\s{0,4})?(?:(?:and|or)\s{1,4})?")
@@ -489,7 +601,7 @@ def _tagged_answer(text: str, lenient: bool) -> str | None:
     content = text[start + 8:end if end >= 0 else len(text)]
     if len(content) > 4 * MAX_ANSWER_CHARS:
         return None
-    boxed = _last_boxed(content)
+    boxed = boxed_answer(content, _NO_BOX)
     if boxed is not _NO_BOX:
         return boxed  # type: ignore[return-value]
     return _marked_answer(content, lenient) or _stated_answer(content, "tag", lenient)
@@ -536,20 +648,21 @@ def _marked_answer(text: str, lenient: bool) -> str | None:
     return None
 
 
-def extract_answer(text: str, strict: bool = False) -> str | None:
+def extract_answer(text: str, strict: bool = True) -> str | None:
     """The final answer written in a completion, or None (rules in the module docstring, in this
     order). strict: only explicit final-answer markers count; lenient (strict=False) adds the last
     whole number or expression. Never raises on a str."""
     if not isinstance(text, str):
         return None
     text = _own_turn(text)
-    answer = _minerva_answer(text) or _tagged_answer(text, not strict)
+    concluded = _after_code(text)
+    answer = _minerva_answer(concluded) or _tagged_answer(concluded, not strict)
     if answer is not None:
         return answer
-    boxed = _last_boxed(text)
+    boxed = boxed_answer(concluded, _NO_BOX)
     if boxed is not _NO_BOX:
         return boxed  # type: ignore[return-value]
-    answer = _hashes_answer(text) or _marked_answer(text, not strict)
+    answer = _hashes_answer(concluded) or _marked_answer(concluded, not strict)
     if answer is not None or strict:
         return answer
     return _last_expression(text)
@@ -560,9 +673,20 @@ def extract_answer(text: str, strict: bool = False) -> str | None:
 _UNICODE = (("\u2212", "-"), ("\u2013", "-"), ("\u00b0", ""), ("\u03c0", "\\pi"),
             ("\u00d7", "\\times"), ("\u00f7", "\\div"), ("\u221a", "\\sqrt"), ("\u00a0", " "),
             ("\x00", ""), ("\u2248", "\\approx"), ("\u00b7", "\\cdot"), ("\u00b2", "^2"),
-            ("\u00b3", "^3"), ("\u221e", "\\infty"))
+            ("\u00b3", "^3"), ("\u221e", "\\infty"), ("\u2265", "\\ge "), ("\u2264", "\\le "),
+            ("\u2260", "\\ne "), ("\u20ac", ""), ("\u00a3", ""), ("\u00a5", ""))  # currency as "$"
 _DROP = ("\\$", "$", "\\%", "%", "^{\\circ}", "^\\circ", "\\circ", "\\degree", "\\displaystyle")
 _LATEX_NOISE = re.compile(r"(?<!\\)\\(?:[,;:! ()\[\]]|q?quad\b|left\b|right\b)")
+_ARITHMETIC = re.compile(r"(?<=[\d}).])(?:[-+*^!]|\\(?:cdot|times|div)(?![A-Za-z]))")  # "21\\div 5"
+_DOUBLED_BACKSLASH = re.compile(r"(?<!\\)\\\\(?=[A-Za-z]{2})")  # "\\\\frac" escaped twice
+# one spelling per relation: ">=", "\\geq", "\\geqslant" are "\\ge"; "\\lt" is "<"
+_RELATION = re.compile(r">=|<=|!=|\\(?:geq?|leq?|neq?|geqslant|leqslant|gt|lt)(?![A-Za-z])")
+_RELATIONS = {">=": "\\ge ", "<=": "\\le ", "!=": "\\ne ", "\\gt": ">", "\\lt": "<"}
+_ARRAY = re.compile(r"[(\[]?\\begin\{array\}\{[^{}]{0,32}\}(.*?)\\end\{array\}[)\]]?", re.DOTALL)
+_THOUSANDS_BRACE = re.compile(r"\{\s{0,2},\s{0,2}\}")  # "1{,}000", "14 {, }916"
+# one-character arguments braced: "\\frac34" is "\\frac{3}{4}", "\\sqrt3" is "\\sqrt{3}"
+_TWO_ARGS = re.compile(r"\\(frac|binom)(\{[^{}]{0,64}\}|\w)(\{[^{}]{0,64}\}|\w)")
+_ONE_ARG = re.compile(r"\\sqrt(\w)")
 _WRAPPER = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mathbf|mathit|mbox"
                       r"|operatorname|boxed|fbox)\s{0,4}\{|[{}]")
 _TEXT_UNIT = re.compile(r"\\(?:text|mbox|mathrm)\{\s{0,4}[A-Za-z][A-Za-z ]{0,30}\}"
@@ -574,14 +698,15 @@ _THIN_THOUSANDS = re.compile(r"(?<=\d),\s{0,2}\\!\s{0,2}(?=\d{3}(?!\d))")  # "11
 _MEMBER_OF = re.compile(r"[A-Za-z]\s{0,4}\\in(?![A-Za-z])\s{0,4}")  # "x \in [-2,7]"
 _BRACED_SUBSCRIPT = re.compile(r"_\{(\w{1,12})\}")  # "4210_{5}" is "4210_5"
 _CHOOSE = re.compile(r"\{\s{0,4}(\w{1,12})\s{0,4}\\choose\s{0,4}(\w{1,12})\s{0,4}\}")
-_AND_OR = re.compile(r",?\s{1,8}(?:and|or)\s{1,8}")
+_AND_OR = re.compile(r",?\s{0,8}(?<![A-Za-z\\])(?:and|or)(?![A-Za-z])\s{0,8}")  # also "(1,2)or(2,1)"
 _COMMA_SPACE = re.compile(r",\s+")
 _GROUPED = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _GROUPED_IN_BRACES = re.compile(r"\{([-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?)\}")
-_LHS = re.compile(r"[A-Za-z]=")
-# one variable's values
-_LHS_LIST = re.compile(r"([A-Za-z])=[^=,]{1,64}(?:, ?\1=[^=,]{1,64}){1,63}")
-_EACH_LHS = re.compile(r"(^|, ?)[A-Za-z]=")
+# a name: letters, \commands, brackets, "|", ":" and subscripts; no digit outside a subscript, no
+# operator: "x", "AB", "f(x)", "(p,q)", "V_1:V_2", "|AB|", "\frac{NO}{BO}"; not "2x", "x^2", "a+b"
+_NAME = r"(?=[^=]*[A-Za-z])(?:[A-Za-z|:'()\[\]{},]|\\[A-Za-z]+|_\w{1,12})+?"
+_LABEL = re.compile(rf"{_NAME}=(?!=)")
+_LABELLED = re.compile(rf"({_NAME})=([^=]+)")
 _CHOICE = re.compile(r"\(([A-Z])\)")
 _WORD = re.compile(r"[A-Za-z]{2,}")
 _DIGIT = re.compile(r"\d")
@@ -635,15 +760,23 @@ def _normalize(s: str) -> str:
     for a, b in _UNICODE:
         if a in s:
             s = s.replace(a, b)
+    if "\\\\" in s:
+        s = _DOUBLED_BACKSLASH.sub(r"\\", s)
+    if ("\\boxed" in s or "\\fbox" in s) and isinstance(boxed := boxed_answer(s), str):
+        s = boxed  # "\\boxed{1}\\boxed{2}": the list "1, 2" (rule 3)
     for a in _DROP:
         if a in s:
             s = s.replace(a, "")
     if "\\!" in s:
         s = _THIN_THOUSANDS.sub(",", s)
-    s = (_LATEX_NOISE.sub("", s).replace("{,}", ",")
-         .replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac"))
-    s = (s.replace("bmatrix", "pmatrix")
-         .replace("\\dbinom", "\\binom").replace("\\tbinom", "\\binom").strip())
+    s = _THOUSANDS_BRACE.sub(",", _LATEX_NOISE.sub("", s))
+    s = (s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
+         .replace("\\dbinom", "\\binom").replace("\\tbinom", "\\binom").replace("bmatrix", "pmatrix"))
+    if "{array}" in s:
+        s = _ARRAY.sub(r"\\begin{pmatrix}\1\\end{pmatrix}", s)
+    if "=" in s or "\\" in s:
+        s = _RELATION.sub(lambda m: _RELATIONS.get(m.group(), "\\" + m.group()[1:3] + " "), s)
+    s = s.strip()
     if m := _MEMBER_OF.match(s):
         s = s[m.end():]
     if "\\choose" in s:
@@ -657,10 +790,10 @@ def _normalize(s: str) -> str:
     # whitespace dropped, but "a, b" kept apart from "1,000"
     s = "".join(_COMMA_SPACE.sub(",\x00", s).split()).replace("\x00", " ")
     s = s.rstrip(".;").strip()
-    if _LHS.match(s) and s.count("=") == 1:
-        s = s[2:]
-    elif s.count("=") > 1 and _LHS_LIST.fullmatch(s):  # "x=2, x=3": the solutions 2 and 3
-        s = _EACH_LHS.sub(r"\1", s)
+    if "\\frac" in s or "\\binom" in s or "\\sqrt" in s:
+        s = _ONE_ARG.sub(r"\\sqrt{\1}", _TWO_ARGS.sub(_braced_args, s))
+    if "=" in s:
+        s = _unlabelled(s)
     if _GROUPED.fullmatch(s):
         s = s.replace(",", "")
     elif "," in s and "{" in s:
@@ -670,6 +803,23 @@ def _normalize(s: str) -> str:
         s = m.group(1)
     elif _WORD.fullmatch(s):
         s = s.lower()
+    return s
+
+
+def _braced_args(m: re.Match) -> str:
+    return "\\" + m.group(1) + "".join(a if a[0] == "{" else "{" + a + "}" for a in m.group(2, 3))
+
+
+def _unlabelled(s: str) -> str:
+    """The values a name labels: "x=5", "f(x)=1", "(p,q)=(3,2)", "n=1,2,3" give what follows the
+    name; "x=2, x=3" (one name's values) the list "2, 3". Different names stay: "AB=4, CD=5" is
+    compared name by name (_same_labels)."""
+    items = [item for part in _split_top(s, ";") for item in _split_top(part, ",")]
+    labels = [_LABELLED.fullmatch(item.strip()) for item in items]
+    if len(items) > 1 and all(labels) and len({m.group(1) for m in labels}) == 1:
+        return ", ".join(m.group(2) for m in labels)
+    if (m := _LABEL.match(s)) and not any(labels[1:]):
+        return s[m.end():]
     return s
 
 
@@ -998,6 +1148,13 @@ def _encloses(s: str, width: int = 1) -> bool:
 _MATRIX = re.compile(r"\\begin\{pmatrix\}(.*)\\end\{pmatrix\}", re.DOTALL)
 
 
+def _split_list(s: str) -> list[str]:
+    """The items of a list: split at ";" when it has one outside brackets ("p=5,q=2;p=7,q=2",
+    "-12;-11"), else at ","."""
+    parts = _split_top(s, ";")
+    return parts if len(parts) > 1 else _split_top(s, ",")
+
+
 def _key(s: str, depth: int = 0) -> tuple:
     """Canonical comparable form of a normalised answer."""
     if depth > 3 or not s:
@@ -1007,6 +1164,9 @@ def _key(s: str, depth: int = 0) -> tuple:
         return ("exact", v) if isinstance(v, Fraction) else ("approx", v)
 
     def items(parts: list[str]) -> tuple | None:
+        if "\\pm" in s:  # "1 \pm \sqrt{5}": its two values
+            parts = [q for p in parts for q in ((p.replace("\\pm", "-"), p.replace("\\pm", "+"))
+                                                if p.count("\\pm") == 1 else (p,))]
         if len(parts) > MAX_ELEMENTS:
             return None
         return tuple(_key(p.strip(), depth + 1) for p in parts)
@@ -1020,19 +1180,30 @@ def _key(s: str, depth: int = 0) -> tuple:
     if len(parts) > 1 and (keys := items(parts)) is not None:
         return ("union", keys)
     if s.startswith("\\{") and s.endswith("\\}") and len(s) >= 4 and _encloses(s, 2):
-        if (keys := items(_split_top(s[2:-2], ","))) is not None:
+        if (keys := items(_split_list(s[2:-2]))) is not None:
             return ("set", keys)
     if s[0] in "([" and s[-1] in ")]" and len(s) >= 2 and _encloses(s):
-        if (keys := items(_split_top(s[1:-1], ","))) is not None:
+        if (keys := items(_split_list(s[1:-1]))) is not None:
             return ("seq", s[0] + s[-1], keys)
-    parts = _split_top(s, ",")
-    if len(parts) > 1 and (keys := items(parts)) is not None:
-        return ("set", keys)  # a bare list "1, 2": the solutions, in any order
+    parts = _split_list(s)
+    labels = [_LABELLED.fullmatch(p.strip()) for p in parts]
+    if len(parts) > 1 and all(labels) and len(parts) <= MAX_ELEMENTS:
+        # "AB=4, CD=5", "x=2, y=3": named values (one name's values were made a list)
+        return ("labels", tuple((m.group(1), _key(m.group(2), depth + 1)) for m in labels))
+    if (len(parts) > 1 or s.count("\\pm") == 1) and (keys := items(parts)) is not None:
+        return ("set", keys)  # a bare list "1, 2": the solutions, in any order; "\pm 2"
     return ("text", s)
 
 
 def _same(a: tuple, b: tuple) -> bool:
+    """Whether the answer a (predicted) equals the answer b (gold)."""
     kind = a[0]
+    if kind == "labels" or b[0] == "labels":
+        return _same_labels(a, b)
+    if kind == "set" and b[0] != "set" or kind != "set" and b[0] == "set":
+        # a list that repeats one value is that value: "$\frac{1}{2}$, or 0.5"
+        one, many = (b, a) if kind == "set" else (a, b)
+        return one[0] not in ("union", "set") and all(_same(x, one) for x in many[1])
     if kind != b[0]:
         return False  # exact vs approx included: a decimal never equals a surd
     if kind in ("exact", "text"):
@@ -1044,18 +1215,45 @@ def _same(a: tuple, b: tuple) -> bool:
     if kind == "matrix":
         return len(a[1]) == len(b[1]) and all(
             len(x) == len(y) and all(map(_same, x, y)) for x, y in zip(a[1], b[1]))
-    # set / union: order-insensitive multiset match
-    if len(a[1]) != len(b[1]):
+    # set / union: in any order; a gold that lists each value once is a set (a value the answer
+    # repeats counts once), one that repeats a value counts it (roots with multiplicity)
+    preds, golds = list(a[1]), list(b[1])
+    if len(_distinct(golds)) == len(golds):
+        preds = _distinct(preds)
+    if len(preds) != len(golds):
         return False
-    unused = list(b[1])
-    for x in a[1]:
-        for j, y in enumerate(unused):
+    for x in preds:
+        for j, y in enumerate(golds):
             if _same(x, y):
-                del unused[j]
+                del golds[j]
                 break
         else:
             return False
     return True
+
+
+def _distinct(keys: list[tuple]) -> list[tuple]:
+    out: list[tuple] = []
+    for k in keys:
+        if not any(_same(k, o) for o in out):
+            out.append(k)
+    return out
+
+
+def _same_labels(a: tuple, b: tuple) -> bool:
+    """Named values: the same names with the same values, in any order ("a_3=2, a_37=19"); a gold's
+    values stated bare, in its order ("4, 5" for "AB=4, CD=5"); a predicted "x=2, y=3" is the point
+    (2, 3), not the list of solutions "2, 3"."""
+    if a[0] == b[0] == "labels":
+        named = dict(b[1])
+        return len(a[1]) == len(named) and all(
+            name in named and _same(key, named[name]) for name, key in a[1])
+    if b[0] == "labels" and a[0] in ("set", "seq"):
+        values = a[1] if a[0] == "set" else a[2]
+        return len(values) == len(b[1]) and all(_same(x, y) for x, (_, y) in zip(values, b[1]))
+    if a[0] == "labels" and b[0] == "seq":
+        return len(a[1]) == len(b[2]) and all(_same(x, y) for (_, x), y in zip(a[1], b[2]))
+    return False
 
 
 @lru_cache(maxsize=1 << 14)
@@ -1082,12 +1280,14 @@ def math_equal(pred: str, gold: str) -> bool:
 
 
 def _stated_sides(norm: str) -> list[str]:
-    """The value an equation or approximation states: its last side ("23+16=39" -> 39), and for
-    "a \\approx b" both a and b ("\\frac{1}{3}\\approx0.33")."""
+    """The value an equation or approximation states: its last side ("23+16=39" -> 39); for
+    "a \\approx b" b, and a too when it is a closed form ("\\frac{1}{3}\\approx0.33"), not
+    arithmetic left undone ("21\\div312500\\approx0.0000677" is only 0.0000677)."""
     side = _last_side(norm)
     if "\\approx" not in side:
         return [side] if side is not norm else []
-    return [part for part in side.split("\\approx")[-2:] if part]
+    *exact, approximate = side.split("\\approx")[-2:]
+    return [approximate] + [a for a in exact if a and not _ARITHMETIC.search(a)]
 
 
 # --- Reward ---------------------------------------------------------------------------------------
