@@ -85,8 +85,6 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Union
 
-# --- Answer extraction ----------------------------------------------------------------------------
-
 MAX_COMPLETION_CHARS = 32_768  # completion tail the extractor reads (> any 4,096-token completion)
 MAX_ANSWER_CHARS = 512  # longest answer compared (the longest MATH gold is 159 characters)
 MAX_DIGITS = 100  # longest number literal compared
@@ -95,7 +93,33 @@ MAX_BITS = 1000  # largest numerator/denominator of an exact value (floats are f
 MAX_NESTING = 40  # parser recursion depth
 MAX_ELEMENTS = 64  # elements per tuple, set, union or matrix
 
-_NO_BOX = object()  # boxed_answer's no_box here: the text has no box (None: an empty or malformed one)
+# --- Reading a completion: extract_answer, then its rules in order --------------------------------
+
+
+def extract_answer(text: str, strict: bool = True) -> str | None:
+    """The final answer written in a completion, or None (rules in the module docstring, in this
+    order). strict: only explicit final-answer markers count; lenient (strict=False) adds the last
+    whole number or expression. Never raises on a str."""
+    if not isinstance(text, str):
+        return None
+    text = _own_turn(text)
+    concluded = _after_code(text)
+    answer = _minerva_answer(concluded)
+    if answer is None:
+        answer = _tagged_answer(concluded, not strict)
+    if answer is None:
+        boxed = boxed_answer(concluded, _NO_BOX)
+        if boxed is not _NO_BOX:
+            return boxed  # type: ignore[return-value] (an empty or malformed box: none, either mode)
+        answer = _hashes_answer(concluded)
+    if answer is None:
+        answer = _marked_answer(concluded, not strict)
+    if answer or strict:
+        return answer or None
+    return _last_expression(text)
+
+
+# Rule 0: the text read
 # Where a model's turn ends: special tokens (Qwen, Llama 3, Llama 2 / Mistral, DeepSeek), left in
 # text decoded with them, and the start of a turn a model invents at the start of a line (a base
 # model continuing its few-shot prompt, or a chat model writing the user's next message).
@@ -105,22 +129,74 @@ _END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|im_start|>", "<|eot_id|>", "<|
 _INVENTED_TURN = re.compile(r"\n[ \t]{0,8}(?:Human|User|USER|Question|Problem|Q)[ \t]{0,3}:"
                             # ChatML decoded with its special tokens skipped
                             r"|\n(?:user|assistant)[ \t]{0,3}\n")
+
+
+def _own_turn(text: str) -> str:
+    """The completion's last MAX_COMPLETION_CHARS, ended where the model's turn ends: at its first
+    end-of-turn token, or at a next turn it invents on a line of its own ("\\n\\nQuestion: ...")
+    after some text of its own."""
+    text = text[-MAX_COMPLETION_CHARS:]  # first, so that no scan below reads more than this bound
+    if "|>" in text or "</s>" in text or "\uff5c>" in text:  # how every _END_OF_TURN token ends
+        for marker in _END_OF_TURN:  # (str.find: one regex alternation over them all is 5x slower)
+            cut = text.find(marker)
+            if cut >= 0:
+                text = text[:cut]
+    m = _INVENTED_TURN.search(text)
+    if m and not text[:m.start()].strip():  # a turn marker before any text of its own: look further
+        m = _INVENTED_TURN.search(text, m.end())
+    return text[:m.start()] if m else text
+
+
+def _after_code(text: str) -> str:
+    """What follows the text's last code block (tool-integrated output: an answer the model states
+    and then runs more code after was not its conclusion); "" when a block is left open."""
+    fence = text.rfind("```")
+    if fence < 0:
+        return text
+    return "" if text.count("```") % 2 else text[fence + 3:]
+
+
+# Rule 1: Minerva's closing line
+_MINERVA = "I hope it is correct"  # "Final Answer: The final answer is $x$. I hope it is correct."
+
+
+def _minerva_answer(text: str) -> str | None:
+    """The answer of the last "final answer is ... I hope it is correct" (Minerva's format)."""
+    hope = text.rfind(_MINERVA)
+    if hope < 0:
+        return None
+    start = max(0, hope - 4 * MAX_ANSWER_CHARS)
+    i = _lower(text[start:hope]).rfind(b"final answer is")
+    return _stated_answer(text[start + i + 15:hope], "sentence") if i >= 0 else None
+
+
+# Rule 2: the r1 template's <answer> tags
+
+
+def _tagged_answer(text: str, lenient: bool) -> str | None:
+    """The answer inside the last <answer>...</answer> (r1 template; a stop may cut the closing
+    tag off)."""
+    start = text.rfind("<answer>")
+    if start < 0:
+        return None
+    end = text.find("</answer>", start)
+    content = text[start + 8:end if end >= 0 else len(text)]
+    if len(content) > 4 * MAX_ANSWER_CHARS:
+        return None
+    boxed = boxed_answer(content, _NO_BOX)
+    if boxed is not _NO_BOX:
+        return boxed or _NO_SINGLE  # type: ignore[return-value]
+    answer = _marked_answer(content, lenient)
+    return answer if answer is not None else _stated_answer(content, "tag", lenient)
+
+
+# Rule 3: boxes
+_NO_BOX = object()  # boxed_answer's no_box here: the text has no box (None: an empty or malformed one)
 _BRACE = re.compile(r"[{}]")
 # what may stand between the boxes of one answer: "\boxed{1}, \boxed{2}", "$\boxed{1}$ and $\boxed{2}$"
 # (each alternative starts with its own character: no backtracking)
 _BOX_JOINER = re.compile(r"(?:[\s,;$]|\\[()\[\],;: ]|\\q?quad|\\text\{\s{0,3}and\s{0,3}\}"
                          r"|(?<![A-Za-z])and(?![A-Za-z])){0,64}")
-
-
-def _brace_group(text: str, start: int) -> str | None:
-    """Content of the {...} group opening at text[start], or None if unbalanced or longer than
-    MAX_ANSWER_CHARS."""
-    depth = 0
-    for m in _BRACE.finditer(text, start, min(len(text), start + MAX_ANSWER_CHARS + 2)):
-        depth += 1 if m.group() == "{" else -1
-        if depth == 0:
-            return text[start + 1:m.start()]
-    return None
 
 
 def read_box(text: str, start: int) -> tuple[str | None, int]:
@@ -154,7 +230,7 @@ def boxed_answer(text: str, no_box: object = None) -> object:
     last, _ = read_box(text, start)
     if last is None:
         return None
-    answers = [last]
+    answers, seen = [last], {_normalize(last)}
     for _ in range(MAX_ELEMENTS - 1):
         before = max(text.rfind("\\boxed", 0, start), text.rfind("\\fbox", 0, start))
         if before < 0:
@@ -163,12 +239,51 @@ def boxed_answer(text: str, no_box: object = None) -> object:
         if (content is None or not 0 <= start - end <= 64  # (a box around this one: not a list)
                 or not _BOX_JOINER.fullmatch(text, end, start)):
             break
-        if _normalize(content) not in map(_normalize, answers):
+        if (norm := _normalize(content)) not in seen:
             answers.append(content)
+            seen.add(norm)
         start = before
     return ", ".join(reversed(answers))
 
 
+def _brace_group(text: str, start: int) -> str | None:
+    """Content of the {...} group opening at text[start], or None if unbalanced or longer than
+    MAX_ANSWER_CHARS."""
+    depth = 0
+    for m in _BRACE.finditer(text, start, min(len(text), start + MAX_ANSWER_CHARS + 2)):
+        depth += 1 if m.group() == "{" else -1
+        if depth == 0:
+            return text[start + 1:m.start()]
+    return None
+
+
+# Rule 4: GSM8K's ####
+_HASHES = re.compile(r"#+")
+_FINAL_ANSWER_PREFIX = re.compile(r"\s{0,4}(?:the\s{1,4})?(?:final\s{1,4})?answer\s{0,4}"
+                                  r"(?:is\b)?\s{0,4}:?", re.IGNORECASE)
+
+
+def _hashes_answer(text: str) -> str | None:
+    """The first #### line that states an answer (GSM8K; "#### The final answer is N" as the paper's
+    exemplars). The first, not the last: a base model that runs on past its answer writes the next
+    exemplar's ####."""
+    pos = text.find("####")
+    for _ in range(8):
+        if pos < 0:
+            return None
+        start = _HASHES.match(text, pos).end()
+        if m := _PLAIN_NUMBER.match(text, start):  # fast path: "#### 72"
+            return m.group(1)
+        m = _FINAL_ANSWER_PREFIX.match(text, start)
+        start = m.end() if m else start
+        answer = _stated_answer(text[start:start + 2 * MAX_ANSWER_CHARS], "line")
+        if answer is not None:
+            return answer
+        pos = text.find("####", start)
+    return None
+
+
+# Rule 5: "answer is", "Answer:", "Final Answer"
 # Final-answer markers. Words are read on ASCII-lowered bytes (one byte per character, so indices
 # stay those of the text): "answer is", "answers are", "answer would be", "Answer:", "**Answer:**",
 # "answer to the question is".
@@ -178,14 +293,47 @@ _ANSWER_MARKER = re.compile(rb"answers?(?:\*\*|\s){0,4}"
                             rb"|(?:to|for|of)\b[^.\n$:=]{1,60}?\b(?:is|are)\b:?)")
 # "**Final Answer**" alone on its line: the answer follows it
 _HEADER_END = re.compile(r"[ \t*#:]{0,8}\n")
-_FINAL_ANSWER_PREFIX = re.compile(r"\s{0,4}(?:the\s{1,4})?(?:final\s{1,4})?answer\s{0,4}"
-                                  r"(?:is\b)?\s{0,4}:?", re.IGNORECASE)
-_MINERVA = "I hope it is correct"  # "Final Answer: The final answer is $x$. I hope it is correct."
-_HASHES = re.compile(r"#+")
+
+
+def _marked_answer(text: str, lenient: bool) -> str | None:
+    """The answer after the last "answer is" / "Answer:" / "Final Answer" header that states one."""
+    lowered = _lower(text)
+    pos = lowered.rfind(b"answer")
+    for _ in range(16):  # bounded: adversarial "answer is answer is ..." gives up
+        if pos < 0:
+            return None
+        m = _ANSWER_MARKER.match(lowered, pos)
+        end = m.end() if m else -1
+        if m is None and (h := _HEADER_END.match(text, pos + 6)):
+            line_start = text.rfind("\n", 0, pos) + 1
+            if lowered.endswith(b"final ", 0, pos) or not text[line_start:pos].strip(" \t*#"):
+                end = h.end()
+        if end >= 0:
+            answer = _stated_answer(text[end:end + 2 * MAX_ANSWER_CHARS], "sentence", lenient)
+            if answer is not None:
+                return answer
+        pos = lowered.rfind(b"answer", 0, pos)
+    return None
+
+
+def _lower(text: str) -> bytes:
+    # one byte per character: indices stay aligned with text
+    return text.encode("ascii", "replace").lower()
+
+
+# What follows a marker (rules 1, 2, 4, 5): (a) math groups, (b) a short clause, (c) prose
+# a rule's answer when the text states something there that is no single answer ("not 18", "at
+# least 5", "$8$ for John and $7$ for DeSean"): the rules after it are not read (None: read them)
+_NO_SINGLE = ""
 _PLAIN_NUMBER = re.compile(r"[ \t]{0,8}"  # a number alone on the rest of its line
                            r"(-?\d{1,3}(?:,\d{3}){1,12}(?:\.\d{1,30})?|-?\d{1,40}(?:\.\d{1,30})?)"
                            r"\.?[ \t]{0,8}(?:\n|\Z)")
 _DELIMITERS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
+_QUOTE = re.compile(r'\\?"|[\u201c\u2018`]')  # an answer in quotes: '"$12$"', '\\"18\\"', '“18”'
+# \(...\) or $...$ on one line ("$\\$120$" holds an escaped dollar)
+_MATH_GROUP = re.compile(r"\\\((.{1,512}?)\\\)|(?<![\\\d])\$((?:[^$\n\\]|\\.){1,512}?)"
+                         r"(?:(?<!\s)|(?<=[\d}]\s))\$")  # "$12 $" is math, "$18 and $" two signs
+_CONNECTOR = re.compile(r"\s{0,4}(?:,\s{0,4})?(?:(?:and|or)\s{1,4})?")
 _WORDS = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")  # words of prose; \commands are not words
 _SIGNED = frozenset("0123456789\\(")  # what a "-" or "." opening math stands before
 # where math may start ("-" and "." only before a digit, \ or ()
@@ -203,11 +351,223 @@ _TEXT_GROUP = re.compile(r"\\text\{[^{}]{0,64}\}")
 # "<answer> answer here </answer>", "The answer is as follows:"
 _NOT_AN_ANSWER = {"answer", "here", "below", "above", "follows", "following", "correct", "the",
                   "this", "that", "is", "given", "as"}
-# \(...\) or $...$ on one line ("$\\$120$" holds an escaped dollar)
-_MATH_GROUP = re.compile(r"\\\((.{1,512}?)\\\)|(?<![\\\d])\$((?:[^$\n\\]|\\.){1,512}?)"
-                         r"(?:(?<!\s)|(?<=[\d}]\s))\$")  # "$12 $" is math, "$18 and $" two signs
+# what restates the value before it: "$A$, which is $B$", "= 18", "\approx 0.33", ", or 0.5",
+# ", which is approximately 0.33"
+_RESTATEMENT = re.compile(r"\s{0,4},?\s{0,4}(?:(?:which|that)\s{1,4})?(or\b|is\b|equals\b|=|i\.e\.|\\approx|\u2248)?"
+                          r"\s{0,4},?\s{0,4}(approximately\b|about\b|roughly\b|around\b)?\s{0,4}",
+                          re.IGNORECASE)
+_ASIDE = re.compile(r"\s\(|,?\s(?:because|since|as|given|if|when|where)\b", re.IGNORECASE)
+# where the statements of a clause end, and the words that make a statement conclude those before
+_STATEMENT_END = re.compile(r"[,;]\s|\.\s|\s(?:and|but)\s|\n")
+_CONCLUDES = re.compile(r"\s{0,4}(?:so|thus|therefore|hence|then|which|giving|making|that is)\b",
+                        re.IGNORECASE)
 _ARABIC_DIGIT = re.compile(r"[0-9]")  # str.isdigit() is also true of "²"
 _NUMBER_TOKEN = re.compile(r"(?<![\w.,/^])-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?%?(?![\w/^]|[.,]\d)")
+
+
+def _stated_answer(s: str, scope: str, lenient: bool = False) -> str | None:
+    """What follows a final-answer marker: the answer it states, or None if it states none.
+
+    scope: "sentence" (after "answer is" / "Answer:": up to the end of its sentence), "line" (after
+    ####: the whole line, which must be an answer, not a markdown heading), "tag" (the content of
+    <answer> tags). In order: math groups opening it (a: _restated), a short clause or a word
+    answer (b), prose (c: _concluded_value); nothing in a clause with a negation ("not 5") or a
+    bound ("at least 5")."""
+    if m := _PLAIN_NUMBER.match(s):  # fast path: "#### 72", "The answer is 18."
+        return m.group(1)
+    s = s.lstrip(" \t*:")
+    if s[:1] in ("\n", "\r"):  # "Final Answer:\n\n$$18$$", "####\n72": the answer on a later line
+        s = s.lstrip().lstrip(" \t*:")
+    s = s[len(m.group()):] if (m := _QUOTE.match(s)) else s  # '"$12$ and $13$"'
+    if scope != "line" and s[:1] in ("$", "\\") and (joined := _joined_groups(s)):
+        return joined
+    for open_, close in _DELIMITERS:
+        if s.startswith(open_):
+            end = s.find(close, len(open_))
+            while end > 0 and close == "$" and s[end - 1] == "\\":  # "$\\$18$": an escaped dollar
+                end = s.find(close, end + 1)
+            content = s[len(open_):end] if end >= 0 else ""
+            if content.strip() and (open_ != "$" or "\n" not in content and (
+                    not content[-1].isspace() or content.rstrip()[-1] in "0123456789}")):
+                return _restated(content.strip(), s[end + len(close):], scope, lenient)
+            # a lone "$" is a currency sign ("$18 a day"); an unclosed \[ is read on
+            s = s[len(open_):]
+            break
+    if scope == "tag":
+        clause = s.strip()
+    else:
+        clause = s.split("\n", 1)[0]
+        # up to ". " or ";" (str.find: a regex scan is 10x slower on long lines)
+        if scope == "sentence":
+            clause = clause[:_sentence_end(clause)]
+    clause = clause.strip().rstrip(".").strip("* ")
+    if (m := _FILLER.match(clause)) and m.end() < len(clause):
+        clause = clause[m.end():]
+    if not clause or len(clause) > (4 if scope == "tag" else 1) * MAX_ANSWER_CHARS:
+        return None
+    start = _math_start(clause)
+    if start < 0:  # a word answer ("Friday", "B, C", "p+q-r"), or prose with no number in it
+        if _negated(clause):
+            return _NO_SINGLE
+        if len(clause) > 40:
+            return None
+        words = _WORDS.findall(clause)
+        if len(words) > 3 or {w.lower() for w in words} & _NOT_AN_ANSWER:
+            return None
+        return _checked_answer(clause)
+    short = _is_short(clause, start, len(clause))
+    if short and scope == "line" and ". " in clause:
+        return None  # "#### 1. Count the eggs": a heading
+    if _negated(clause):
+        return _NO_SINGLE
+    if scope == "line":
+        return _checked_answer(clause) if short else None
+    if (cut := _REASON.search(clause, start)) and _is_short(clause, start, cut.start()):
+        return _checked_answer(clause[:cut.start()])  # "5 because 2 + 3 = 5", "18 for each of them"
+    if short:
+        return _checked_answer(clause)
+    if _QUALIFIED.search(clause.lower()):
+        return _NO_SINGLE  # "at least 5", "between 10 and 20"
+    return _concluded_value(clause, lenient)
+
+
+def _joined_groups(s: str) -> str | None:
+    """'$2$ and $-3$' (two or more math groups joined by commas, "and", "or"): the list '2, -3'."""
+    line = s[:2 * MAX_ANSWER_CHARS].split("\n", 1)[0]
+    groups, last = [], 0
+    for m in _MATH_GROUP.finditer(line):
+        if not _CONNECTOR.fullmatch(line, last, m.start()) or len(groups) == MAX_ELEMENTS:
+            break
+        groups.append((m.group(1) or m.group(2)).strip())
+        last = m.end()
+    return ", ".join(groups) if len(groups) >= 2 else None
+
+
+def _restated(answer: str, rest: str, scope: str, lenient: bool) -> str | None:
+    """(a) A math group that opens the statement is its answer, and the rest of its sentence may
+    restate it: "$21 \\div 312500$, which is $0.0000672$" is the equation
+    "21 \\div 312500 = 0.0000672", compared by its last side, so arithmetic the model left
+    unfinished is never evaluated when a value follows it; "$\\frac{1}{3} \\approx 0.33$" and
+    "$\\frac{1}{2}$, or 0.5" are an approximation and two forms of one value. Strict: another
+    value beside it ("$8$ for John and $7$ for DeSean") leaves no single answer."""
+    rest = rest[:(4 if scope == "tag" else 1) * MAX_ANSWER_CHARS]
+    rest = rest if scope == "tag" else rest.split("\n", 1)[0]
+    rest = rest[:_sentence_end(rest)]
+    if cut := _ASIDE.search(rest):
+        rest = rest[:cut.start()]  # "$5$ (since 2 + 3 = 5)", "$5$ because ...": a reason, no value
+    for _ in range(4):
+        if not _LATER_NUMBER.search(rest):  # (not the "2" of "cm^2")
+            return _checked_answer(answer)
+        link = _RESTATEMENT.match(rest)
+        if not (link.group(1) or link.group(2)):
+            break
+        rest = rest[link.end():]
+        group = _MATH_GROUP.match(rest)
+        value = (group.group(1) or group.group(2)).strip() if group else _leading_expression(rest)
+        if not value:
+            break
+        at = group.end() if group else rest.find(value) + len(value)
+        rest = rest[at:] if at >= len(value) else ""
+        joint = (link.group(1) or "").lower()
+        answer = (f"{answer} \\approx {value}" if link.group(2) or joint in ("\\approx", "\u2248")
+                  else f"{answer}, {value}" if joint == "or" else f"{answer} = {value}")
+    return _checked_answer(answer) if lenient else _NO_SINGLE
+
+
+def _concluded_value(clause: str, lenient: bool) -> str | None:
+    """(c) Prose: the value the clause concludes with: what follows its last "is", "are", "equals"
+    or "=" ("the solution, which is $x=11$", "half of 36, which is 18", "the largest $n$ is 34"),
+    else its only value (a number, or a math group with a digit; lenient: its first). Strict: no
+    single answer when a value follows it, or when another statement of the clause that the
+    answer's does not conclude ("so", "thus", "which", ...) states one ("John has $8$, DeSean has
+    $7$")."""
+    # the links read are those of the prose, not the "=" inside a math group
+    prose = _MATH_GROUP.sub(lambda m: "\x00" * len(m.group()), clause)
+    at, link = max((prose.rfind(link), link) for link in (" is ", " are ", " equals ", "="))
+    if at >= 0:
+        after = clause[at + len(link):].lstrip()
+        group = _MATH_GROUP.match(after)
+        answer = (group.group(1) or group.group(2)).strip() if group else _leading_expression(after)
+        if answer:
+            if lenient:
+                return answer
+            tail = after[group.end():] if group else after[after.find(answer) + len(answer):]
+            return _NO_SINGLE if _values(tail) or _beside(clause, at) else answer
+    values = _values(clause)
+    if len(values) == 1 or (lenient and values):
+        return values[0]
+    return _NO_SINGLE if values else None
+
+
+def _values(clause: str) -> list[str]:
+    """The values a clause states, in order: its math groups that hold a digit, and the numbers
+    outside them."""
+    found, last = [], 0
+    for m in _MATH_GROUP.finditer(clause):
+        found += [(n.start() + last, n.group()) for n in _NUMBER_TOKEN.finditer(clause[last:m.start()])]
+        if _ARABIC_DIGIT.search(content := (m.group(1) or m.group(2)).strip()):
+            found.append((m.start(), content))
+        last = m.end()
+    found += [(n.start() + last, n.group()) for n in _NUMBER_TOKEN.finditer(clause[last:])]
+    return [value for _, value in found]
+
+
+def _beside(clause: str, at: int) -> bool:
+    """Whether a value stands in a statement of the clause before the one that holds position at,
+    and that one does not conclude it: "x is 3 and y is 4", not "she has 9 eggs, so she makes 9 *
+    2 = 18"."""
+    begin = 0
+    for m in _STATEMENT_END.finditer(clause, 0, at):
+        begin = m.end()
+    return begin > 0 and not _CONCLUDES.match(clause, begin) and bool(_values(clause[:begin]))
+
+
+def _sentence_end(line: str) -> int:
+    """Where the sentence that opens line ends: its first ". " or ";" (not a LaTeX "\\;")."""
+    semi = line.find(";")
+    while semi > 0 and line[semi - 1] == "\\":  # "10\\;\\text{edges}": a LaTeX space
+        semi = line.find(";", semi + 1)
+    ends = [i for i in (line.find(". "), line.find(".\t"), semi) if i >= 0]
+    return min(ends) if ends else len(line)
+
+
+def _math_start(s: str) -> int:
+    for m in _MATH_CHAR.finditer(s):
+        if m.group() not in "-." or s[m.end():m.end() + 1] in _SIGNED:
+            return m.start()
+    return -1
+
+
+def _checked_answer(s: str) -> str | None:
+    """s, unless it is too long or holds no letter or digit ("$$", "**": what is left of a missing
+    answer)."""
+    return s if len(s) <= MAX_ANSWER_CHARS and any(c.isalnum() for c in s) else None
+
+
+def _negated(clause: str) -> bool:
+    """A negation outside \\text{...} ("not 18", "isn't"; the answer "\\text{neither}" is none)."""
+    if "\\text" in clause:
+        clause = _TEXT_GROUP.sub("", clause)
+    return _NEGATION.search(clause.lower()) is not None
+
+
+def _is_short(clause: str, start: int, end: int) -> bool:
+    """clause[:end] is a short answer whose math starts at start: no words before it, at most three
+    after it, and after the first of these (other than "and" / "or") no number: "18 square feet",
+    "2, 3 and 4", not "1/2 of 36"."""
+    if _WORDS.search(clause, 0, start):
+        return False
+    for n, m in enumerate(_WORDS.finditer(clause, start, end), 1):
+        if n > 3:
+            return False
+        # a word after a space (not "3qr", "{June") other than "and" / "or"
+        prose = clause[m.start() - 1].isspace() and m.group().lower() not in ("and", "or")
+        if prose and _LATER_NUMBER.search(clause, m.end(), end):
+            return False
+    return True
+
+
+# Rule 6 (lenient only): the last whole number or expression
 # Where an expression ends in running text: a word or unit ("m" of "5m²"), \text{...} with words in it, $ and \( \) \[ \]
 # delimiters (not \$), sentence punctuation (not the ":" of a ratio, the "!" of a factorial, the "."
 # of a decimal), a comma that is not a thousands separator, a LaTeX line break, <<calculator>>
@@ -224,112 +584,8 @@ _EXPRESSION_SPLIT = re.compile(f"({_EXPRESSION_END.pattern})")
 _MATH_DELIMITERS = frozenset(("$", "\\(", "\\)", "\\[", "\\]"))
 _MATRIX_SPAN = re.compile(r"\\begin\{([pb]matrix)\}.{0,512}?\\end\{\1\}")
 _LAST_NUMBER = re.compile(r"(?:(?<![\w)\]}])-)?\d+(?:,\d{3})*(?:\.\d+)?")
-_QUOTE = re.compile(r'\\?"|[\u201c\u2018`]')  # an answer in quotes: '"$12$"', '\\"18\\"', '“18”'
-# what restates the value before it: "$A$, which is $B$", "= 18", "\approx 0.33", ", or 0.5"
-_RESTATEMENT = re.compile(r"\s{0,4},?\s{0,4}(?:(?:which|that)\s{1,4}(?:is|equals)\b|i\.e\.|that is\b"
-                          r"|(=|\\approx|\u2248|approximately\b|or\b))\s{0,4},?\s{0,4}",
-                          re.IGNORECASE)
-_ASIDE = re.compile(r"\s\(|,?\s(?:because|since|as|given|if|when|where)\b", re.IGNORECASE)
-# where the statements of a clause end, and the words that make a statement conclude those before
-_STATEMENT_END = re.compile(r"[,;]\s|\.\s|\s(?:and|but)\s|\n")
-_CONCLUDES = re.compile(r"\s{0,4}(?:so|thus|therefore|hence|then|which|giving|making|that is)\b",
-                        re.IGNORECASE)
-
-
-def _lower(text: str) -> bytes:
-    # one byte per character: indices stay aligned with text
-    return text.encode("ascii", "replace").lower()
-
-
-def _own_turn(text: str) -> str:
-    """The completion's last MAX_COMPLETION_CHARS, ended where the model's turn ends: at its first
-    end-of-turn token, or at a next turn it invents on a line of its own ("\\n\\nQuestion: ...")
-    after some text of its own."""
-    text = text[-MAX_COMPLETION_CHARS:]  # first, so that no scan below reads more than this bound
-    if "|>" in text or "</s>" in text or "\uff5c>" in text:  # how every _END_OF_TURN token ends
-        for marker in _END_OF_TURN:  # (str.find: one regex alternation over them all is 5x slower)
-            cut = text.find(marker)
-            if cut >= 0:
-                text = text[:cut]
-    m = _INVENTED_TURN.search(text)
-    if m and not text[:m.start()].strip():  # a turn marker before any text of its own: look further
-        m = _INVENTED_TURN.search(text, m.end())
-    return text[:m.start()] if m else text
-
-
-def _after_code(text: str) -> str:
-    """What follows the text's last code block (tool-integrated output: an answer the model states
-    and then runs more code after was not its conclusion); "" when a block is left open."""
-    fence = text.rfind("```")
-    if fence < 0:
-        return text
-    return "" if text.count("```") % 2 else text[fence + 3:]
-
-
-def _balanced(s: str) -> bool:
-    depth = 0
-    for c in s:
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-            if depth < 0:
-                return False
-    return depth == 0
-
-
-def _last_side(s: str) -> str:
-    """The right-hand side of the last '=' in s (not of <=, >=, !=), or s."""
-    i = len(s)
-    for _ in range(16):
-        i = s.rfind("=", 0, i)
-        if i < 0:
-            return s
-        if i > 0 and s[i - 1] in "<>!=" or s.startswith("=", i + 1):
-            continue
-        return s[i + 1:].strip() or s  # "6 - 7 =" states no value
-    return s
-
-
-def _tidy(piece: str) -> str | None:
-    """A run of math cut out of running text, as an answer: ends trimmed, brackets balanced, an
-    equation read at its last side ("48 + 24 = 72" -> "72"); None if no number is left, or if it
-    ends in "=" (a sum never done)."""
-    s = piece.strip().lstrip("*/^=,+)]}|").rstrip("*/^,+-([{|\\").strip()
-    if s.endswith("="):
-        return None
-    if len(s) >= 3 and s[0].isalpha() and s[1] == " " and s[2] in "0123456789":
-        s = s[1:].strip()  # "a 5-pack", "I 3": an article, not a variable
-    if len(s) >= 3 and s[-1].isalpha() and s[-2] == " " and s[-3] in "0123456789":
-        s = s[:-2]  # "18 a" (day), "5 m": a unit or an article
-    if not _balanced(s):
-        return None
-    s = _last_side(s)
-    return s if s and len(s) <= MAX_ANSWER_CHARS and _ARABIC_DIGIT.search(s) else None
-
-
-def _leading_expression(s: str) -> str | None:
-    """The math that s opens with: '$18 a day' -> '18', '\\frac{1}{2} of them' -> '\\frac{1}{2}'."""
-    s = s.lstrip(" \t*")
-    for opener in ("\\$", "$", "\\(", "\\["):
-        if s.startswith(opener):
-            s = s[len(opener):]
-            break
-    m = _EXPRESSION_END.search(s)
-    return _tidy(s[:m.start()] if m else s)
-
-
 # ( [ \{ and their closers; LaTeX argument braces balance on their own
 _BRACKET = re.compile(r"\\[{}]|[()\[\]]")
-
-
-def _unmatched(s: str) -> tuple[bool, bool]:
-    """Whether s closes a bracket it did not open, and whether it opens one it does not close."""
-    depth = low = 0
-    for m in _BRACKET.finditer(s):
-        depth += 1 if m.group() in ("(", "[", "\\{") else -1
-        low = min(low, depth)
-    return low < 0, depth > low
 
 
 def _last_expression(text: str) -> str | None:
@@ -385,287 +641,66 @@ def _last_expression(text: str) -> str | None:
     return last.group() if last is not None else None
 
 
-def _stated_answer(s: str, scope: str, lenient: bool = False) -> str | None:
-    """What follows a final-answer marker: the answer it states, or None if it states none.
-
-    scope: "sentence" (after "answer is" / "Answer:": up to the end of its sentence), "line" (after
-    ####: the whole line, which must be an answer, not a markdown heading), "tag" (the content of
-    <answer> tags). In order: math groups opening it (a: _restated), a short clause or a word
-    answer (b), prose (c: _concluded_value); nothing in a clause with a negation ("not 5") or a
-    bound ("at least 5")."""
-    if m := _PLAIN_NUMBER.match(s):  # fast path: "#### 72", "The answer is 18."
-        return m.group(1)
-    s = s.lstrip(" \t*:")
-    if s[:1] in ("\n", "\r"):  # "Final Answer:\n\n$$18$$", "####\n72": the answer on a later line
-        s = s.lstrip().lstrip(" \t*:")
-    s = s[len(m.group()):] if (m := _QUOTE.match(s)) else s  # '"$12$ and $13$"'
-    if scope != "line" and s[:1] in ("$", "\\") and (joined := _joined_groups(s)):
-        return joined
-    for open_, close in _DELIMITERS:
-        if s.startswith(open_):
-            end = s.find(close, len(open_))
-            while end > 0 and close == "$" and s[end - 1] == "\\":  # "$\\$18$": an escaped dollar
-                end = s.find(close, end + 1)
-            content = s[len(open_):end] if end >= 0 else ""
-            if content.strip() and (open_ != "$" or "\n" not in content and (
-                    not content[-1].isspace() or content.rstrip()[-1] in "0123456789}")):
-                return _restated(content.strip(), s[end + len(close):], scope, lenient)
-            # a lone "$" is a currency sign ("$18 a day"); an unclosed \[ is read on
-            s = s[len(open_):]
+def _leading_expression(s: str) -> str | None:
+    """The math that s opens with: '$18 a day' -> '18', '\\frac{1}{2} of them' -> '\\frac{1}{2}'."""
+    s = s.lstrip(" \t*")
+    for opener in ("\\$", "$", "\\(", "\\["):
+        if s.startswith(opener):
+            s = s[len(opener):]
             break
-    if scope == "tag":
-        clause = s.strip()
-    else:
-        clause = s.split("\n", 1)[0]
-        # up to ". " or ";" (str.find: a regex scan is 10x slower on long lines)
-        if scope == "sentence":
-            clause = clause[:_sentence_end(clause)]
-    clause = clause.strip().rstrip(".").strip("* ")
-    if (m := _FILLER.match(clause)) and m.end() < len(clause):
-        clause = clause[m.end():]
-    if not clause or len(clause) > (4 if scope == "tag" else 1) * MAX_ANSWER_CHARS:
+    m = _EXPRESSION_END.search(s)
+    return _tidy(s[:m.start()] if m else s)
+
+
+def _tidy(piece: str) -> str | None:
+    """A run of math cut out of running text, as an answer: ends trimmed, brackets balanced, an
+    equation read at its last side ("48 + 24 = 72" -> "72"); None if no number is left, or if it
+    ends in "=" (a sum never done)."""
+    s = piece.strip().lstrip("*/^=,+)]}|").rstrip("*/^,+-([{|\\").strip()
+    if s.endswith("="):
         return None
-    start = _math_start(clause)
-    if start < 0:  # a word answer ("Friday", "B, C", "p+q-r"), or prose with no number in it
-        if len(clause) > 40 or _negated(clause):
-            return None
-        words = _WORDS.findall(clause)
-        if len(words) > 3 or {w.lower() for w in words} & _NOT_AN_ANSWER:
-            return None
-        return _checked_answer(clause)
-    short = _is_short(clause, start, len(clause))
-    if short and scope == "line" and ". " in clause:
-        return None  # "#### 1. Count the eggs": a heading
-    if _negated(clause):
+    if len(s) >= 3 and s[0].isalpha() and s[1] == " " and s[2] in "0123456789":
+        s = s[1:].strip()  # "a 5-pack", "I 3": an article, not a variable
+    if len(s) >= 3 and s[-1].isalpha() and s[-2] == " " and s[-3] in "0123456789":
+        s = s[:-2]  # "18 a" (day), "5 m": a unit or an article
+    if not _balanced(s):
         return None
-    if scope == "line":
-        return _checked_answer(clause) if short else None
-    if (cut := _REASON.search(clause, start)) and _is_short(clause, start, cut.start()):
-        return _checked_answer(clause[:cut.start()])  # "5 because 2 + 3 = 5", "18 for each of them"
-    if short:
-        return _checked_answer(clause)
-    if _QUALIFIED.search(clause.lower()):
-        return None  # "at least 5", "between 10 and 20"
-    return _concluded_value(clause, lenient)
+    s = _last_side(s)
+    return s if s and len(s) <= MAX_ANSWER_CHARS and _ARABIC_DIGIT.search(s) else None
 
 
-def _sentence_end(line: str) -> int:
-    """Where the sentence that opens line ends: its first ". " or ";" (not a LaTeX "\\;")."""
-    semi = line.find(";")
-    while semi > 0 and line[semi - 1] == "\\":  # "10\\;\\text{edges}": a LaTeX space
-        semi = line.find(";", semi + 1)
-    ends = [i for i in (line.find(". "), line.find(".\t"), semi) if i >= 0]
-    return min(ends) if ends else len(line)
+def _last_side(s: str) -> str:
+    """The right-hand side of the last '=' in s (not of <=, >=, !=), or s."""
+    i = len(s)
+    for _ in range(16):
+        i = s.rfind("=", 0, i)
+        if i < 0:
+            return s
+        if i > 0 and s[i - 1] in "<>!=" or s.startswith("=", i + 1):
+            continue
+        return s[i + 1:].strip() or s  # "6 - 7 =" states no value
+    return s
 
 
-def _restated(answer: str, rest: str, scope: str, lenient: bool) -> str | None:
-    """(a) A math group that opens the statement is its answer, and the rest of its sentence may
-    restate it: "$21 \\div 312500$, which is $0.0000672$" is the equation
-    "21 \\div 312500 = 0.0000672", compared by its last side, so arithmetic the model left
-    unfinished is never evaluated when a value follows it; "$\\frac{1}{3} \\approx 0.33$" and
-    "$\\frac{1}{2}$, or 0.5" are an approximation and two forms of one value. Strict: another
-    value beside it ("$8$ for John and $7$ for DeSean") leaves no single answer."""
-    rest = rest[:(4 if scope == "tag" else 1) * MAX_ANSWER_CHARS]
-    rest = rest if scope == "tag" else rest.split("\n", 1)[0]
-    rest = rest[:_sentence_end(rest)]
-    if cut := _ASIDE.search(rest):
-        rest = rest[:cut.start()]  # "$5$ (since 2 + 3 = 5)", "$5$ because ...": a reason, no value
-    for _ in range(4):
-        if not _LATER_NUMBER.search(rest):  # (not the "2" of "cm^2")
-            return _checked_answer(answer)
-        link = _RESTATEMENT.match(rest)
-        if link is None:
-            break
-        rest = rest[link.end():]
-        group = _MATH_GROUP.match(rest)
-        value = (group.group(1) or group.group(2)).strip() if group else _leading_expression(rest)
-        if not value:
-            break
-        rest = rest[group.end():] if group else rest[rest.find(value) + len(value):]
-        joint = (link.group(1) or "=").lower()
-        answer = (f"{answer}, {value}" if joint == "or" else
-                  f"{answer} = {value}" if joint == "=" else f"{answer} \\approx {value}")
-    return _checked_answer(answer) if lenient else None
+def _balanced(s: str) -> bool:
+    depth = 0
+    for c in s:
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+            if depth < 0:
+                return False
+    return depth == 0
 
 
-def _concluded_value(clause: str, lenient: bool) -> str | None:
-    """(c) Prose: the value the clause concludes with: what follows its last "is", "are", "equals"
-    or "=" ("the solution, which is $x=11$", "half of 36, which is 18", "the largest $n$ is 34"),
-    else its only value (a number, or a math group with a digit; lenient: its first). Strict: none
-    when another statement of the clause, which the answer's does not conclude ("so", "thus",
-    "which", ...), states a value too ("John has $8$, DeSean has $7$")."""
-    # the links read are those of the prose, not the "=" inside a math group
-    prose = _MATH_GROUP.sub(lambda m: "\x00" * len(m.group()), clause)
-    at, link = max((prose.rfind(link), link) for link in (" is ", " are ", " equals ", "="))
-    if at >= 0:
-        after = clause[at + len(link):].lstrip()
-        group = _MATH_GROUP.match(after)
-        answer = (group.group(1) or group.group(2)).strip() if group else _leading_expression(after)
-        if answer:
-            return answer if lenient or not _beside(clause, at) else None
-    values = _values(clause)
-    return values[0] if len(values) == 1 or (lenient and values) else None
-
-
-def _values(clause: str) -> list[str]:
-    """The values a clause states, in order: its math groups that hold a digit, and the numbers
-    outside them."""
-    found, last = [], 0
-    for m in _MATH_GROUP.finditer(clause):
-        found += [(n.start() + last, n.group()) for n in _NUMBER_TOKEN.finditer(clause[last:m.start()])]
-        if _ARABIC_DIGIT.search(content := (m.group(1) or m.group(2)).strip()):
-            found.append((m.start(), content))
-        last = m.end()
-    found += [(n.start() + last, n.group()) for n in _NUMBER_TOKEN.finditer(clause[last:])]
-    return [value for _, value in found]
-
-
-def _beside(clause: str, at: int) -> bool:
-    """Whether a value stands in a statement of the clause before the one that holds position at,
-    and that one does not conclude it: "x is 3 and y is 4", not "she has 9 eggs, so she makes 9 *
-    2 = 18"."""
-    begin = 0
-    for m in _STATEMENT_END.finditer(clause, 0, at):
-        begin = m.end()
-    return begin > 0 and not _CONCLUDES.match(clause, begin) and bool(_values(clause[:begin]))
-
-
-_CONNECTOR = re.compile(r"\s{0,4}(?:,\s{0,4})?(?:(?:and|or)\s{1,4})?")
-
-
-def _joined_groups(s: str) -> str | None:
-    """'$2$ and $-3$' (two or more math groups joined by commas, "and", "or"): the list '2, -3'."""
-    line = s[:2 * MAX_ANSWER_CHARS].split("\n", 1)[0]
-    groups, last = [], 0
-    for m in _MATH_GROUP.finditer(line):
-        if not _CONNECTOR.fullmatch(line, last, m.start()) or len(groups) == MAX_ELEMENTS:
-            break
-        groups.append((m.group(1) or m.group(2)).strip())
-        last = m.end()
-    return ", ".join(groups) if len(groups) >= 2 else None
-
-
-def _math_start(s: str) -> int:
-    for m in _MATH_CHAR.finditer(s):
-        if m.group() not in "-." or s[m.end():m.end() + 1] in _SIGNED:
-            return m.start()
-    return -1
-
-
-def _checked_answer(s: str) -> str | None:
-    """s, unless it is too long or holds no letter or digit ("$$", "**": what is left of a missing
-    answer)."""
-    return s if len(s) <= MAX_ANSWER_CHARS and any(c.isalnum() for c in s) else None
-
-
-def _negated(clause: str) -> bool:
-    """A negation outside \\text{...} ("not 18", "isn't"; the answer "\\text{neither}" is none)."""
-    if "\\text" in clause:
-        clause = _TEXT_GROUP.sub("", clause)
-    return _NEGATION.search(clause.lower()) is not None
-
-
-def _is_short(clause: str, start: int, end: int) -> bool:
-    """clause[:end] is a short answer whose math starts at start: no words before it, at most three
-    after it, and after the first of these (other than "and" / "or") no number: "18 square feet",
-    "2, 3 and 4", not "1/2 of 36"."""
-    if _WORDS.search(clause, 0, start):
-        return False
-    for n, m in enumerate(_WORDS.finditer(clause, start, end), 1):
-        if n > 3:
-            return False
-        # a word after a space (not "3qr", "{June") other than "and" / "or"
-        prose = clause[m.start() - 1].isspace() and m.group().lower() not in ("and", "or")
-        if prose and _LATER_NUMBER.search(clause, m.end(), end):
-            return False
-    return True
-
-
-def _minerva_answer(text: str) -> str | None:
-    """The answer of the last "final answer is ... I hope it is correct" (Minerva's format)."""
-    hope = text.rfind(_MINERVA)
-    if hope < 0:
-        return None
-    start = max(0, hope - 4 * MAX_ANSWER_CHARS)
-    i = _lower(text[start:hope]).rfind(b"final answer is")
-    return _stated_answer(text[start + i + 15:hope], "sentence") if i >= 0 else None
-
-
-def _tagged_answer(text: str, lenient: bool) -> str | None:
-    """The answer inside the last <answer>...</answer> (r1 template; a stop may cut the closing
-    tag off)."""
-    start = text.rfind("<answer>")
-    if start < 0:
-        return None
-    end = text.find("</answer>", start)
-    content = text[start + 8:end if end >= 0 else len(text)]
-    if len(content) > 4 * MAX_ANSWER_CHARS:
-        return None
-    boxed = boxed_answer(content, _NO_BOX)
-    if boxed is not _NO_BOX:
-        return boxed  # type: ignore[return-value]
-    return _marked_answer(content, lenient) or _stated_answer(content, "tag", lenient)
-
-
-def _hashes_answer(text: str) -> str | None:
-    """The first #### line that states an answer (GSM8K; "#### The final answer is N" as the paper's
-    exemplars). The first, not the last: a base model that runs on past its answer writes the next
-    exemplar's ####."""
-    pos = text.find("####")
-    for _ in range(8):
-        if pos < 0:
-            return None
-        start = _HASHES.match(text, pos).end()
-        if m := _PLAIN_NUMBER.match(text, start):  # fast path: "#### 72"
-            return m.group(1)
-        m = _FINAL_ANSWER_PREFIX.match(text, start)
-        start = m.end() if m else start
-        answer = _stated_answer(text[start:start + 2 * MAX_ANSWER_CHARS], "line")
-        if answer is not None:
-            return answer
-        pos = text.find("####", start)
-    return None
-
-
-def _marked_answer(text: str, lenient: bool) -> str | None:
-    """The answer after the last "answer is" / "Answer:" / "Final Answer" header that states one."""
-    lowered = _lower(text)
-    pos = lowered.rfind(b"answer")
-    for _ in range(16):  # bounded: adversarial "answer is answer is ..." gives up
-        if pos < 0:
-            return None
-        m = _ANSWER_MARKER.match(lowered, pos)
-        end = m.end() if m else -1
-        if m is None and (h := _HEADER_END.match(text, pos + 6)):
-            line_start = text.rfind("\n", 0, pos) + 1
-            if lowered.endswith(b"final ", 0, pos) or not text[line_start:pos].strip(" \t*#"):
-                end = h.end()
-        if end >= 0:
-            answer = _stated_answer(text[end:end + 2 * MAX_ANSWER_CHARS], "sentence", lenient)
-            if answer is not None:
-                return answer
-        pos = lowered.rfind(b"answer", 0, pos)
-    return None
-
-
-def extract_answer(text: str, strict: bool = True) -> str | None:
-    """The final answer written in a completion, or None (rules in the module docstring, in this
-    order). strict: only explicit final-answer markers count; lenient (strict=False) adds the last
-    whole number or expression. Never raises on a str."""
-    if not isinstance(text, str):
-        return None
-    text = _own_turn(text)
-    concluded = _after_code(text)
-    answer = _minerva_answer(concluded) or _tagged_answer(concluded, not strict)
-    if answer is not None:
-        return answer
-    boxed = boxed_answer(concluded, _NO_BOX)
-    if boxed is not _NO_BOX:
-        return boxed  # type: ignore[return-value]
-    answer = _hashes_answer(concluded) or _marked_answer(concluded, not strict)
-    if answer is not None or strict:
-        return answer
-    return _last_expression(text)
+def _unmatched(s: str) -> tuple[bool, bool]:
+    """Whether s closes a bracket it did not open, and whether it opens one it does not close."""
+    depth = low = 0
+    for m in _BRACKET.finditer(s):
+        depth += 1 if m.group() in ("(", "[", "\\{") else -1
+        low = min(low, depth)
+    return low < 0, depth > low
 
 
 # --- Answer comparison ----------------------------------------------------------------------------
@@ -673,15 +708,16 @@ def extract_answer(text: str, strict: bool = True) -> str | None:
 _UNICODE = (("\u2212", "-"), ("\u2013", "-"), ("\u00b0", ""), ("\u03c0", "\\pi"),
             ("\u00d7", "\\times"), ("\u00f7", "\\div"), ("\u221a", "\\sqrt"), ("\u00a0", " "),
             ("\x00", ""), ("\u2248", "\\approx"), ("\u00b7", "\\cdot"), ("\u00b2", "^2"),
-            ("\u00b3", "^3"), ("\u221e", "\\infty"), ("\u2265", "\\ge "), ("\u2264", "\\le "),
-            ("\u2260", "\\ne "), ("\u20ac", ""), ("\u00a3", ""), ("\u00a5", ""))  # currency as "$"
+            ("\u00b3", "^3"), ("\u221e", "\\infty"), ("\u2265", ">="), ("\u2264", "<="),
+            ("\u2260", "!="), ("\u20ac", ""), ("\u00a3", ""), ("\u00a5", ""))  # currency as "$"
 _DROP = ("\\$", "$", "\\%", "%", "^{\\circ}", "^\\circ", "\\circ", "\\degree", "\\displaystyle")
 _LATEX_NOISE = re.compile(r"(?<!\\)\\(?:[,;:! ()\[\]]|q?quad\b|left\b|right\b)")
 _ARITHMETIC = re.compile(r"(?<=[\d}).])(?:[-+*^!]|\\(?:cdot|times|div)(?![A-Za-z]))")  # "21\\div 5"
 _DOUBLED_BACKSLASH = re.compile(r"(?<!\\)\\\\(?=[A-Za-z]{2})")  # "\\\\frac" escaped twice
 # one spelling per relation: ">=", "\\geq", "\\geqslant" are "\\ge"; "\\lt" is "<"
-_RELATION = re.compile(r">=|<=|!=|\\(?:geq?|leq?|neq?|geqslant|leqslant|gt|lt)(?![A-Za-z])")
-_RELATIONS = {">=": "\\ge ", "<=": "\\le ", "!=": "\\ne ", "\\gt": ">", "\\lt": "<"}
+_RELATION = re.compile(r"\\(?:geq?|leq?|neq?|geqslant|leqslant|gt|lt)(?![A-Za-z])")
+_RELATIONS = {"ge": ">=", "le": "<=", "ne": "!=", "gt": ">", "lt": "<"}
+_INEQUALITY = re.compile(r"([<>]=?)")
 _ARRAY = re.compile(r"[(\[]?\\begin\{array\}\{[^{}]{0,32}\}(.*?)\\end\{array\}[)\]]?", re.DOTALL)
 _THOUSANDS_BRACE = re.compile(r"\{\s{0,2},\s{0,2}\}")  # "1{,}000", "14 {, }916"
 # one-character arguments braced: "\\frac34" is "\\frac{3}{4}", "\\sqrt3" is "\\sqrt{3}"
@@ -704,7 +740,8 @@ _GROUPED = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _GROUPED_IN_BRACES = re.compile(r"\{([-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?)\}")
 # a name: letters, \commands, brackets, "|", ":" and subscripts; no digit outside a subscript, no
 # operator: "x", "AB", "f(x)", "(p,q)", "V_1:V_2", "|AB|", "\frac{NO}{BO}"; not "2x", "x^2", "a+b"
-_NAME = r"(?=[^=]*[A-Za-z])(?:[A-Za-z|:'()\[\]{},]|\\[A-Za-z]+|_\w{1,12})+?"
+# (a \command and a subscript are read whole, so a name splits one way only: no backtracking)
+_NAME = r"(?=[^=]*[A-Za-z])(?:[A-Za-z|:'()\[\]{},]|\\[A-Za-z]+(?![A-Za-z])|_\w{1,12}(?!\w))+?"
 _LABEL = re.compile(rf"{_NAME}=(?!=)")
 _LABELLED = re.compile(rf"({_NAME})=([^=]+)")
 _CHOICE = re.compile(r"\(([A-Z])\)")
@@ -775,7 +812,7 @@ def _normalize(s: str) -> str:
     if "{array}" in s:
         s = _ARRAY.sub(r"\\begin{pmatrix}\1\\end{pmatrix}", s)
     if "=" in s or "\\" in s:
-        s = _RELATION.sub(lambda m: _RELATIONS.get(m.group(), "\\" + m.group()[1:3] + " "), s)
+        s = _RELATION.sub(lambda m: _RELATIONS.get(m.group()[1:3], m.group()), s)
     s = s.strip()
     if m := _MEMBER_OF.match(s):
         s = s[m.end():]
@@ -803,6 +840,8 @@ def _normalize(s: str) -> str:
         s = m.group(1)
     elif _WORD.fullmatch(s):
         s = s.lower()
+    elif len(rel := _INEQUALITY.split(s)) == 3 and rel[1][0] == ">":
+        s = rel[2] + "<" + rel[1][1:] + rel[0]  # "3 \\ge y" is "y \\le 3"
     return s
 
 

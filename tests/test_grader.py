@@ -394,7 +394,8 @@ def test_adversarial_corpus_scores_zero_fast(name):
 
 # --- Real-looking completions (tests/completions.py) ----------------------------------------------
 
-KINDS = ("marker", "tags", "prose", "whole", "tool", "turn", "gold", "wrong")
+KINDS = ("marker", "tags", "prose", "whole", "tool", "turn", "gold", "wrong", "boxes", "labels", "final",
+         "relations", "lists", "units", "latex", "strict")
 
 
 def _id(case):
@@ -507,6 +508,91 @@ def test_extracted_answer(text, strict, expected):
 ])
 def test_gold_forms_and_stated_values(pred, gold, expected):
     assert math_equal(pred, gold) is expected
+
+
+@pytest.mark.parametrize("pred,gold,expected", [
+    # labels: a name (letters, subscripts, a function, a tuple or ratio of names) labels a value
+    ("(2,-1)", "(a,b)=(2,-1)", True),
+    ("(-1,2)", "(a,b)=(2,-1)", False),
+    ("4", "f(x)=4", True),
+    ("3:8", "V_1:V_2=3:8", True),
+    ("2", "|PQ|=2", True),
+    ("\\frac{1}{\\sqrt{2}}", "\\frac{PM}{MQ}=\\frac{1}{\\sqrt{2}}", True),
+    ("9, 12", "AB=9, BC=12", True),       # a gold's named values, stated bare in its order
+    ("12, 9", "AB=9, BC=12", False),
+    ("BC=12, AB=9", "AB=9, BC=12", True),  # named values in any order
+    ("BC=9, AB=12", "AB=9, BC=12", False),
+    ("(5,2),(7,2)", "p=5,q=2;p=7,q=2", True),
+    ("x = 3, y = 4", "(3, 4)", True),     # a point
+    ("x = 3, y = 4", "(4, 3)", False),
+    ("-3, \\frac{7}{2}", "x = -3,\\ q = \\frac{7}{2}", True),
+    ("x = 4+4+1 = 6 = 9", "x=9", True),
+    ("0", "2x + y = 0", False),           # "2x + y" is no name: an equation, compared whole
+    ("0", "b^2 + c = 0", False),
+    # relations in one spelling, read one way
+    ("y \\geq 3", "y >= 3", True),
+    ("y \\ge 3", "y \\geqslant 3", True),
+    ("t \\lt -1", "t < -1", True),
+    ("z \\neq 4", "z != 4", True),
+    ("3 \\geq y", "y \\leq 3", True),
+    ("y \\le 3", "y \\ge 3", False),
+    ("y < 3", "y \\le 3", False),
+    # lists: ";" separates items, "or" between brackets, \pm gives two values, repeats
+    ("(1;0;2),(3;-1;2)", "(1,0,2),(3,-1,2)", True),
+    ("-4;-2;0;3", "\\{-4, -2, 0, 3\\}", True),
+    ("-4;-2;0", "\\{-4, -2, 0, 3\\}", False),
+    ("(4,9)or(9,4)", "(9,4), (4,9)", True),
+    ("\\pm 37", "-37, 37", True),
+    ("\\pm 37", "37", False),
+    ("\\{2\\pm\\sqrt{3}, 7\\}", "\\{2+\\sqrt3, 7, 2-\\sqrt3\\}", True),
+    ("(2,5),(5,2),(2,5)", "(5,2),(2,5)", True),  # the gold lists each once: a set
+    ("1, 1, 2", "1, 2, 2", False),               # the gold repeats one: multiplicity counts
+    ("\\frac{1}{2}, 0.5", "0.5", True),          # one value in two forms
+    ("18, 19", "18", False),
+    # LaTeX variants
+    ("\\cfrac{2}{7}", "2/7", True),
+    ("\\frac56i", "\\frac{5}{6}i", True),
+    ("\\frac56i", "\\frac{6}{5}i", False),
+    ("\\sqrt7", "\\sqrt{7}", True),
+    ("\\left[\\begin{array}{cc}2 & 0 \\\\ 1 & 7\\end{array}\\right]",
+     "\\begin{pmatrix}2 & 0 \\\\ 1 & 7\\end{pmatrix}", True),
+    ("23 {, }417", "23417", True),
+    ("23, 417", "23417", False),                  # a list, not a thousands separator
+    ("\\\\frac{3}{4}", "0.75", True),             # escaped twice
+    ("45\u00a3", "45", True),
+    ("1,250.50\u20ac", "1250.5", True),
+    ("4, 7", "\\boxed{4}\\boxed{7}", True),        # a gold written as several boxes
+    ("4", "\\boxed{4}\\boxed{7}", False),
+    # an approximation states its value, and its exact side only when that is a closed form
+    ("\\frac{2}{3} \\approx 0.67", "\\frac{2}{3}", True),
+    ("21 \\div 312500 \\approx 0.0000677", "0.0000672", False),
+    ("21 \\div 312500 \\approx 0.0000677", "0.0000677", True),
+])
+def test_equivalence_classes(pred, gold, expected):
+    assert math_equal(pred, gold) is expected
+
+
+def test_box_reader():
+    text = "So $\\boxed{\\frac{1}{2}}$, not \\boxed 3 or \\fbox{"
+    start = text.find("\\boxed")
+    assert grader.read_box(text, start) == ("\\frac{1}{2}", start + len("\\boxed{\\frac{1}{2}}"))
+    assert grader.read_box(text, text.find("\\boxed 3")) == ("3", text.find(" or"))
+    assert grader.read_box(text, text.find("\\fbox"))[0] is None  # unbalanced
+    assert grader.boxed_answer(text) is None  # the last box is malformed: no earlier one instead
+    assert grader.boxed_answer("no box here") is None
+    assert grader.boxed_answer("no box here", no_box="gold field") == "gold field"
+    assert grader.boxed_answer("$\\boxed{1}$, $\\boxed{2}$ and $\\boxed{1}$") == "2, 1"
+    assert grader.boxed_answer("\\boxed{1}, then \\boxed{2}") == "2"
+
+
+def test_data_reads_golds_with_the_public_box_reader():
+    """No private grader name crosses into data.py: boxes are read in one place."""
+    import ast
+    from pathlib import Path
+    tree = ast.parse((Path(__file__).resolve().parent.parent / "data.py").read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and node.module == "grader" for alias in node.names}
+    assert imported and not any(name.startswith("_") for name in imported)
 
 
 def test_binomial_oracle():
