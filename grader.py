@@ -5,76 +5,107 @@ that reads a completion is bounded in time and memory, never raises on any ``str
 evaluates model text with eval, exec, compile or sympy. Numbers are compared exactly
 (``fractions.Fraction``) by a small parser of our own. ``reward(completion, gold, strict=True)`` is
 1.0 when the answer that ``extract_answer`` reads equals the gold under ``math_equal``, else 0.0.
+Strict, the training reward, prefers no answer to a guessed one: it reads an answer only where the
+model concluded, never picks one of several values, never evaluates arithmetic the model left
+unfinished when a value follows it.
 
-Extraction (``extract_answer``): the first rule that finds an answer decides, in this order
-    0. The text read: its last ``MAX_COMPLETION_CHARS`` characters (more than any 4,096-position
+Reading a completion (``extract_answer``): the text read, then the first rule that finds an answer
+    0. ``_own_turn``: the last ``MAX_COMPLETION_CHARS`` characters (more than any 4,096-position
        completion; verl scans only 300), ended where the model's turn ends: at the first end-of-turn
        token (``<|im_end|>``, ``<|im_start|>``, ``<|endoftext|>``, Llama's ``<|eot_id|>``, ``</s>``,
        ...) or at a turn the model invents on a line of its own after text of its own
        ("\\n\\nQuestion:", "Problem:", "Q:", "Human:", "User:", or a line "user" left by a ChatML
-       turn decoded with its special tokens skipped).
-    1. Minerva's "The final answer is $x$. I hope it is correct." (the last one).
-    2. The last ``<answer>...</answer>`` (the r1 template; an unclosed tag reads to the end): a box
-       in it, else an "answer is" in it, else its content read as in 5 ("72", "$x = 5$", a sentence
-       stating the answer).
-    3. The last ``\\boxed{...}`` / ``\\fbox{...}`` (brace-matched; also ``\\boxed 5``). Empty,
-       unbalanced or longer than ``MAX_ANSWER_CHARS``: the answer is None, no fallback to an earlier
-       box.
-    4. The first ``####`` line that states an answer (GSM8K; "#### The final answer is N" as the
-       paper's exemplars; the answer may be on the next line). The first, not the last: a base model
-       that runs on past its answer writes the next exemplar's ``####``. A markdown heading
-       ("#### Step 1: ...") states none.
-    5. The last "answer is" / "answer:" / "answer to the question is" / "Final Answer" heading that
-       states one. What follows the marker: a math group ($...$, \\(...\\), \\[...\\], $$...$$;
-       "$2$ and $-3$" is the list "2, -3"), else the clause up to its sentence end (or a "because",
-       "since", "which", ...) when it is short (no words before its math, at most three after it:
-       "23 + 16 = 39 minutes", "18 square feet"; or a word answer: "Friday"). In prose the answer is
-       the clause's last math group ("the solution, which is $x=11$"), else what follows its last
-       "=" or "is" ("half of 36, which is 18"), else its only number (strict) or its first
-       (lenient); a clause with a negation ("not 18") or a bound ("at least 5") states none. Prose
-       with no answer falls through to the marker before it, then to the next rule: prose itself is
-       never an answer.
-    6. Lenient only (``strict=False``): the last whole number or expression in the text: the math
-       around its last digit, between words, delimiters and sentence ends on one line
-       ("$\\frac{1}{3}$" is 1/3, not 3; "3\\sqrt{13}", not 13; "1/8", not 8), an equation read at
-       its last side ("48 + 24 = 72" is 72). The reward is strict by default, since a last-number
-       reward is gamed by printing numbers.
+       turn decoded with its special tokens skipped). ``_after_code``: rules 1-5 read only what
+       follows the last code block (an answer the model stated before running more code was not
+       its conclusion; inside a block left open there is none).
+    1. ``_minerva_answer``: "The final answer is $x$. I hope it is correct." (the last one).
+    2. ``_tagged_answer``: the last ``<answer>...</answer>`` (the r1 template; an unclosed tag reads
+       to the end): a box in it, else an "answer is" in it, else its content.
+    3. ``boxed_answer``: the last ``\\boxed{...}`` / ``\\fbox{...}`` (``read_box``: brace-matched;
+       also ``\\boxed 5``), and with it the boxes before it that only commas, "and", spaces or math
+       delimiters separate: one list ("\\boxed{(2, 2)} \\text{ and } \\boxed{(6, 2)}"; a repeated
+       box counts once; "\\boxed{x+11} or \\boxed{11+x}" restates: the last). An empty, unbalanced
+       or overlong last box: no answer, in either mode.
+    4. ``_hashes_answer``: the first ``####`` line that states an answer (GSM8K; "#### The final
+       answer is N" as the paper's exemplars; the answer may be on the next line). The first: a
+       base model that runs on past its answer writes the next exemplar's ``####``. A markdown
+       heading ("#### Step 1: ...") states none.
+    5. ``_marked_answer``: the last "answer is" / "answer:" / "answer to the question is" / "Final
+       Answer" heading that states one.
+    6. ``_last_expression``, lenient only (``strict=False``): the last whole number or expression:
+       the math around its last digit, between words, units, delimiters and sentence ends on one
+       line ("$\\frac{1}{3}$" is 1/3, not 3; "3\\sqrt{13}", not 13; "1,000.99m²" is 1,000.99), an
+       equation read at its last side ("48 + 24 = 72" is 72). A last-number reward is gamed by
+       printing numbers: the training reward is strict.
 
-Comparison (``math_equal``): both sides normalised, then compared as strings, values or element-wise
-    Normalisation: unicode minus/degree/pi/times; ``$``, ``\\$``, ``%``, ``\\%``, ``^\\circ``,
-    ``\\left``, ``\\right``, ``\\!``, ``\\,``, ``\\;``, ``\\(``, ``\\[`` removed;
-    ``\\dfrac``/``\\tfrac`` -> ``\\frac``; ``\\text{}``, ``\\mbox{}``, ``\\mathrm{}``,
-    ``\\textbf{}``, ``\\boxed{}`` unwrapped; trailing unit words dropped after a number
-    ("18 dollars", "5 \\text{ cm}^2"); "and"/"or" between list items become commas; whitespace
-    dropped; a trailing "." dropped; a leading one-letter "x =" or "x \\in" dropped; thousands
-    commas (``1,000``, ``1{,}000``, ``1,\\!000``, ``11,\\! 111``) removed only where the whole
-    answer (or a whole brace group) is one grouped number; ``4210_{5}`` -> ``4210_5``; ``\\dbinom``
-    / ``{n \\choose k}`` -> ``\\binom``; "(C)" -> "C"; word answers lower-cased.
-    Values: a bounded recursive-descent parser (integers, decimals, scientific ``1.5e3``,
-    ``+ - * / ^``, ``\\cdot``, ``\\times``, ``\\div``, ``\\frac``, ``\\sqrt``, ``\\sqrt[n]``,
-    ``\\pi``, ``\\binom``, ``n!``, implicit products ``2\\pi``, mixed numbers ``2\\frac{1}{2}``).
-    Rational results are exact Fractions and compare exactly ("0.5" == "\\frac{1}{2}", "18.00" ==
-    "18"); results with an irrational part (a non-square root, pi) are floats and compare with
-    relative tolerance 1e-9 only against other irrational results, so a decimal approximation never
-    matches an exact surd.
-    Structures: tuples and intervals element-wise with the same brackets; ``\\{...\\}`` sets and
-    bare comma lists order-insensitively; ``\\cup`` unions order-insensitively; pmatrix/bmatrix
-    element-wise.
-    Stated values: when the gold is no equation, a predicted "23 + 16 = 39" is also compared by its
-    last side and "\\frac{1}{3} \\approx 0.33" by either side ("x \\le 5" and "x^2 = 4" are not 5
-    and 2).
+What follows a marker (``_stated_answer``, for rules 1, 2, 4, 5), in this order
+    a. math groups that open it ($...$, \\(...\\), \\[...\\], $$...$$; "$2$ and $-3$" is the list
+       "2, -3"), or
+    b. a short clause, up to its sentence end or a "because", "since", "which", ...: no words
+       before its math, at most three after it ("23 + 16 = 39 minutes", "18 square feet"); or a
+       word answer ("Friday");
+       with what the rest of the sentence says of it (``_restated``): a restatement continues
+       the answer ("$21 \\div 312500$, which is $0.0000672$" is "21 \\div 312500 = 0.0000672",
+       compared by its last side; "approximately 0.67" makes an approximation; ", or 0.5" is
+       another form of the value); another value beside it ("$8$ for John and $7$ for DeSean")
+       leaves no single answer (strict).
+    c. ``_concluded_value``, prose: what follows its last "is" / "are" / "equals" / "=" outside
+       math ("the solution, which is $x=11$"; "The largest $n$ is 34" is 34, not n), else its only
+       value, a number or a math group with a digit (lenient: its first). Strict: no single answer
+       when a value follows the answer, or stands in a statement beside the answer's that the
+       answer's does not conclude ("John has $8$, DeSean has $7$"; "so", "thus", "which" conclude).
+    A negation ("not 18") or a bound ("at least 5") states no single answer either. A marker with
+    no single answer ends the reading (lenient: at rule 6); prose with no value at all falls
+    through to the marker before it, then to the next rule: prose itself is never an answer.
+
+Comparing answers (``math_equal``): both normalised, then compared as strings, values, structures
+    ``_normalize``, in order: unicode minus/degree/pi/times/≥/≤/≠ and currency glyphs (€ £ ¥ as
+    ``$``); a command's backslash doubled by escaping ("\\\\frac") single; boxes read as rule 3
+    ("\\boxed{1}\\boxed{2}" is "1, 2"); ``$``, ``\\$``, ``%``, ``\\%``, ``^\\circ`` dropped;
+    ``\\left``, ``\\right``, ``\\!``, ``\\,``, ``\\;``, ``\\(``, ``\\[`` removed; ``\\dfrac`` /
+    ``\\tfrac`` / ``\\cfrac`` -> ``\\frac``, ``\\dbinom`` / ``{n \\choose k}`` -> ``\\binom``,
+    bmatrix and ``\\begin{array}`` -> pmatrix; one spelling per relation (``\\geq``, ``\\ge``, ≥
+    are ``>=``; ``\\lt`` is ``<``; ``\\neq`` is ``!=``); a leading "x \\in" dropped; ``4210_{5}``
+    -> ``4210_5``; ``\\text{}``, ``\\mbox{}``, ``\\mathrm{}``, ``\\textbf{}`` unwrapped and trailing
+    unit words dropped after a number ("18 dollars", "5 \\text{ cm}^2"); "and"/"or" between items
+    ("(1,2)or(2,1)" too) become commas; whitespace dropped; one-character arguments braced
+    ("\\frac34i" is "\\frac{3}{4}i"); labels (``_unlabelled``); thousands commas (``1,000``,
+    ``1{,}000``, ``14 {, }916``, ``11,\\! 111``) removed only where the whole answer (or a brace
+    group) is one grouped number; "(C)" -> "C"; word answers lower-cased; a relation read one way
+    ("3 > x" is "x < 3").
+    Labels: a name (letters, subscripts, a function, a tuple, ratio or fraction of names: "x",
+    "f(x)", "(p,q)", "V_1:V_2", "|AB|"; never "2x" or "x^2") labels the value after its "=": "x =
+    5" is 5, "x = 2, x = 3" the list 2, 3; different names ("AB=4, CD=5") are compared name by
+    name (``_same_labels``), to bare values in the gold's order ("4, 5"), and a predicted "x = 2,
+    y = 3" is the point (2, 3), not the list of solutions "2, 3".
+    Values (``_Parser``): a bounded recursive-descent parser (integers, decimals, scientific
+    ``1.5e3``, ``+ - * / ^``, ``\\cdot``, ``\\times``, ``\\div``, ``\\frac``, ``\\sqrt``,
+    ``\\sqrt[n]``, ``\\pi``, ``\\binom``, ``n!``, implicit products ``2\\pi``, mixed numbers
+    ``2\\frac{1}{2}``). Rational results are exact Fractions and compare exactly ("0.5" ==
+    "\\frac{1}{2}", "18.00" == "18"); results with an irrational part (a non-square root, pi) are
+    floats and compare with relative tolerance 1e-9 only against other irrational results, so a
+    decimal approximation never matches an exact surd.
+    Structures (``_key``, ``_same``): tuples and intervals element-wise with the same brackets;
+    ``\\{...\\}`` sets, ``\\cup`` unions and bare lists (items split at ";" when there is one, else
+    at ",") in any order: against a gold that lists each value once as sets (a repeated predicted
+    value counts once), else counting multiplicity; a list that repeats one value is that value;
+    an item "a \\pm b" is the two values a - b and a + b; pmatrix element-wise.
+    Stated values (``_stated_sides``): when the gold is no equation, a predicted "23 + 16 = 39" is
+    also compared by its last side ("x \\le 5" and "x^2 = 4" are not 5 and 2), "a \\approx b" by
+    b, and by a too when a is a closed form ("\\frac{1}{3} \\approx 0.33"), not arithmetic left
+    undone ("21 \\div 312500 \\approx 0.0000677" is only 0.0000677).
     Percentages are not rescaled: "50\\%" == "50", "50\\%" != "0.5". There is no symbolic algebra:
     answers with variables compare as normalised strings ("x^2+2x+1" != "1+2x+x^2"); unsimplified
-    numbers compare by value.
+    numbers compare by value. A decimal comma is not read (it could be a thousands separator).
 
 Bounds (all inputs): ``MAX_COMPLETION_CHARS`` characters of completion, ``MAX_ANSWER_CHARS`` per
 answer, ``MAX_DIGITS`` digits per literal, integer exponents up to ``MAX_EXPONENT``, exact values up
 to ``MAX_BITS`` bits (power towers like ``9^{9^{9^9}}`` are "not evaluable" after one step), nesting
-depth ``MAX_NESTING``, ``MAX_ELEMENTS`` elements per tuple/set/matrix. Regexes run on bounded
-windows and have no nested quantifiers.
+depth ``MAX_NESTING``, ``MAX_ELEMENTS`` elements per tuple/set/matrix and boxes per list. Regexes
+run on bounded windows and have no ambiguous nested quantifiers.
 
-data.py reads each MATH gold with ``_last_boxed``, the box reader of rule 3; this module imports
-nothing of the project.
+Public: ``reward``, ``extract_answer``, ``math_equal``, and the box reader ``read_box`` /
+``boxed_answer`` that data.py's MATH loaders use. This module imports nothing of the project.
 """
 
 from __future__ import annotations
@@ -110,7 +141,7 @@ def extract_answer(text: str, strict: bool = True) -> str | None:
     if answer is None:
         boxed = boxed_answer(concluded, _NO_BOX)
         if boxed is not _NO_BOX:
-            return boxed  # type: ignore[return-value] (an empty or malformed box: none, either mode)
+            return boxed  # type: ignore[return-value] (empty or malformed: none in either mode)
         answer = _hashes_answer(concluded)
     if answer is None:
         answer = _marked_answer(concluded, not strict)
@@ -191,9 +222,9 @@ def _tagged_answer(text: str, lenient: bool) -> str | None:
 
 
 # Rule 3: boxes
-_NO_BOX = object()  # boxed_answer's no_box here: the text has no box (None: an empty or malformed one)
+_NO_BOX = object()  # boxed_answer's no_box here: the text has no box (None: an empty or bad one)
 _BRACE = re.compile(r"[{}]")
-# what may stand between the boxes of one answer: "\boxed{1}, \boxed{2}", "$\boxed{1}$ and $\boxed{2}$"
+# what stands between the boxes of one answer: "\boxed{1}, \boxed{2}", "$\boxed{1}$ and $\boxed{2}$"
 # (each alternative starts with its own character: no backtracking)
 _BOX_JOINER = re.compile(r"(?:[\s,;$]|\\[()\[\],;: ]|\\q?quad|\\text\{\s{0,3}and\s{0,3}\}"
                          r"|(?<![A-Za-z])and(?![A-Za-z])){0,64}")
@@ -329,7 +360,7 @@ _PLAIN_NUMBER = re.compile(r"[ \t]{0,8}"  # a number alone on the rest of its li
                            r"(-?\d{1,3}(?:,\d{3}){1,12}(?:\.\d{1,30})?|-?\d{1,40}(?:\.\d{1,30})?)"
                            r"\.?[ \t]{0,8}(?:\n|\Z)")
 _DELIMITERS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
-_QUOTE = re.compile(r'\\?"|[\u201c\u2018`]')  # an answer in quotes: '"$12$"', '\\"18\\"', '“18”'
+_QUOTE = re.compile(r'\\?"|[\u201c\u2018`]')  # an answer quoted: '"$12$"', '\\"18\\"', '“18”'
 # \(...\) or $...$ on one line ("$\\$120$" holds an escaped dollar)
 _MATH_GROUP = re.compile(r"\\\((.{1,512}?)\\\)|(?<![\\\d])\$((?:[^$\n\\]|\\.){1,512}?)"
                          r"(?:(?<!\s)|(?<=[\d}]\s))\$")  # "$12 $" is math, "$18 and $" two signs
@@ -353,9 +384,11 @@ _NOT_AN_ANSWER = {"answer", "here", "below", "above", "follows", "following", "c
                   "this", "that", "is", "given", "as"}
 # what restates the value before it: "$A$, which is $B$", "= 18", "\approx 0.33", ", or 0.5",
 # ", which is approximately 0.33"
-_RESTATEMENT = re.compile(r"\s{0,4},?\s{0,4}(?:(?:which|that)\s{1,4})?(or\b|is\b|equals\b|=|i\.e\.|\\approx|\u2248)?"
+_RESTATEMENT = re.compile(r"\s{0,4},?\s{0,4}(?:(?:which|that)\s{1,4})?"
+                          r"(or\b|is\b|equals\b|=|i\.e\.|\\approx|\u2248)?"
                           r"\s{0,4},?\s{0,4}(approximately\b|about\b|roughly\b|around\b)?\s{0,4}",
                           re.IGNORECASE)
+# a remark after an answer: "$5$ (since 2 + 3 = 5)", "$5$ because ..." (not "which", that restates)
 _ASIDE = re.compile(r"\s\(|,?\s(?:because|since|as|given|if|when|where)\b", re.IGNORECASE)
 # where the statements of a clause end, and the words that make a statement conclude those before
 _STATEMENT_END = re.compile(r"[,;]\s|\.\s|\s(?:and|but)\s|\n")
@@ -370,9 +403,9 @@ def _stated_answer(s: str, scope: str, lenient: bool = False) -> str | None:
 
     scope: "sentence" (after "answer is" / "Answer:": up to the end of its sentence), "line" (after
     ####: the whole line, which must be an answer, not a markdown heading), "tag" (the content of
-    <answer> tags). In order: math groups opening it (a: _restated), a short clause or a word
-    answer (b), prose (c: _concluded_value); nothing in a clause with a negation ("not 5") or a
-    bound ("at least 5")."""
+    <answer> tags). In order (module docstring): math groups opening it (a) or a short clause (b),
+    with what the rest of the sentence says of them (_restated); prose (c: _concluded_value); no
+    single answer in a clause with a negation ("not 5") or a bound ("at least 5")."""
     if m := _PLAIN_NUMBER.match(s):  # fast path: "#### 72", "The answer is 18."
         return m.group(1)
     s = s.lstrip(" \t*:")
@@ -423,7 +456,8 @@ def _stated_answer(s: str, scope: str, lenient: bool = False) -> str | None:
     if scope == "line":
         return _checked_answer(clause) if short else None
     if (cut := _REASON.search(clause, start)) and _is_short(clause, start, cut.start()):
-        return _checked_answer(clause[:cut.start()])  # "5 because 2 + 3 = 5", "18 for each of them"
+        # "5 because 2 + 3 = 5", "18 for each of them", "21 ÷ 312500, which is 0.0000672"
+        return _restated(clause[:cut.start()], clause[cut.start():], scope, lenient)
     if short:
         return _checked_answer(clause)
     if _QUALIFIED.search(clause.lower()):
@@ -444,12 +478,12 @@ def _joined_groups(s: str) -> str | None:
 
 
 def _restated(answer: str, rest: str, scope: str, lenient: bool) -> str | None:
-    """(a) A math group that opens the statement is its answer, and the rest of its sentence may
-    restate it: "$21 \\div 312500$, which is $0.0000672$" is the equation
-    "21 \\div 312500 = 0.0000672", compared by its last side, so arithmetic the model left
-    unfinished is never evaluated when a value follows it; "$\\frac{1}{3} \\approx 0.33$" and
-    "$\\frac{1}{2}$, or 0.5" are an approximation and two forms of one value. Strict: another
-    value beside it ("$8$ for John and $7$ for DeSean") leaves no single answer."""
+    """The answer that opens a statement (a math group, a short clause) with what the rest of its
+    sentence says of it: a restatement continues it ("$21 \\div 312500$, which is $0.0000672$" is
+    the equation "21 \\div 312500 = 0.0000672", compared by its last side, so arithmetic the model
+    left unfinished is never evaluated when a value follows it; "$\\frac{1}{3}$, which is about
+    $0.33$" and "$\\frac{1}{2}$, or 0.5" are an approximation and two forms of one value). Strict:
+    another value beside it ("$8$ for John and $7$ for DeSean") leaves no single answer."""
     rest = rest[:(4 if scope == "tag" else 1) * MAX_ANSWER_CHARS]
     rest = rest if scope == "tag" else rest.split("\n", 1)[0]
     rest = rest[:_sentence_end(rest)]
@@ -504,12 +538,11 @@ def _values(clause: str) -> list[str]:
     outside them."""
     found, last = [], 0
     for m in _MATH_GROUP.finditer(clause):
-        found += [(n.start() + last, n.group()) for n in _NUMBER_TOKEN.finditer(clause[last:m.start()])]
+        found += _NUMBER_TOKEN.findall(clause, last, m.start())
         if _ARABIC_DIGIT.search(content := (m.group(1) or m.group(2)).strip()):
-            found.append((m.start(), content))
+            found.append(content)
         last = m.end()
-    found += [(n.start() + last, n.group()) for n in _NUMBER_TOKEN.finditer(clause[last:])]
-    return [value for _, value in found]
+    return found + _NUMBER_TOKEN.findall(clause, last)
 
 
 def _beside(clause: str, at: int) -> bool:
@@ -568,13 +601,13 @@ def _is_short(clause: str, start: int, end: int) -> bool:
 
 
 # Rule 6 (lenient only): the last whole number or expression
-# Where an expression ends in running text: a word or unit ("m" of "5m²"), \text{...} with words in it, $ and \( \) \[ \]
-# delimiters (not \$), sentence punctuation (not the ":" of a ratio, the "!" of a factorial, the "."
-# of a decimal), a comma that is not a thousands separator, a LaTeX line break, <<calculator>>
-# brackets, any other non-ASCII character than these math ones: − × ÷ · √ π ° ² ³ ≈.
+# Where an expression ends in running text: a word, a unit ("m" of "5m²"), \text{...} with words
+# in it, $ and \( \) \[ \] delimiters (not \$), sentence punctuation (not the ":" of a ratio, the
+# "!" of a factorial, the "." of a decimal), a comma that is not a thousands separator, a LaTeX
+# line break, <<calculator>> brackets, any non-ASCII character but these: − × ÷ · √ π ° ² ³ ≈.
 _EXPRESSION_END = re.compile(r"\\(?:text|mbox|mathrm|textrm|textit)\s{0,4}"
                              r"\{[^{}]{0,64}[A-Za-z][^{}]{0,64}\}"
-                             r"|(?<![\\A-Za-z])[A-Za-z]{2,}|(?<=\d)[A-Za-z](?=[\u00b2\u00b3])"  # "5m²"
+                             r"|(?<![\\A-Za-z])[A-Za-z]{2,}|(?<=\d)[A-Za-z](?=[\u00b2\u00b3])"
                              r"|\\[()\[\]]|(?<!\\)\$|\\\\|[\n;?&`\"'<>]"
                              r"|\.(?!\d)|(?<!\d):|:(?!\d)|(?<!\\)!(?![})=])"
                              r"|(?<!\{),(?!\d|\s{0,2}\\!|\})"
@@ -703,13 +736,15 @@ def _unmatched(s: str) -> tuple[bool, bool]:
     return low < 0, depth > low
 
 
-# --- Answer comparison ----------------------------------------------------------------------------
+# --- Comparing answers: _normalize, the value parser, _key, _same, math_equal ---------------------
 
 _UNICODE = (("\u2212", "-"), ("\u2013", "-"), ("\u00b0", ""), ("\u03c0", "\\pi"),
             ("\u00d7", "\\times"), ("\u00f7", "\\div"), ("\u221a", "\\sqrt"), ("\u00a0", " "),
             ("\x00", ""), ("\u2248", "\\approx"), ("\u00b7", "\\cdot"), ("\u00b2", "^2"),
             ("\u00b3", "^3"), ("\u221e", "\\infty"), ("\u2265", ">="), ("\u2264", "<="),
             ("\u2260", "!="), ("\u20ac", ""), ("\u00a3", ""), ("\u00a5", ""))  # currency as "$"
+_SPELLINGS = (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"),
+              ("\\dbinom", "\\binom"), ("\\tbinom", "\\binom"), ("bmatrix", "pmatrix"))
 _DROP = ("\\$", "$", "\\%", "%", "^{\\circ}", "^\\circ", "\\circ", "\\degree", "\\displaystyle")
 _LATEX_NOISE = re.compile(r"(?<!\\)\\(?:[,;:! ()\[\]]|q?quad\b|left\b|right\b)")
 _ARITHMETIC = re.compile(r"(?<=[\d}).])(?:[-+*^!]|\\(?:cdot|times|div)(?![A-Za-z]))")  # "21\\div 5"
@@ -734,7 +769,7 @@ _THIN_THOUSANDS = re.compile(r"(?<=\d),\s{0,2}\\!\s{0,2}(?=\d{3}(?!\d))")  # "11
 _MEMBER_OF = re.compile(r"[A-Za-z]\s{0,4}\\in(?![A-Za-z])\s{0,4}")  # "x \in [-2,7]"
 _BRACED_SUBSCRIPT = re.compile(r"_\{(\w{1,12})\}")  # "4210_{5}" is "4210_5"
 _CHOOSE = re.compile(r"\{\s{0,4}(\w{1,12})\s{0,4}\\choose\s{0,4}(\w{1,12})\s{0,4}\}")
-_AND_OR = re.compile(r",?\s{0,8}(?<![A-Za-z\\])(?:and|or)(?![A-Za-z])\s{0,8}")  # also "(1,2)or(2,1)"
+_AND_OR = re.compile(r",?\s{0,8}(?<![A-Za-z\\])(?:and|or)(?![A-Za-z])\s{0,8}")  # "(1,2)or(2,1)"
 _COMMA_SPACE = re.compile(r",\s+")
 _GROUPED = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _GROUPED_IN_BRACES = re.compile(r"\{([-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?)\}")
@@ -807,8 +842,9 @@ def _normalize(s: str) -> str:
     if "\\!" in s:
         s = _THIN_THOUSANDS.sub(",", s)
     s = _THOUSANDS_BRACE.sub(",", _LATEX_NOISE.sub("", s))
-    s = (s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
-         .replace("\\dbinom", "\\binom").replace("\\tbinom", "\\binom").replace("bmatrix", "pmatrix"))
+    for a, b in _SPELLINGS:
+        if a in s:
+            s = s.replace(a, b)
     if "{array}" in s:
         s = _ARRAY.sub(r"\\begin{pmatrix}\1\\end{pmatrix}", s)
     if "=" in s or "\\" in s:

@@ -224,6 +224,7 @@ CASES = [
      "which is $0.00071$", "0.007", 0),
     ("ours", "strict", C, r"The correct answer should be $35 \div (2^3 \cdot 5^4) = 35 \div 5000$, "
      "which is $0.007$", "0.007", 1),
+    ("ours", "strict", C, "So the answer is 35 \u00f7 5000, which is 0.00071.", "0.007", 0),
     ("ours", "strict", C, "<answer> Ana has $6$ stickers, Ben has $9$ stickers and they trade two "
      "</answer>", "9", 0),
     ("ours", "strict", C, "The answer is $6$ for Ana and $9$ for Ben.", "9", 0),

@@ -373,6 +373,15 @@ ADVERSARIAL = {
     "long list": "\\boxed{" + "1," * 250 + "1}",
     "long set": "\\boxed{\\{" + "\\pi," * 120 + "1\\}}",
     "long matrix": "\\boxed{\\begin{pmatrix}" + "1&" * 100 + "1\\end{pmatrix}}",
+    "1 MB of joined boxes": "\\boxed{1}, " * (2**20 // 11),
+    "1 MB of distinct joined boxes": "".join(f"\\boxed{{\\frac{{1}}{{{k}}}}}, " for k in range(60_000)),
+    "1 MB of restatements": "The answer is $1$" + ", which is $1$" * (2**20 // 14),
+    "1 MB of statements": "The answer is 1" + ", and x is 1" * (2**20 // 12),
+    "1 MB of code fences": "```" * (2**20 // 3),
+    "names that split many ways": "\\boxed{" + "x\\geq" * 80 + "1}",
+    "subscripts that split many ways": "\\boxed{" + "_abc" * 100 + "x=1}",
+    "60 named values": "\\boxed{" + ",".join(f"a_{k}={k}" for k in range(60)) + "}",
+    "40 plus-minus items": "\\boxed{" + ",".join("1\\pm2" for _ in range(40)) + "}",
 }
 
 
