@@ -48,7 +48,7 @@ What follows a marker (``_stated_answer``, for rules 1, 2, 4, 5), in this order
        the answer ("$21 \\div 312500$, which is $0.0000672$" is "21 \\div 312500 = 0.0000672",
        compared by its last side; "approximately 0.67" makes an approximation; ", or 0.5" is
        another form of the value); another value beside it ("$8$ for John and $7$ for DeSean")
-       leaves no single answer (strict).
+       leaves no single answer (strict), unless it is the same ("18, so she makes 18 dollars").
     c. ``_concluded_value``, prose: what follows its last "is" / "are" / "equals" / "=" outside
        math ("the solution, which is $x=11$"; "The largest $n$ is 34" is 34, not n), else its only
        value, a number or a math group with a digit (lenient: its first). Strict: no single answer
@@ -261,15 +261,18 @@ def boxed_answer(text: str, no_box: object = None) -> object:
     last, _ = read_box(text, start)
     if last is None:
         return None
-    answers, seen = [last], {_normalize(last)}
+    answers, seen = [last], set()
     for _ in range(MAX_ELEMENTS - 1):
-        before = max(text.rfind("\\boxed", 0, start), text.rfind("\\fbox", 0, start))
+        # a box that ends at most 64 characters before this one starts within this window
+        window = max(0, start - MAX_ANSWER_CHARS - 80)
+        before = max(text.rfind("\\boxed", window, start), text.rfind("\\fbox", window, start))
         if before < 0:
             break
         content, end = read_box(text, before)
         if (content is None or not 0 <= start - end <= 64  # (a box around this one: not a list)
                 or not _BOX_JOINER.fullmatch(text, end, start)):
             break
+        seen = seen or {_normalize(last)}
         if (norm := _normalize(content)) not in seen:
             answers.append(content)
             seen.add(norm)
@@ -483,7 +486,8 @@ def _restated(answer: str, rest: str, scope: str, lenient: bool) -> str | None:
     the equation "21 \\div 312500 = 0.0000672", compared by its last side, so arithmetic the model
     left unfinished is never evaluated when a value follows it; "$\\frac{1}{3}$, which is about
     $0.33$" and "$\\frac{1}{2}$, or 0.5" are an approximation and two forms of one value). Strict:
-    another value beside it ("$8$ for John and $7$ for DeSean") leaves no single answer."""
+    another value beside it ("$8$ for John and $7$ for DeSean") leaves no single answer, unless it
+    is the same ("18, so she makes 18 dollars")."""
     rest = rest[:(4 if scope == "tag" else 1) * MAX_ANSWER_CHARS]
     rest = rest if scope == "tag" else rest.split("\n", 1)[0]
     rest = rest[:_sentence_end(rest)]
@@ -505,7 +509,9 @@ def _restated(answer: str, rest: str, scope: str, lenient: bool) -> str | None:
         joint = (link.group(1) or "").lower()
         answer = (f"{answer} \\approx {value}" if link.group(2) or joint in ("\\approx", "\u2248")
                   else f"{answer}, {value}" if joint == "or" else f"{answer} = {value}")
-    return _checked_answer(answer) if lenient else _NO_SINGLE
+    if lenient or all(math_equal(value, answer) for value in _values(rest)[:MAX_ELEMENTS]):
+        return _checked_answer(answer)  # "18, so she makes 18 dollars": one value, said twice
+    return _NO_SINGLE
 
 
 def _concluded_value(clause: str, lenient: bool) -> str | None:
@@ -847,7 +853,7 @@ def _normalize(s: str) -> str:
             s = s.replace(a, b)
     if "{array}" in s:
         s = _ARRAY.sub(r"\\begin{pmatrix}\1\\end{pmatrix}", s)
-    if "=" in s or "\\" in s:
+    if "\\g" in s or "\\l" in s or "\\n" in s:  # \\ge, \\leq, \\neq, \\lt, ...
         s = _RELATION.sub(lambda m: _RELATIONS.get(m.group()[1:3], m.group()), s)
     s = s.strip()
     if m := _MEMBER_OF.match(s):
@@ -876,7 +882,7 @@ def _normalize(s: str) -> str:
         s = m.group(1)
     elif _WORD.fullmatch(s):
         s = s.lower()
-    elif len(rel := _INEQUALITY.split(s)) == 3 and rel[1][0] == ">":
+    elif ">" in s and len(rel := _INEQUALITY.split(s)) == 3 and rel[1][0] == ">":
         s = rel[2] + "<" + rel[1][1:] + rel[0]  # "3 \\ge y" is "y \\le 3"
     return s
 
@@ -1261,7 +1267,7 @@ def _key(s: str, depth: int = 0) -> tuple:
         if (keys := items(_split_list(s[1:-1]))) is not None:
             return ("seq", s[0] + s[-1], keys)
     parts = _split_list(s)
-    labels = [_LABELLED.fullmatch(p.strip()) for p in parts]
+    labels = [_LABELLED.fullmatch(p.strip()) for p in parts] if "=" in s else [None]
     if len(parts) > 1 and all(labels) and len(parts) <= MAX_ELEMENTS:
         # "AB=4, CD=5", "x=2, y=3": named values (one name's values were made a list)
         return ("labels", tuple((m.group(1), _key(m.group(2), depth + 1)) for m in labels))

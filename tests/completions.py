@@ -354,6 +354,7 @@ COMPLETIONS = [
     ("strict", "The correct answer should be $18 \\div (2 \\cdot 3^2) = 18 \\div 18$, which is $1$.", "1", 1, 1),
     ("strict", "<answer> Maya has $12$ marbles, Leo has $7$ marbles and they play two rounds </answer>", "7", 0, 0),
     ("strict", "The answer is $12$ for Maya and $7$ for Leo.", "7", 0, 0),
+    ("strict", "The answer is 18, so Janet makes $18 every day.", "18", 1, 1),  # one value, said twice
     ("strict", "So the final answer is 18 \u00f7 18, which is 0.", "1", 0, 0),  # no math delimiters either
     ("strict", "So the final answer is 18 \u00f7 18, which is 1.", "1", 1, 1),
     ("strict", "So the answer is: 15.\n```python\n# double-check\nprint(3 * 5)\n", "15", 0, 1),
