@@ -746,7 +746,7 @@ def _unmatched(s: str) -> tuple[bool, bool]:
 
 _UNICODE = (("\u2212", "-"), ("\u2013", "-"), ("\u00b0", ""), ("\u03c0", "\\pi"),
             ("\u00d7", "\\times"), ("\u00f7", "\\div"), ("\u221a", "\\sqrt"), ("\u00a0", " "),
-            ("\x00", ""), ("\u2248", "\\approx"), ("\u00b7", "\\cdot"), ("\u00b2", "^2"),
+            ("\u2248", "\\approx"), ("\u00b7", "\\cdot"), ("\u00b2", "^2"),
             ("\u00b3", "^3"), ("\u221e", "\\infty"), ("\u2265", ">="), ("\u2264", "<="),
             ("\u2260", "!="), ("\u20ac", ""), ("\u00a3", ""), ("\u00a5", ""))  # currency as "$"
 _SPELLINGS = (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"),
@@ -835,9 +835,11 @@ def _normalize(s: str) -> str:
         return ""
     if _SIMPLE.fullmatch(s):
         return s  # a plain number ("72", "-0.5") is its own normal form
-    for a, b in _UNICODE:
-        if a in s:
-            s = s.replace(a, b)
+    s = s.replace("\x00", "")  # (the placeholder of the whitespace step below)
+    if not s.isascii():
+        for a, b in _UNICODE:
+            if a in s:
+                s = s.replace(a, b)
     if "\\\\" in s:
         s = _DOUBLED_BACKSLASH.sub(r"\\", s)
     if ("\\boxed" in s or "\\fbox" in s) and isinstance(boxed := boxed_answer(s), str):
@@ -847,10 +849,13 @@ def _normalize(s: str) -> str:
             s = s.replace(a, "")
     if "\\!" in s:
         s = _THIN_THOUSANDS.sub(",", s)
-    s = _THOUSANDS_BRACE.sub(",", _LATEX_NOISE.sub("", s))
-    for a, b in _SPELLINGS:
-        if a in s:
-            s = s.replace(a, b)
+    if "\\" in s:
+        s = _LATEX_NOISE.sub("", s)
+        for a, b in _SPELLINGS:
+            if a in s:
+                s = s.replace(a, b)
+    if "{" in s:
+        s = _THOUSANDS_BRACE.sub(",", s)
     if "{array}" in s:
         s = _ARRAY.sub(r"\\begin{pmatrix}\1\\end{pmatrix}", s)
     if "\\g" in s or "\\l" in s or "\\n" in s:  # \\ge, \\leq, \\neq, \\lt, ...
