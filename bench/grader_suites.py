@@ -45,7 +45,7 @@ CASES = [
     (MV, "boxes", A, "4, 7", r"\boxed{4}\boxed{7}", 1),
     (MV, "boxes", A, r"\boxed{4, 7}", r"\boxed{4} \text{ and } \boxed{7}", 1),
     (MV, "boxes", A, "4", r"\boxed{4}\boxed{7}", 0),
-    (MV, "boxes", C, r"So $k = \boxed{12}$ and $m = \boxed{3}$.", "k=12, m=3", 0),
+    (MV, "boxes", C, r"So $k = \boxed{12}$ and $m = \boxed{3}$.", "k=12, m=3", 1),
     # --- golds labelled by names of more than one letter or by a function
     (MV, "labels", A, "(5,1)", "(a,b)=(5,1)", 1),
     (MV, "labels", C, r"Hence $\boxed{(5, 1)}$.", "(a,b)=(5,1)", 1),
