@@ -15,9 +15,10 @@ Reading a completion (``extract_answer``): the text read, then the first rule th
        token (``<|im_end|>``, ``<|im_start|>``, ``<|endoftext|>``, Llama's ``<|eot_id|>``, ``</s>``,
        ...) or at a turn the model invents on a line of its own after text of its own
        ("\\n\\nQuestion:", "Problem:", "Q:", "Human:", "User:", or a line "user" left by a ChatML
-       turn decoded with its special tokens skipped). ``_after_code``: rules 1-5 read only what
-       follows the last code block (an answer the model stated before running more code was not
-       its conclusion; inside a block left open there is none).
+       turn decoded with its special tokens skipped); begun after a reasoning model's last
+       ``</think>`` (an answer inside its reasoning is not its answer). ``_after_code``: rules 1-5
+       read only what follows the last code block (an answer the model stated before running more
+       code was not its conclusion; inside a block left open there is none).
     1. ``_minerva_answer``: "The final answer is $x$. I hope it is correct." (the last one).
     2. ``_tagged_answer``: the last ``<answer>...</answer>`` (the r1 template; an unclosed tag reads
        to the end): a box in it, else an "answer is" in it, else its content.
@@ -32,8 +33,9 @@ Reading a completion (``extract_answer``): the text read, then the first rule th
        heading ("#### Step 1: ...") states none.
     5. ``_marked_answer``: the last "answer is" / "answer:" / "answer to the question is" / "Final
        Answer" heading that states one.
-    6. ``_last_expression``, lenient only (``strict=False``): the last whole number or expression:
-       the math around its last digit, between words, units, delimiters and sentence ends on one
+    6. ``_last_expression``, lenient only (``strict=False``): the math group that ends the text,
+       whole (``_closing_group``: "... the fastest is $\\text{E}$."), else the last whole number or
+       expression: the math around its last digit, between words, units, delimiters and sentence ends on one
        line ("$\\frac{1}{3}$" is 1/3, not 3; "3\\sqrt{13}", not 13; "1,000.99m²" is 1,000.99), an
        equation read at its last side ("48 + 24 = 72" is 72). A last-number reward is gamed by
        printing numbers: the training reward is strict.
@@ -69,15 +71,19 @@ Comparing answers (``math_equal``): both normalised, then compared as strings, v
     -> ``4210_5``; ``\\text{}``, ``\\mbox{}``, ``\\mathrm{}``, ``\\textbf{}`` unwrapped and trailing
     unit words dropped after a number ("18 dollars", "5 \\text{ cm}^2"); "and"/"or" between items
     ("(1,2)or(2,1)" too) become commas; whitespace dropped; one-character arguments braced
-    ("\\frac34i" is "\\frac{3}{4}i"); labels (``_unlabelled``); thousands commas (``1,000``,
+    ("\\frac34i" is "\\frac{3}{4}i"); grouping braces around the whole answer dropped ("{1,2,3}"
+    is "1,2,3"; a set is "\\{...\\}"); labels (``_unlabelled``); thousands commas (``1,000``,
     ``1{,}000``, ``14 {, }916``, ``11,\\! 111``) removed only where the whole answer (or a brace
     group) is one grouped number; "(C)" -> "C"; word answers lower-cased; a relation read one way
-    ("3 > x" is "x < 3").
+    (``_one_way``: "3 > x" is "x < 3"; a name between two bounds is an interval: "-2 < x \\le 7" is
+    "(-2,7]").
     Labels: a name (letters, subscripts, a function, a tuple, ratio or fraction of names: "x",
     "f(x)", "(p,q)", "V_1:V_2", "|AB|"; never "2x" or "x^2") labels the value after its "=": "x =
     5" is 5, "x = 2, x = 3" the list 2, 3; different names ("AB=4, CD=5") are compared name by
     name (``_same_labels``), to bare values in the gold's order ("4, 5"), and a predicted "x = 2,
-    y = 3" is the point (2, 3), not the list of solutions "2, 3".
+    y = 3" is the point (2, 3), not the list of solutions "2, 3". A chain of equations states its
+    last side ("z = 1 + 1 = 2" is 2). A gold longer than an answer is a worked solution: its
+    answer is read as a completion's (strict).
     Values (``_Parser``): a bounded recursive-descent parser (integers, decimals, scientific
     ``1.5e3``, ``+ - * / ^``, ``\\cdot``, ``\\times``, ``\\div``, ``\\frac``, ``\\sqrt``,
     ``\\sqrt[n]``, ``\\pi``, ``\\binom``, ``n!``, implicit products ``2\\pi``, mixed numbers
@@ -165,7 +171,7 @@ _INVENTED_TURN = re.compile(r"\n[ \t]{0,8}(?:Human|User|USER|Question|Problem|Q)
 def _own_turn(text: str) -> str:
     """The completion's last MAX_COMPLETION_CHARS, ended where the model's turn ends: at its first
     end-of-turn token, or at a next turn it invents on a line of its own ("\\n\\nQuestion: ...")
-    after some text of its own."""
+    after some text of its own; begun after its reasoning's last "</think>"."""
     text = text[-MAX_COMPLETION_CHARS:]  # first, so that no scan below reads more than this bound
     if "|>" in text or "</s>" in text or "\uff5c>" in text:  # how every _END_OF_TURN token ends
         for marker in _END_OF_TURN:  # (str.find: one regex alternation over them all is 5x slower)
@@ -175,7 +181,8 @@ def _own_turn(text: str) -> str:
     m = _INVENTED_TURN.search(text)
     if m and not text[:m.start()].strip():  # a turn marker before any text of its own: look further
         m = _INVENTED_TURN.search(text, m.end())
-    return text[:m.start()] if m else text
+    text = text[:m.start()] if m else text
+    return text[text.rfind("</think>") + 8:] if "</think>" in text else text
 
 
 def _after_code(text: str) -> str:
@@ -628,9 +635,13 @@ _BRACKET = re.compile(r"\\[{}]|[()\[\]]")
 
 
 def _last_expression(text: str) -> str | None:
-    """Lenient fallback: the whole number or expression around the last digit of the text:
-    "\\frac{1}{3}", not 3; "3\\sqrt{13}", not 13; "1/8", not 8; "x = 5" is 5. An expression is the
-    math between two words, delimiters or sentence ends on one line (see _EXPRESSION_END)."""
+    """Lenient fallback: the math group that ends the text, whole; else the whole number or
+    expression around the last digit of the text: "\\frac{1}{3}", not 3; "3\\sqrt{13}", not 13;
+    "1/8", not 8; "x = 5" is 5. An expression is the math between two words, delimiters or sentence
+    ends on one line (see _EXPRESSION_END)."""
+    closing = _closing_group(text)
+    if closing:
+        return closing
     # C-speed scans; a regex over the whole text is 30x slower
     end = max(text.rfind(d) for d in "0123456789")
     if end < 0:
@@ -678,6 +689,22 @@ def _last_expression(text: str) -> str | None:
     for last in _LAST_NUMBER.finditer(text, max(0, start - 1), end + 1):
         pass
     return last.group() if last is not None else None
+
+
+def _closing_group(text: str) -> str | None:
+    """The math group the text ends with (then at most a full stop), whole, with or without a
+    digit: "$\\text{E}$", "$$f(y) = y$$", "$19, 46, \\text{ and } 82$". Inline math is one line."""
+    s = text[-2 * MAX_ANSWER_CHARS:].rstrip(" \t\n.")
+    for open_, close in _DELIMITERS:
+        if s.endswith(close) and not s.endswith("\\" + close):
+            start = s.rfind(open_, 0, len(s) - len(close))
+            while start > 0 and s[start - 1] == "\\":  # "\\$" is a dollar sign
+                start = s.rfind(open_, 0, start - 1)
+            group = s[start + len(open_):len(s) - len(close)].strip() if start >= 0 else ""
+            if open_ in ("$", "\\(") and "\n" in group:
+                return None
+            return group if group and _balanced(group) else None
+    return None
 
 
 def _leading_expression(s: str) -> str | None:
@@ -785,6 +812,8 @@ _GROUPED_IN_BRACES = re.compile(r"\{([-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?)\}")
 _NAME = r"(?=[^=]*[A-Za-z])(?:[A-Za-z|:'()\[\]{},]|\\[A-Za-z]+(?![A-Za-z])|_\w{1,12}(?!\w))+?"
 _LABEL = re.compile(rf"{_NAME}=(?!=)")
 _LABELLED = re.compile(rf"({_NAME})=([^=]+)")
+_NAME_ONLY = re.compile(_NAME)
+_PLAIN_EQUALS = re.compile(r"(?<![<>!=])=(?!=)")
 _CHOICE = re.compile(r"\(([A-Z])\)")
 _WORD = re.compile(r"[A-Za-z]{2,}")
 _DIGIT = re.compile(r"\d")
@@ -874,6 +903,8 @@ def _normalize(s: str) -> str:
     # whitespace dropped, but "a, b" kept apart from "1,000"
     s = "".join(_COMMA_SPACE.sub(",\x00", s).split()).replace("\x00", " ")
     s = s.rstrip(".;").strip()
+    if s[:1] == "{" and _brace_group(s, 0) == s[1:-1]:
+        s = s[1:-1]  # "{1,2,3}": LaTeX's grouping braces print nothing (a set is "\\{...\\}")
     if "\\frac" in s or "\\binom" in s or "\\sqrt" in s:
         s = _ONE_ARG.sub(r"\\sqrt{\1}", _TWO_ARGS.sub(_braced_args, s))
     if "=" in s:
@@ -887,9 +918,21 @@ def _normalize(s: str) -> str:
         s = m.group(1)
     elif _WORD.fullmatch(s):
         s = s.lower()
-    elif ">" in s and len(rel := _INEQUALITY.split(s)) == 3 and rel[1][0] == ">":
-        s = rel[2] + "<" + rel[1][1:] + rel[0]  # "3 \\ge y" is "y \\le 3"
+    elif "<" in s or ">" in s:
+        s = _one_way(s)
     return s
+
+
+def _one_way(relation: str) -> str:
+    """A relation read one way: "3 > y" is "y < 3"; a name between two bounds is an interval:
+    "0 < f(x) < 1" is "(0,1)", "7 >= x > -2" is "(-2,7]"."""
+    rel = _INEQUALITY.split(relation)
+    if len(rel) == 3 and rel[1][0] == ">":
+        return rel[2] + "<" + rel[1][1:] + rel[0]
+    if len(rel) == 5 and rel[1][0] == rel[3][0] and _NAME_ONLY.fullmatch(rel[2]):
+        low, low_op, _, high_op, high = rel if rel[1][0] == "<" else rel[::-1]
+        return ("[" if low_op[1:] else "(") + low + "," + high + ("]" if high_op[1:] else ")")
+    return relation
 
 
 def _braced_args(m: re.Match) -> str:
@@ -904,9 +947,10 @@ def _unlabelled(s: str) -> str:
     labels = [_LABELLED.fullmatch(item.strip()) for item in items]
     if len(items) > 1 and all(labels) and len({m.group(1) for m in labels}) == 1:
         return ", ".join(m.group(2) for m in labels)
+    chain = len(items) == 1 and len(_PLAIN_EQUALS.findall(s)) > 1  # "z = 1 + 1 = 2" states 2
     if (m := _LABEL.match(s)) and not any(labels[1:]):
-        return s[m.end():]
-    return s
+        s = s[m.end():]
+    return _last_side(s) if chain else s
 
 
 class _Unevaluable(Exception):
@@ -1353,6 +1397,8 @@ def math_equal(pred: str, gold: str) -> bool:
     Never raises on str."""
     if not isinstance(pred, str) or not isinstance(gold, str):
         return False
+    if len(gold) > MAX_ANSWER_CHARS:  # a worked solution given as the gold: the answer it states
+        gold = extract_answer(gold) or ""
     if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
         return False
     p, g = _canonical(pred), _canonical(gold)

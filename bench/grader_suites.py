@@ -9,16 +9,25 @@ the grader's scope are here: no symbolic algebra (x^2+2x+1 vs (x+1)^2), no round
 (1/3 vs 0.333), no percent rescaling (50% vs 0.5), no decimal comma where it could be a thousands
 separator, bare lists unordered (MATH's "enter all solutions").
 
+Then the suites' own cases, transcribed as test data (inputs and expected verdicts, each with
+the repository and test file it comes from) into other_suites.jsonl: Math-Verify's tests, the MATH
+paper's math_equivalence_test.py, verl's test_numeric_canonicalization, rllm's test_math_reward and
+test_math_utils, TRL's accuracy reward tests. A case out of the grader's scope says why
+("out_of_scope": symbolic algebra, rounding tolerance, decimal comma, matrix arithmetic, ordered
+lists, a format reward, an expected verdict that is not true); the rest are counted.
+
 Printed: for each class, how many verdicts agree with the expected one for ours strict (the
 training reward), ours lenient and math-verify (parse + verify, each side parsed as a completion,
-an answer wrapped in $...$), then the totals and the cases where strict and lenient disagree with
-the expected verdict. math-verify is only this comparison's oracle, not a dependency:
+an answer wrapped in $...$; on the suites' cases with the extraction targets of the test), then
+the totals and the cases where strict and lenient disagree with the expected verdict.
+math-verify is only this comparison's oracle, not a dependency:
 
     pip install math-verify
     python bench/grader_suites.py            # --mismatches: every case ours gets wrong
 """
 
 import argparse
+import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -254,16 +263,63 @@ def ours(strict: bool):
     return verdict
 
 
-def math_verify_verdict(case) -> int:
-    from math_verify import parse, verify
+def math_verify_verdict(case, targets: str | None = None) -> int:
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
     _, _, kind, pred, gold, _ = case
+    configs = {"latex": LatexExtractionConfig(boxed_match_priority=0), "expr": ExprExtractionConfig()}
+    extraction = ([configs[t] for t in targets.split(",")] if targets and targets != "default"
+                  else None)
 
     def as_text(s: str) -> str:
-        return s if "$" in s or "\\boxed" in s or "\\(" in s else f"${s}$"
+        return s if targets or "$" in s or "\\boxed" in s or "\\(" in s else f"${s}$"
+
+    def parsed(s: str):
+        return parse(s, extraction) if extraction else parse(s)
     try:
-        return int(verify(parse(as_text(gold)), parse(pred if kind == C else as_text(pred))))
+        return int(verify(parsed(as_text(gold)), parsed(pred if kind == C else as_text(pred))))
     except Exception:  # noqa: BLE001 (a crash of the oracle is a wrong verdict, not a crash here)
         return -1
+
+
+SUITE_CASES = Path(__file__).with_name("other_suites.jsonl")
+
+
+def suite_cases() -> tuple[list, list, dict]:
+    """The suites' own cases in scope as (suite, source, kind, pred, gold, expected), their
+    math-verify extraction targets, and the number of cases out of scope by reason."""
+    cases, targets, out = [], [], defaultdict(int)
+    for line in SUITE_CASES.read_text().splitlines():
+        c = json.loads(line)
+        if "out_of_scope" in c:
+            out[c["out_of_scope"]] += 1
+            continue
+        cases.append((c["suite"], c["source"], c["kind"], c["pred"], c["gold"], c["expected"]))
+        targets.append(c.get("mv_targets"))
+    return cases, targets, out
+
+
+def report_suites(graders: dict, mismatches: bool) -> None:
+    cases, targets, out = suite_cases()
+    if "math-verify" in graders:
+        mv = dict(zip(map(id, cases), targets))
+        graders = {**graders, "math-verify": lambda c: math_verify_verdict(c, mv[id(c)])}
+    by_suite = defaultdict(list)
+    for case in cases:
+        by_suite[case[0]].append(case)
+    print("\n| suite (their own cases, in scope) | cases | " + " | ".join(graders) + " |")
+    print("|---|---:|" + "---:|" * len(graders))
+    for name, group in [*by_suite.items(), ("all", cases),
+                        ("all but Math-Verify's", [c for c in cases if c[0] != "Math-Verify"])]:
+        cells = [str(agreement(group, v)[0]) for v in graders.values()]
+        print(f"| {name} | {len(group)} | " + " | ".join(cells) + " |")
+    print("\nout of scope: " + ", ".join(f"{n} {reason}" for reason, n in out.items()))
+    wrong_positive = [c for c in cases if c[5] == 0 and ours(True)(c) == 1]
+    print(f"strict scores {len(wrong_positive)} of {sum(c[5] == 0 for c in cases)} wrong "
+          "answers right")
+    if mismatches:
+        print("\nours lenient disagrees with:")
+        for case in agreement(cases, ours(False))[1]:
+            print(f"  [{case[1]}] {case[3][-160:]!r} vs {case[4][-80:]!r}: expected {case[5]}")
 
 
 def main() -> None:
@@ -299,6 +355,7 @@ def main() -> None:
             print(f"\n{g} disagrees with:")
             for case in totals[g][1]:
                 print(f"  [{case[1]}] {case[3]!r} vs {case[4]!r}: expected {case[5]}")
+    report_suites(graders, args.mismatches)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,16 @@ R1_THINK = (
     "<think> Janet's ducks lay 16 eggs per day. She eats 3 for breakfast and uses 4 for muffins, so 16 - 3 - 4 = 9 "
     "eggs are left. She sells them at $2 each, so 9 * 2 = 18 dollars. </think>")
 
+WORKED_SOLUTION = (  # a MATH solution longer than an answer, given whole as the gold
+    "Factoring the denominator on the left side gives \\[ \\frac{4x}{(x-5)(x-3)} = \\frac{A}{x-3} + "
+    "\\frac{B}{x-5}. \\] Then we multiply both sides of the equation by $(x - 3)(x - 5)$ to get "
+    "\\[ 4x = A(x-5) + B(x-3). \\] If the linear expression $4x$ agrees with the linear expression "
+    "$A(x - 5) + B(x - 3)$ at all values of $x$ besides 3 and 5, then the two expressions must agree for "
+    "$x = 3$ and $x = 5$ as well. Substituting $x = 3$, we get $12 = -2A$, so $A = -6$. Likewise, we plug "
+    "in $x = 5$ to solve for $B$. Substituting $x = 5$, we get $20 = 2B$, so $B = 10$. Therefore, "
+    "$(A, B) = \\boxed{(-6, 10)}.$"
+)
+
 COMPLETIONS = [
     # --- marker: \boxed (last one counts), ####, "the (final) answer is", "Answer:", "Final Answer:", Minerva, Llama
     ("marker", QWEN_COT_JANET + "Janet makes \\(\\boxed{18}\\) dollars every day at the farmers' market.", "18", 1, 1),
@@ -119,6 +129,9 @@ COMPLETIONS = [
     ("tags", "<think> At first I get \\boxed{16}, but she also eats 3, not 5, so 9 eggs are sold: 9 * 2 = 18. "
              "</think> <answer> 18 </answer>", "16", 0, 0),
     ("tags", R1_THINK + " <answer> 18", "18", 1, 1),  # the closing tag was the stop string
+    ("tags", "<think> 6 * 7 = \\boxed{42} </think> So the product is \\boxed{43}.", "42", 0, 0),  # not in reasoning
+    ("tags", "<think> First \\boxed{41}? No: 6 * 7 = 42. </think> The product is \\boxed{42}.", "42", 1, 1),
+    ("tags", "<think> 6 * 7 = 42, so the answer is \\boxed{42} </think> Some other text.", "42", 0, 0),
     ("tags", "<think> reasoning process here </think> <answer> answer here </answer>", "18", 0, 0),
     ("tags", "<think> The last choice fits. </think> <answer> (C) </answer>", "\\text{(C)}", 1, 1),
     ("tags", "<think> |x - 5/2| <= 9/2 </think> <answer>x \\in [-2, 7]</answer>", "x \\in [-2,7]", 1, 1),
@@ -187,6 +200,10 @@ COMPLETIONS = [
      "\\begin{pmatrix} 2 & 0 \\\\ -3 & 5 \\end{pmatrix}", 0, 1),
     ("whole", "On each item she loses $-\\$0.50$.", "-\\$0.50", 0, 1),
     ("whole", "The ratio of boys to girls is 3:1.", "3:1", 0, 1),
+    ("whole", "Comparing the five speeds, the fastest is $\\text{E}$.", "\\text{E}", 0, 1),  # a closing group
+    ("whole", "Comparing the five speeds, the fastest is $\\text{E}$.", "D", 0, 0),
+    ("whole", "Substituting back, every solution has the form\n$$f(x) = 2x$$", "f(x)=2x", 0, 1),
+    ("whole", "So the three ages are $19, 46, \\text{ and } 82$.", "19, 46, 82", 0, 1),
 
     # --- tool: tool-integrated reasoning
     ("tool", "```python\ndef money_per_day():\n    eggs = 16 - 3 - 4\n    return eggs * 2\n\nprint(money_per_day())\n"
@@ -248,6 +265,10 @@ COMPLETIONS = [
     ("gold", "The number of 9-element subsets is $\\binom{34}{9} = \\boxed{52451256}$.", "\\binom{34}{9}", 1, 1),
     ("gold", "The number of 9-element subsets is $\\boxed{\\binom{34}{9}}$.", "52451256", 1, 1),
     ("gold", "The number of 9-element subsets is $\\boxed{\\dbinom{34}{9}}$.", "\\binom{34}{9}", 1, 1),
+    ("gold", "So $(A, B) = \\boxed{(-6, 10)}$.", WORKED_SOLUTION, 1, 1),  # a worked solution as the gold
+    ("gold", "So $(A, B) = \\boxed{(10, -6)}$.", WORKED_SOLUTION, 0, 0),
+    ("gold", "Thus $\\boxed{5}$.", "z = 2 + 3 = 5", 1, 1),  # a gold that works its value out
+    ("gold", "Thus $\\boxed{3}$.", "z = 2 + 3 = 5", 0, 0),
     ("gold", "The number of 9-element subsets is $\\boxed{52451265}$.", "\\binom{34}{9}", 0, 0),
     ("gold", "The number of orders is $\\boxed{5!}$.", "120", 1, 1),
     ("gold", "He sold 20 + 52 = 72 clips in all.\n####\n72", "72", 1, 1),
@@ -318,6 +339,9 @@ COMPLETIONS = [
     ("relations", "So $\\boxed{t \\lt 3}$.", "t < 3", 1, 1),
     ("relations", "So $\\boxed{t \\leqslant 3}$.", "t \\leq 3", 1, 1),
     ("relations", "So $\\boxed{t > 3}$.", "t < 3", 0, 0),
+    ("relations", "Both bounds hold, so $\\boxed{-2 < x < 7}$.", "(-2, 7)", 1, 1),  # an interval
+    ("relations", "Both bounds hold, so $\\boxed{-2 < x < 7}$.", "[-2, 7]", 0, 0),
+    ("relations", "Both bounds hold, so $\\boxed{7 \\geq x > -2}$.", "(-2, 7]", 1, 1),
 
     # --- lists: separators and notations
     ("lists", "The solutions are $\\boxed{(1;2;0)}$ and $\\boxed{(2;1;0)}$.", "(1,2,0),(2,1,0)", 1, 1),
@@ -328,6 +352,8 @@ COMPLETIONS = [
     ("lists", "The pairs are $\\boxed{(2,9)or(9,2)}$.", "(9,2), (2,9)", 1, 1),
     ("lists", "The pairs are $\\boxed{(2, 9), (9, 2), (2, 9)}$.", "(9,2),(2,9)", 1, 1),  # listed twice
     ("lists", "The pairs are $\\boxed{(2, 9), (9, 2), (2, 8)}$.", "(9,2),(2,9)", 0, 0),
+    ("lists", "The primes are $$\\boxed{{2, 3, 5, 7}}$$", "2, 3, 5, 7", 1, 1),  # grouping braces print nothing
+    ("lists", "The primes are $$\\boxed{{2, 3, 5}}$$", "2, 3, 5, 7", 0, 0),
 
     # --- units: a unit or currency glyph glued to a number
     ("units", "So the price comes to 1,250.50\u20ac.", "1250.5", 0, 1),
