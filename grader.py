@@ -56,9 +56,16 @@ What follows a marker (``_stated_answer``, for rules 1, 2, 4, 5), in this order
        value, a number or a math group with a digit (lenient: its first). Strict: no single answer
        when a value follows the answer, or stands in a statement beside the answer's that the
        answer's does not conclude ("John has $8$, DeSean has $7$"; "so", "thus", "which" conclude).
-    A negation ("not 18") or a bound ("at least 5") states no single answer either. A marker with
-    no single answer ends the reading (lenient: at rule 6); prose with no value at all falls
-    through to the marker before it, then to the next rule: prose itself is never an answer.
+    A negation ("not 18"), a bound ("at least 5", "7 or more") or a supposition ("Suppose the
+    answer is 7") states no single answer either. A marker with no single answer ends the reading
+    (lenient: at rule 6); prose with no value at all falls through to the marker before it, then to
+    the next rule: prose itself is never an answer.
+
+Where the model concluded (``_concluded``, rules 1-5): the answer read is none (lenient: rule 6
+    reads on) when the text after it revises it ("Wait,", "Actually", "let me recompute", "I made
+    a mistake"), states another answer ("$x = \\boxed{5}$ ... so the answer is 10"), or gives a
+    value to arithmetic the answer left undone ("$21 \\div 312500$. This is $0.0000677$.";
+    "12 - 6\\sqrt{3}" and "30^\\circ" are closed forms, not undone).
 
 Comparing answers (``math_equal``): both normalised, then compared as strings, values, structures
     ``_normalize``, in order: unicode minus/degree/pi/times/≥/≤/≠ and currency glyphs (€ £ ¥ as
@@ -147,10 +154,15 @@ def extract_answer(text: str, strict: bool = True) -> str | None:
     if answer is None:
         boxed = boxed_answer(concluded, _NO_BOX)
         if boxed is not _NO_BOX:
-            return boxed  # type: ignore[return-value] (empty or malformed: none in either mode)
-        answer = _hashes_answer(concluded)
+            if not boxed or _concluded(concluded, boxed):
+                return boxed  # type: ignore[return-value] (empty or malformed: none in either mode)
+            answer = _NO_SINGLE
+        else:
+            answer = _hashes_answer(concluded)
     if answer is None:
         answer = _marked_answer(concluded, not strict)
+    if answer and not _concluded(concluded, answer):
+        answer = _NO_SINGLE
     if answer or strict:
         return answer or None
     return _last_expression(text)
@@ -182,7 +194,8 @@ def _own_turn(text: str) -> str:
     if m and not text[:m.start()].strip():  # a turn marker before any text of its own: look further
         m = _INVENTED_TURN.search(text, m.end())
     text = text[:m.start()] if m else text
-    return text[text.rfind("</think>") + 8:] if "</think>" in text else text
+    thought = text.rfind("</think>")
+    return text[thought + 8:] if thought >= 0 else text
 
 
 def _after_code(text: str) -> str:
@@ -192,6 +205,38 @@ def _after_code(text: str) -> str:
     if fence < 0:
         return text
     return "" if text.count("```") % 2 else text[fence + 3:]
+
+
+# What follows the answer: the model revises it ("Wait,", "Actually", "let me recompute"), or
+# gives a value to arithmetic the answer left undone ("$21 \\div 312500$. This is $0.0000677$.")
+_REVISION = re.compile(r"(?:^|[.!?:]\s|\n)\W{0,4}(?:but\s|no,?\s)?(?:wait|actually|hmm+|hold on|oops)\b"
+                       r"|\b(?:re-?(?:check|comput|calculat|count|consider|evaluat|examin)\w*"
+                       r"|made an? (?:mistake|error))", re.IGNORECASE)
+_TAIL_PIECE = re.compile(r"[\w.]{1,16}(?=[^\w.]*\Z)")  # the answer's last run of letters and digits
+
+
+def _concluded(text: str, answer: str) -> bool:
+    """Whether the answer read is where the model concluded: what follows its last occurrence
+    neither revises it, nor states a value of arithmetic it left undone, nor states another answer
+    ("$x = \\boxed{5}$. Then $y = 2x = 10$, so the answer is 10.")."""
+    at = text.rfind(answer)
+    if at < 0 and (piece := _TAIL_PIECE.search(answer)):
+        at, answer = text.rfind(piece.group()), piece.group()
+    tail = text[at + len(answer):] if at >= 0 else ""
+    if len(tail) < 2:
+        return True
+    if _REVISION.search(tail):
+        return False
+    later = "nswer" in tail and _marked_answer(tail, False)
+    if later and _DIGIT.search(later) and not math_equal(later, answer):
+        return False
+    # arithmetic left undone: an operation on numbers with a rational value ("21 \\div 312500",
+    # "2^{10}"), not a closed form ("12 - 6\\sqrt{3}", "30^\\circ", "x^2-10x+41")
+    if not _LATER_NUMBER.search(tail):
+        return True
+    value = _normalize(answer)
+    undone = "=" not in value and "approx" not in value and _ARITHMETIC.search(value)
+    return not (undone and isinstance(_evaluate(value), Fraction))
 
 
 # Rule 1: Minerva's closing line
@@ -332,6 +377,8 @@ _ANSWER_MARKER = re.compile(rb"answers?(?:\*\*|\s){0,4}"
                             rb"(?:(?:is|are|was|would be|will be|should be|must be)\b"
                             rb"(?:\*\*|\s){0,4}:?|:|=(?!=)"
                             rb"|(?:to|for|of)\b[^.\n$:=]{1,60}?\b(?:is|are)\b:?)")
+# a marker in a supposition states nothing: "Suppose the answer is 7. Then ..."
+_SUPPOSED = re.compile(rb"\b(?:if|suppose|supposing|assume|assuming|whether|let's say)\b[^.\n]{0,40}\Z")
 # "**Final Answer**" alone on its line: the answer follows it
 _HEADER_END = re.compile(r"[ \t*#:]{0,8}\n")
 
@@ -349,7 +396,7 @@ def _marked_answer(text: str, lenient: bool) -> str | None:
             line_start = text.rfind("\n", 0, pos) + 1
             if lowered.endswith(b"final ", 0, pos) or not text[line_start:pos].strip(" \t*#"):
                 end = h.end()
-        if end >= 0:
+        if end >= 0 and not _SUPPOSED.search(lowered, max(0, pos - 48), pos):
             answer = _stated_answer(text[end:end + 2 * MAX_ANSWER_CHARS], "sentence", lenient)
             if answer is not None:
                 return answer
@@ -387,7 +434,7 @@ _NEGATION = re.compile(r"(?<![a-z])(?:n(?:ot|o|ever|either|or)|cannot|wrong|inco
 _REASON = re.compile(r",?\s(?:because|since|as|which|where|so|given|for|when|if)\b", re.IGNORECASE)
 _LATER_NUMBER = re.compile(r"(?<![\^{])[0-9]")  # a digit that is no exponent ("cm^2")
 _QUALIFIED = re.compile(r"\b(?:at least|at most|more than|less than|greater than|fewer than|up to"
-                         r"|between)\b")
+                         r"|between|or (?:more|less|fewer|greater|higher|lower|above|below|so))\b")
 _TEXT_GROUP = re.compile(r"\\text\{[^{}]{0,64}\}")
 # "<answer> answer here </answer>", "The answer is as follows:"
 _NOT_AN_ANSWER = {"answer", "here", "below", "above", "follows", "following", "correct", "the",
@@ -461,8 +508,8 @@ def _stated_answer(s: str, scope: str, lenient: bool = False) -> str | None:
     short = _is_short(clause, start, len(clause))
     if short and scope == "line" and ". " in clause:
         return None  # "#### 1. Count the eggs": a heading
-    if _negated(clause):
-        return _NO_SINGLE
+    if _negated(clause) or _QUALIFIED.search(clause.lower()):
+        return _NO_SINGLE  # "not 18", "at least 5", "between 10 and 20", "7 or more"
     if scope == "line":
         return _checked_answer(clause) if short else None
     if (cut := _REASON.search(clause, start)) and _is_short(clause, start, cut.start()):
@@ -470,8 +517,6 @@ def _stated_answer(s: str, scope: str, lenient: bool = False) -> str | None:
         return _restated(clause[:cut.start()], clause[cut.start():], scope, lenient)
     if short:
         return _checked_answer(clause)
-    if _QUALIFIED.search(clause.lower()):
-        return _NO_SINGLE  # "at least 5", "between 10 and 20"
     return _concluded_value(clause, lenient)
 
 
@@ -703,8 +748,8 @@ def _closing_group(text: str) -> str | None:
             group = s[start + len(open_):len(s) - len(close)].strip() if start >= 0 else ""
             if open_ in ("$", "\\(") and "\n" in group:
                 return None
-            return group if group and _balanced(group) else None
-    return None
+            return group if group and _balanced(group) and "box" not in group else None
+    return None  # (a box in it was rule 3's to read)
 
 
 def _leading_expression(s: str) -> str | None:
@@ -795,7 +840,8 @@ _WRAPPER = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mathbf|
                       r"|operatorname|boxed|fbox)\s{0,4}\{|[{}]")
 _TEXT_UNIT = re.compile(r"\\(?:text|mbox|mathrm)\{\s{0,4}[A-Za-z][A-Za-z ]{0,30}\}"
                         r"(?:\^\{?[23]\}?)?\s{0,4}\.?\s{0,4}\Z")
-_WORD_UNIT = re.compile(r"\s(?:[A-Za-z]{2,24}|[A-Za-z](?=\^\{?[23]))"
+_WORD_UNIT = re.compile(r"\s(?!(?:hundred|thousand|(?:m|b|tr)illion|dozen|score|squared|cubed|times)\b)"
+                        r"(?:[A-Za-z]{2,24}|[A-Za-z](?=\^\{?[23]))"
                         r"(?:\^\{?[23]\}?)?\s{0,4}\.?\s{0,4}\Z")
 _ARTICLE_UNIT = re.compile(r"\s(?:a|an|per)\s{0,4}\Z")  # "18 a day" once "day" is gone
 _THIN_THOUSANDS = re.compile(r"(?<=\d),\s{0,2}\\!\s{0,2}(?=\d{3}(?!\d))")  # "11,\! 111,\! 100"
@@ -1415,6 +1461,8 @@ def _stated_sides(norm: str) -> list[str]:
     """The value an equation or approximation states: its last side ("23+16=39" -> 39); for
     "a \\approx b" b, and a too when it is a closed form ("\\frac{1}{3}\\approx0.33"), not
     arithmetic left undone ("21\\div312500\\approx0.0000677" is only 0.0000677)."""
+    if sum("=" in item for item in _split_top(norm, ",")) > 1:
+        return []  # several equations ("x=8,y=7") state no one value
     side = _last_side(norm)
     if "\\approx" not in side:
         return [side] if side is not norm else []

@@ -391,4 +391,22 @@ COMPLETIONS = [
     ("strict", "The answer is 18. Wait, the answer is not 18 but 20.", "18", 0, 0),
     ("strict", "Answer: She keeps 16 - 3 - 4 = 9 eggs and earns 9 * 2 = 18 dollars.", "9", 0, 0),
     ("strict", "<answer> She keeps 16 - 3 - 4 = 9 eggs, so she earns 9 * 2 = $18. </answer>", "18", 1, 1),
+    # arithmetic left undone, then its value in the next sentence or after the box
+    ("strict", "The answer is $21 \\div 312500$. Computing it, this is $0.00006768$.", "0.0000672", 0, 0),
+    ("strict", "The answer is $21 \\div 312500$. Computing it, this is $0.00006768$.", "0.00006768", 0, 1),
+    ("strict", "So the probability is $\\boxed{21 \\div 312500} = 0.00006768$", "0.0000672", 0, 0),
+    ("strict", "Thus $\\boxed{12 - 6\\sqrt{3}} \\approx 1.61$.", "12 - 6\\sqrt{3}", 1, 1),  # a closed form
+    # an answer the text after it revises, supposes, or replaces
+    ("strict", "The answer is 7.\n\nWait, let me double-check: 3 + 5 = 8. So actually", "7", 0, 0),
+    ("strict", "Final Answer: The final answer is $7$. I hope it is correct.\n\nActually, it is $8$.", "7", 0, 0),
+    ("strict", "The answer is $\\boxed{7}$.\n\nHmm, I recounted and got 8.", "7", 0, 0),
+    ("strict", "Suppose the answer is 7. Then 3 + 5 = 8, a contradiction.", "7", 0, 0),
+    ("strict", "So $x = \\boxed{5}$. Then $y = 2x = 10$, so the answer is 10.", "5", 0, 0),
+    ("strict", "So $x = \\boxed{5}$. Then $y = 2x = 10$, so the answer is 10.", "10", 0, 1),
+    ("strict", "The answer is: $\\boxed{5}$\n\n```python\nprint(2 * 5)\n```\n```output\n10\n```\n"
+               "The answer is: $\\boxed{10}$", "10", 1, 1),
+    # a bound, a scale word, or several labelled values: no single answer
+    ("strict", "So she needs 7 or more boxes. The answer is 7 or more.", "7", 0, 1),  # lenient: rule 6
+    ("strict", "The answer is 7 thousand.", "7", 0, 0),
+    ("strict", "The answer is $x = 8$ and $y = 7$.", "7", 0, 0),
 ]
