@@ -105,8 +105,8 @@ Comparing answers (``math_equal``): both normalised, then compared as strings, v
     an item "a \\pm b" is the two values a - b and a + b; pmatrix element-wise.
     Stated values (``_stated_sides``): when the gold is no equation, a predicted "23 + 16 = 39" is
     also compared by its last side ("x \\le 5" and "x^2 = 4" are not 5 and 2), "a \\approx b" by
-    b, and by a too when a is a closed form ("\\frac{1}{3} \\approx 0.33"), not arithmetic left
-    undone ("21 \\div 312500 \\approx 0.0000677" is only 0.0000677).
+    b, and by a too when b is a rounding of a ("\\frac{1}{3} \\approx 0.33", "1/3 \\approx 0.3"; not
+    "21 \\div 312500 \\approx 0.0000677", which is 0.0000672: only 0.0000677 is stated).
     Percentages are not rescaled: "50\\%" == "50", "50\\%" != "0.5". There is no symbolic algebra:
     answers with variables compare as normalised strings ("x^2+2x+1" != "1+2x+x^2"); unsimplified
     numbers compare by value. A decimal comma is not read (it could be a thousands separator).
@@ -154,7 +154,7 @@ def extract_answer(text: str, strict: bool = True) -> str | None:
     if answer is None:
         boxed = boxed_answer(concluded, _NO_BOX)
         if boxed is not _NO_BOX:
-            if not boxed or _concluded(concluded, boxed):
+            if not boxed or _concluded(concluded, boxed) and not _boxes_beside(concluded):
                 return boxed  # type: ignore[return-value] (empty or malformed: none in either mode)
             answer = _NO_SINGLE
         else:
@@ -234,7 +234,7 @@ def _concluded(text: str, answer: str) -> bool:
     # "2^{10}"), not a closed form ("12 - 6\\sqrt{3}", "30^\\circ", "x^2-10x+41")
     if not _LATER_NUMBER.search(tail):
         return True
-    value = _normalize(answer)
+    value = _last_side(_normalize(answer))
     undone = "=" not in value and "approx" not in value and _ARITHMETIC.search(value)
     return not (undone and isinstance(_evaluate(value), Fraction))
 
@@ -330,6 +330,31 @@ def boxed_answer(text: str, no_box: object = None) -> object:
             seen.add(norm)
         start = before
     return ", ".join(reversed(answers))
+
+
+# what between two boxes of a sentence makes the last the conclusion: "\\boxed{3}, but rechecking
+# gives \\boxed{5}", "x = \\boxed{5}, so y = \\boxed{10}"; "or" restates (MATH: "\\boxed{-b+2}, or
+# \\boxed{2 - b}", "$\\boxed{28}$ or $\\boxed{28_9}$": the last is the gold)
+_BOX_LINK = re.compile(r"\b(?:or|so|thus|therefore|hence|then|but|instead|actually|gives?|giving|is|are"
+                       r"|equals?|which)\b|=|\\(?:Rightarrow|implies|to)\b", re.IGNORECASE)
+
+
+def _boxes_beside(text: str) -> bool:
+    """Whether the last box's sentence holds a box before it with another value, neither joined
+    to it as a list nor linked to it as a conclusion: several answers ("\\boxed{8} for John and
+    \\boxed{7} for DeSean")."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    sentence = max(text.rfind("\n", 0, start), text.rfind(". ", 0, start), start - MAX_ANSWER_CHARS)
+    before = max(text.rfind("\\boxed", sentence + 1, start), text.rfind("\\fbox", sentence + 1, start))
+    if before < 0:
+        return False
+    (content, end), (last, _) = read_box(text, before), read_box(text, start)
+    if content is None or last is None or end > start:
+        return False
+    between = text[end:start]
+    if _BOX_JOINER.fullmatch(between) or _BOX_LINK.search(between):
+        return False
+    return not math_equal(content, last)
 
 
 def _brace_group(text: str, start: int) -> str | None:
@@ -825,7 +850,8 @@ _SPELLINGS = (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"
               ("\\dbinom", "\\binom"), ("\\tbinom", "\\binom"), ("bmatrix", "pmatrix"))
 _DROP = ("\\$", "$", "\\%", "%", "^{\\circ}", "^\\circ", "\\circ", "\\degree", "\\displaystyle")
 _LATEX_NOISE = re.compile(r"(?<!\\)\\(?:[,;:! ()\[\]]|q?quad\b|left\b|right\b)")
-_ARITHMETIC = re.compile(r"(?<=[\d}).])(?:[-+*^!]|\\(?:cdot|times|div)(?![A-Za-z]))")  # "21\\div 5"
+_SIGNIFICANT = re.compile(r"\d+(?:\.\d+)?")  # the digits an approximation shows
+_ARITHMETIC = re.compile(r"(?<=[\d}).])(?:[-+*/^!]|\\(?:cdot|times|div)(?![A-Za-z]))")  # "21\\div 5"
 _DOUBLED_BACKSLASH = re.compile(r"(?<!\\)\\\\(?=[A-Za-z]{2})")  # "\\\\frac" escaped twice
 # one spelling per relation: ">=", "\\geq", "\\geqslant" are "\\ge"; "\\lt" is "<"
 _RELATION = re.compile(r"\\(?:geq?|leq?|neq?|geqslant|leqslant|gt|lt)(?![A-Za-z])")
@@ -1459,15 +1485,26 @@ def math_equal(pred: str, gold: str) -> bool:
 
 def _stated_sides(norm: str) -> list[str]:
     """The value an equation or approximation states: its last side ("23+16=39" -> 39); for
-    "a \\approx b" b, and a too when it is a closed form ("\\frac{1}{3}\\approx0.33"), not
-    arithmetic left undone ("21\\div312500\\approx0.0000677" is only 0.0000677)."""
+    "a \\approx b" b, and a too when b is a rounding of a ("\\frac{1}{3}\\approx0.33")."""
     if sum("=" in item for item in _split_top(norm, ",")) > 1:
         return []  # several equations ("x=8,y=7") state no one value
     side = _last_side(norm)
     if "\\approx" not in side:
         return [side] if side is not norm else []
     *exact, approximate = side.split("\\approx")[-2:]
-    return [approximate] + [a for a in exact if a and not _ARITHMETIC.search(a)]
+    return [approximate] + [a for a in exact if a and _rounds_to(a, approximate)]
+
+
+def _rounds_to(exact: str, approximate: str) -> bool:
+    """Whether approximate is exact rounded to the significant digits it shows (1% slack)."""
+    a, b, shown = _evaluate(exact), _evaluate(approximate), _SIGNIFICANT.search(approximate)
+    if a is None or b is None or not b or shown is None:
+        return False
+    digits = len(shown.group().replace(".", "").lstrip("0")) or 1
+    try:
+        return abs(float(a) - float(b)) <= abs(float(b)) * 0.5 * 10.0 ** (1 - digits) * 1.01
+    except OverflowError:
+        return False
 
 
 # --- Reward ---------------------------------------------------------------------------------------

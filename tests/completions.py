@@ -409,4 +409,9 @@ COMPLETIONS = [
     ("strict", "So she needs 7 or more boxes. The answer is 7 or more.", "7", 0, 1),  # lenient: rule 6
     ("strict", "The answer is 7 thousand.", "7", 0, 0),
     ("strict", "The answer is $x = 8$ and $y = 7$.", "7", 0, 0),
+    ("strict", "So John has $\\boxed{8}$ s'mores and DeSean has $\\boxed{7}$ s'mores.", "7", 0, 1),
+    ("strict", "First I got $\\boxed{16}$, but she eats 3 more, so she sells $\\boxed{9}$.", "9", 1, 1),
+    ("strict", "The correct answer should be $21 \\div (2^2 \\cdot 5^7) = 21 \\div 312500$.\nWhich is "
+               "$0.00006768$", "0.0000672", 0, 0),
+    ("strict", "The answer is 21/312500, which is approximately 0.00006768.", "0.0000672", 0, 0),
 ]
