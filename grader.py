@@ -16,7 +16,7 @@ Reading a completion (``extract_answer``): the text read, then the first rule th
        ...) or at a turn the model invents on a line of its own after text of its own
        ("\\n\\nQuestion:", "Problem:", "Q:", "Human:", "User:", or a line "user" left by a ChatML
        turn decoded with its special tokens skipped); begun after a reasoning model's last
-       ``</think>`` (an answer inside its reasoning is not its answer). ``_after_code``: rules 1-5
+       ``</think>`` (an answer inside its reasoning is not its answer; none while it is open). ``_after_code``: rules 1-5
        read only what follows the last code block (an answer the model stated before running more
        code was not its conclusion; inside a block left open there is none).
     1. ``_minerva_answer``: "The final answer is $x$. I hope it is correct." (the last one).
@@ -183,7 +183,8 @@ _INVENTED_TURN = re.compile(r"\n[ \t]{0,8}(?:Human|User|USER|Question|Problem|Q)
 def _own_turn(text: str) -> str:
     """The completion's last MAX_COMPLETION_CHARS, ended where the model's turn ends: at its first
     end-of-turn token, or at a next turn it invents on a line of its own ("\\n\\nQuestion: ...")
-    after some text of its own; begun after its reasoning's last "</think>"."""
+    after some text of its own; begun after its reasoning's last "</think>" ("" while an opened
+    <think> is not closed)."""
     text = text[-MAX_COMPLETION_CHARS:]  # first, so that no scan below reads more than this bound
     if "|>" in text or "</s>" in text or "\uff5c>" in text:  # how every _END_OF_TURN token ends
         for marker in _END_OF_TURN:  # (str.find: one regex alternation over them all is 5x slower)
@@ -195,7 +196,9 @@ def _own_turn(text: str) -> str:
         m = _INVENTED_TURN.search(text, m.end())
     text = text[:m.start()] if m else text
     thought = text.rfind("</think>")
-    return text[thought + 8:] if thought >= 0 else text
+    if thought < 0:
+        return "" if "<think>" in text else text  # reasoning left open: no answer yet
+    return text[thought + 8:]
 
 
 def _after_code(text: str) -> str:

@@ -132,6 +132,7 @@ COMPLETIONS = [
     ("tags", "<think> 6 * 7 = \\boxed{42} </think> So the product is \\boxed{43}.", "42", 0, 0),  # not in reasoning
     ("tags", "<think> First \\boxed{41}? No: 6 * 7 = 42. </think> The product is \\boxed{42}.", "42", 1, 1),
     ("tags", "<think> 6 * 7 = 42, so the answer is \\boxed{42} </think> Some other text.", "42", 0, 0),
+    ("tags", "<think> 6 * 7 = 42, so the answer is \\boxed{42}. Now check 6 * 7 again", "42", 0, 0),  # still open
     ("tags", "<think> reasoning process here </think> <answer> answer here </answer>", "18", 0, 0),
     ("tags", "<think> The last choice fits. </think> <answer> (C) </answer>", "\\text{(C)}", 1, 1),
     ("tags", "<think> |x - 5/2| <= 9/2 </think> <answer>x \\in [-2, 7]</answer>", "x \\in [-2,7]", 1, 1),
