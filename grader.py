@@ -195,10 +195,10 @@ def _own_turn(text: str) -> str:
     if m and not text[:m.start()].strip():  # a turn marker before any text of its own: look further
         m = _INVENTED_TURN.search(text, m.end())
     text = text[:m.start()] if m else text
-    thought = text.rfind("</think>")
-    if thought < 0:
-        return "" if "<think>" in text else text  # reasoning left open: no answer yet
-    return text[thought + 8:]
+    tag = text.rfind("think>")  # the last <think> or </think>: one scan
+    if tag > 0 and text[tag - 1] == "/" and text[tag - 2:tag - 1] == "<":
+        return text[tag + 6:]
+    return "" if tag > 0 and text[tag - 1] == "<" else text  # reasoning left open: no answer yet
 
 
 def _after_code(text: str) -> str:
@@ -226,8 +226,8 @@ def _concluded(text: str, answer: str) -> bool:
     if at < 0 and (piece := _TAIL_PIECE.search(answer)):
         at, answer = text.rfind(piece.group()), piece.group()
     tail = text[at + len(answer):] if at >= 0 else ""
-    if len(tail) < 2:
-        return True
+    if not tail.strip(" \t\n.,;:!$}])\\*"):
+        return True  # only the box's or the math group's end
     if _REVISION.search(tail):
         return False
     later = "nswer" in tail and _marked_answer(tail, False)
