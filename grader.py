@@ -690,11 +690,12 @@ def _is_short(clause: str, start: int, end: int) -> bool:
 # Where an expression ends in running text: a word, a unit ("m" of "5m²"), \text{...} with words
 # in it, $ and \( \) \[ \] delimiters (not \$), sentence punctuation (not the ":" of a ratio, the
 # "!" of a factorial, the "." of a decimal), a comma that is not a thousands separator, a LaTeX
-# line break, <<calculator>> brackets, any non-ASCII character but these: − × ÷ · √ π ° ² ³ ≈.
+# line break, <<calculator>> brackets and tags (not a relation: "x <= 2", "3>x"), any non-ASCII
+# character but these: − × ÷ · √ π ° ² ³ ≈.
 _EXPRESSION_END = re.compile(r"\\(?:text|mbox|mathrm|textrm|textit)\s{0,4}"
                              r"\{[^{}]{0,64}[A-Za-z][^{}]{0,64}\}"
                              r"|(?<![\\A-Za-z])[A-Za-z]{2,}|(?<=\d)[A-Za-z](?=[\u00b2\u00b3])"
-                             r"|\\[()\[\]]|(?<!\\)\$|\\\\|[\n;?&`\"'<>]"
+                             r"|\\[()\[\]]|(?<!\\)\$|\\\\|[\n;?&`\"']|<<|>>|</?[A-Za-z][\w-]{0,20}>"
                              r"|\.(?!\d)|(?<!\d):|:(?!\d)|(?<!\\)!(?![})=])"
                              r"|(?<!\{),(?!\d|\s{0,2}\\!|\})"
                              r"|[^\x00-\x7f"

@@ -205,6 +205,8 @@ COMPLETIONS = [
     ("whole", "Comparing the five speeds, the fastest is $\\text{E}$.", "D", 0, 0),
     ("whole", "Substituting back, every solution has the form\n$$f(x) = 2x$$", "f(x)=2x", 0, 1),
     ("whole", "So the three ages are $19, 46, \\text{ and } 82$.", "19, 46, 82", 0, 1),
+    ("whole", "Both sides agree, so $x <= 2$ is our answer.", "x \\leq 2", 0, 1),  # a relation, whole
+    ("whole", "Both sides agree, so $x <= 2$ is our answer.", "2", 0, 0),
 
     # --- tool: tool-integrated reasoning
     ("tool", "```python\ndef money_per_day():\n    eggs = 16 - 3 - 4\n    return eggs * 2\n\nprint(money_per_day())\n"
