@@ -16,9 +16,10 @@ Reading a completion (``extract_answer``): the text read, then the first rule th
        ...) or at a turn the model invents on a line of its own after text of its own
        ("\\n\\nQuestion:", "Problem:", "Q:", "Human:", "User:", or a line "user" left by a ChatML
        turn decoded with its special tokens skipped); begun after a reasoning model's last
-       ``</think>`` (an answer inside its reasoning is not its answer; none while it is open). ``_after_code``: rules 1-5
-       read only what follows the last code block (an answer the model stated before running more
-       code was not its conclusion; inside a block left open there is none).
+       ``</think>`` (an answer inside its reasoning is not its answer; none while it is open).
+       ``_after_code``: rules 1-5 read only what follows the last code block (an answer the model
+       stated before running more code was not its conclusion; inside a block left open there is
+       none).
     1. ``_minerva_answer``: "The final answer is $x$. I hope it is correct." (the last one).
     2. ``_tagged_answer``: the last ``<answer>...</answer>`` (the r1 template; an unclosed tag reads
        to the end): a box in it, else an "answer is" in it, else its content.
@@ -35,10 +36,10 @@ Reading a completion (``extract_answer``): the text read, then the first rule th
        Answer" heading that states one.
     6. ``_last_expression``, lenient only (``strict=False``): the math group that ends the text,
        whole (``_closing_group``: "... the fastest is $\\text{E}$."), else the last whole number or
-       expression: the math around its last digit, between words, units, delimiters and sentence ends on one
-       line ("$\\frac{1}{3}$" is 1/3, not 3; "3\\sqrt{13}", not 13; "1,000.99m²" is 1,000.99), an
-       equation read at its last side ("48 + 24 = 72" is 72). A last-number reward is gamed by
-       printing numbers: the training reward is strict.
+       expression: the math around its last digit, between words, units, delimiters and sentence
+       ends on one line ("$\\frac{1}{3}$" is 1/3, not 3; "3\\sqrt{13}", not 13; "1,000.99m²" is
+       1,000.99; "$x <= 2$" whole), an equation read at its last side ("48 + 24 = 72" is 72). A
+       last-number reward is gamed by printing numbers: the training reward is strict.
 
 What follows a marker (``_stated_answer``, for rules 1, 2, 4, 5), in this order
     a. math groups that open it ($...$, \\(...\\), \\[...\\], $$...$$; "$2$ and $-3$" is the list
@@ -212,7 +213,8 @@ def _after_code(text: str) -> str:
 
 # What follows the answer: the model revises it ("Wait,", "Actually", "let me recompute"), or
 # gives a value to arithmetic the answer left undone ("$21 \\div 312500$. This is $0.0000677$.")
-_REVISION = re.compile(r"(?:^|[.!?:]\s|\n)\W{0,4}(?:but\s|no,?\s)?(?:wait|actually|hmm+|hold on|oops)\b"
+_REVISION = re.compile(r"(?:^|[.!?:]\s|\n)\W{0,4}(?:but\s|no,?\s)?"
+                       r"(?:wait|actually|hmm+|hold on|oops)\b"
                        r"|\b(?:re-?(?:check|comput|calculat|count|consider|evaluat|examin)\w*"
                        r"|made an? (?:mistake|error))", re.IGNORECASE)
 _TAIL_PIECE = re.compile(r"[\w.]{1,16}(?=[^\w.]*\Z)")  # the answer's last run of letters and digits
@@ -338,8 +340,8 @@ def boxed_answer(text: str, no_box: object = None) -> object:
 # what between two boxes of a sentence makes the last the conclusion: "\\boxed{3}, but rechecking
 # gives \\boxed{5}", "x = \\boxed{5}, so y = \\boxed{10}"; "or" restates (MATH: "\\boxed{-b+2}, or
 # \\boxed{2 - b}", "$\\boxed{28}$ or $\\boxed{28_9}$": the last is the gold)
-_BOX_LINK = re.compile(r"\b(?:or|so|thus|therefore|hence|then|but|instead|actually|gives?|giving|is|are"
-                       r"|equals?|which)\b|=|\\(?:Rightarrow|implies|to)\b", re.IGNORECASE)
+_BOX_LINK = re.compile(r"\b(?:or|so|thus|therefore|hence|then|but|instead|actually|gives?|giving"
+                       r"|is|are|equals?|which)\b|=|\\(?:Rightarrow|implies|to)\b", re.IGNORECASE)
 
 
 def _boxes_beside(text: str) -> bool:
@@ -348,7 +350,8 @@ def _boxes_beside(text: str) -> bool:
     \\boxed{7} for DeSean")."""
     start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
     sentence = max(text.rfind("\n", 0, start), text.rfind(". ", 0, start), start - MAX_ANSWER_CHARS)
-    before = max(text.rfind("\\boxed", sentence + 1, start), text.rfind("\\fbox", sentence + 1, start))
+    before = max(text.rfind("\\boxed", sentence + 1, start),
+                 text.rfind("\\fbox", sentence + 1, start))
     if before < 0:
         return False
     (content, end), (last, _) = read_box(text, before), read_box(text, start)
@@ -406,7 +409,8 @@ _ANSWER_MARKER = re.compile(rb"answers?(?:\*\*|\s){0,4}"
                             rb"(?:\*\*|\s){0,4}:?|:|=(?!=)"
                             rb"|(?:to|for|of)\b[^.\n$:=]{1,60}?\b(?:is|are)\b:?)")
 # a marker in a supposition states nothing: "Suppose the answer is 7. Then ..."
-_SUPPOSED = re.compile(rb"\b(?:if|suppose|supposing|assume|assuming|whether|let's say)\b[^.\n]{0,40}\Z")
+_SUPPOSED = re.compile(rb"\b(?:if|suppose|supposing|assume|assuming|whether|let's say)\b"
+                       rb"[^.\n]{0,40}\Z")
 # "**Final Answer**" alone on its line: the answer follows it
 _HEADER_END = re.compile(r"[ \t*#:]{0,8}\n")
 
@@ -855,7 +859,8 @@ _SPELLINGS = (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"
 _DROP = ("\\$", "$", "\\%", "%", "^{\\circ}", "^\\circ", "\\circ", "\\degree", "\\displaystyle")
 _LATEX_NOISE = re.compile(r"(?<!\\)\\(?:[,;:! ()\[\]]|q?quad\b|left\b|right\b)")
 _SIGNIFICANT = re.compile(r"\d+(?:\.\d+)?")  # the digits an approximation shows
-_ARITHMETIC = re.compile(r"(?<=[\d}).])(?:[-+*/^!]|\\(?:cdot|times|div)(?![A-Za-z]))")  # "21\\div 5"
+# an operation on numbers: "21\\div 5", "9*3", "21/312500"
+_ARITHMETIC = re.compile(r"(?<=[\d}).])(?:[-+*/^!]|\\(?:cdot|times|div)(?![A-Za-z]))")
 _DOUBLED_BACKSLASH = re.compile(r"(?<!\\)\\\\(?=[A-Za-z]{2})")  # "\\\\frac" escaped twice
 # one spelling per relation: ">=", "\\geq", "\\geqslant" are "\\ge"; "\\lt" is "<"
 _RELATION = re.compile(r"\\(?:geq?|leq?|neq?|geqslant|leqslant|gt|lt)(?![A-Za-z])")
@@ -870,7 +875,8 @@ _WRAPPER = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mathbf|
                       r"|operatorname|boxed|fbox)\s{0,4}\{|[{}]")
 _TEXT_UNIT = re.compile(r"\\(?:text|mbox|mathrm)\{\s{0,4}[A-Za-z][A-Za-z ]{0,30}\}"
                         r"(?:\^\{?[23]\}?)?\s{0,4}\.?\s{0,4}\Z")
-_WORD_UNIT = re.compile(r"\s(?!(?:hundred|thousand|(?:m|b|tr)illion|dozen|score|squared|cubed|times)\b)"
+_SCALE = r"(?:hundred|thousand|(?:m|b|tr)illion|dozen|score|squared|cubed|times)\b"  # not units
+_WORD_UNIT = re.compile(rf"\s(?!{_SCALE})"
                         r"(?:[A-Za-z]{2,24}|[A-Za-z](?=\^\{?[23]))"
                         r"(?:\^\{?[23]\}?)?\s{0,4}\.?\s{0,4}\Z")
 _ARTICLE_UNIT = re.compile(r"\s(?:a|an|per)\s{0,4}\Z")  # "18 a day" once "day" is gone

@@ -266,7 +266,8 @@ def ours(strict: bool):
 def math_verify_verdict(case, targets: str | None = None) -> int:
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
     _, _, kind, pred, gold, _ = case
-    configs = {"latex": LatexExtractionConfig(boxed_match_priority=0), "expr": ExprExtractionConfig()}
+    configs = {"latex": LatexExtractionConfig(boxed_match_priority=0),
+               "expr": ExprExtractionConfig()}
     extraction = ([configs[t] for t in targets.split(",")] if targets and targets != "default"
                   else None)
 

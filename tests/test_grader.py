@@ -381,6 +381,10 @@ ADVERSARIAL = {
     "names that split many ways": "\\boxed{" + "x\\geq" * 80 + "1}",
     "subscripts that split many ways": "\\boxed{" + "_abc" * 100 + "x=1}",
     "60 named values": "\\boxed{" + ",".join(f"a_{k}={k}" for k in range(60)) + "}",
+    "1 MB of revisions around a box": (" Wait, 4.2" * (2**20 // 10) + "\\boxed{21 \\div 5}"
+                                       + " Wait, 4.2" * 3000),
+    "1 MB closing math group": "$" + "1+" * (2**19 - 1) + "1$",
+    "1 MB of suppositions": "If the answer is 7, " * (2**20 // 20),
     "40 plus-minus items": "\\boxed{" + ",".join("1\\pm2" for _ in range(40)) + "}",
 }
 
@@ -546,6 +550,14 @@ def test_gold_forms_and_stated_values(pred, gold, expected):
     ("3 \\geq y", "y \\leq 3", True),
     ("y \\le 3", "y \\ge 3", False),
     ("y < 3", "y \\le 3", False),
+    ("(-1, 8)", "-1 < x < 8", True),                # a name between two bounds: an interval
+    ("(-1, 8]", "8 \\geq t > -1", True),
+    ("[-1, 8]", "-1 < x < 8", False),
+    ("(0, 1)", "0 < f(x) < 1", True),
+    ("k", "z = 2 + 3 = 5", False),                   # a chain of equations states its last side
+    ("5", "z = 2 + 3 = 5", True),
+    ("{3, 5, 8}", "3, 5, 8", True),                 # grouping braces print nothing
+    ("{3, 5}", "3, 5, 8", False),
     # lists: ";" separates items, "or" between brackets, \pm gives two values, repeats
     ("(1;0;2),(3;-1;2)", "(1,0,2),(3,-1,2)", True),
     ("-4;-2;0;3", "\\{-4, -2, 0, 3\\}", True),
@@ -572,10 +584,15 @@ def test_gold_forms_and_stated_values(pred, gold, expected):
     ("1,250.50\u20ac", "1250.5", True),
     ("4, 7", "\\boxed{4}\\boxed{7}", True),        # a gold written as several boxes
     ("4", "\\boxed{4}\\boxed{7}", False),
-    # an approximation states its value, and its exact side only when that is a closed form
+    # an approximation states its value, and its exact side only when the value is its rounding
     ("\\frac{2}{3} \\approx 0.67", "\\frac{2}{3}", True),
+    ("2/3 \\approx 0.7", "\\frac{2}{3}", True),
+    ("21 \\div 312500 \\approx 0.0000672", "\\frac{21}{312500}", True),
     ("21 \\div 312500 \\approx 0.0000677", "0.0000672", False),
+    ("21/312500 \\approx 0.00006768", "0.0000672", False),
     ("21 \\div 312500 \\approx 0.0000677", "0.0000677", True),
+    ("7 thousand", "7", False),                     # a scale word is no unit
+    ("x = 8, y = 7", "7", False),                   # several equations state no one value
 ])
 def test_equivalence_classes(pred, gold, expected):
     assert math_equal(pred, gold) is expected
