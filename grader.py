@@ -27,7 +27,9 @@ Reading a completion (``extract_answer``): the text read, then the first rule th
        also ``\\boxed 5``), and with it the boxes before it that only commas, "and", spaces or math
        delimiters separate: one list ("\\boxed{(2, 2)} \\text{ and } \\boxed{(6, 2)}"; a repeated
        box counts once; "\\boxed{x+11} or \\boxed{11+x}" restates: the last). An empty, unbalanced
-       or overlong last box: no answer, in either mode.
+       or overlong last box: no answer, in either mode. ``_boxes_beside``: a box of the same
+       sentence with another value and no concluding link ("so", "but", "gives", "=") between them
+       leaves no single answer ("\\boxed{8} for John and \\boxed{7} for DeSean").
     4. ``_hashes_answer``: the first ``####`` line that states an answer (GSM8K; "#### The final
        answer is N" as the paper's exemplars; the answer may be on the next line). The first: a
        base model that runs on past its answer writes the next exemplar's ``####``. A markdown
@@ -106,8 +108,9 @@ Comparing answers (``math_equal``): both normalised, then compared as strings, v
     an item "a \\pm b" is the two values a - b and a + b; pmatrix element-wise.
     Stated values (``_stated_sides``): when the gold is no equation, a predicted "23 + 16 = 39" is
     also compared by its last side ("x \\le 5" and "x^2 = 4" are not 5 and 2), "a \\approx b" by
-    b, and by a too when b is a rounding of a ("\\frac{1}{3} \\approx 0.33", "1/3 \\approx 0.3"; not
-    "21 \\div 312500 \\approx 0.0000677", which is 0.0000672: only 0.0000677 is stated).
+    b, and by a too when b is a rounding of a (``_rounds_to``: "\\frac{1}{3} \\approx 0.33",
+    "1/3 \\approx 0.3"; not "21 \\div 312500 \\approx 0.0000677", which is 0.0000672: only
+    0.0000677 is stated).
     Percentages are not rescaled: "50\\%" == "50", "50\\%" != "0.5". There is no symbolic algebra:
     answers with variables compare as normalised strings ("x^2+2x+1" != "1+2x+x^2"); unsimplified
     numbers compare by value. A decimal comma is not read (it could be a thousands separator).
