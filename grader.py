@@ -1509,14 +1509,16 @@ def _stated_sides(norm: str) -> list[str]:
 
 
 def _rounds_to(exact: str, approximate: str) -> bool:
-    """Whether approximate is exact rounded to the significant digits it shows (1% slack)."""
+    """Whether approximate is exact rounded to the significant digits it shows: within half a unit
+    of its last digit (0.33 of 1/3; not 6.8 \\times 10^{-5} of 21/312500 = 6.72 \\times 10^{-5})."""
     a, b, shown = _evaluate(exact), _evaluate(approximate), _SIGNIFICANT.search(approximate)
     if a is None or b is None or not b or shown is None:
         return False
     digits = len(shown.group().replace(".", "").lstrip("0")) or 1
     try:
-        return abs(float(a) - float(b)) <= abs(float(b)) * 0.5 * 10.0 ** (1 - digits) * 1.01
-    except OverflowError:
+        last_digit = 10.0 ** (math.floor(math.log10(abs(float(b)))) + 1 - digits)
+        return abs(float(a) - float(b)) <= 0.5 * last_digit * 1.001
+    except (OverflowError, ValueError):
         return False
 
 
