@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Union
 
-from grader import _NO_BOX, _brace_group, _last_boxed
+from grader import boxed_answer, read_box
 
 PathLike = Union[str, Path]
 
@@ -189,9 +189,8 @@ def _math_problems(rows: Iterable[tuple[str, dict]], split: str) -> list[Problem
         question, solution = record.get("problem"), record.get("solution")
         if not isinstance(question, str) or not isinstance(solution, str):
             raise ValueError(f"{where}: a MATH record needs string fields 'problem' and 'solution'")
-        gold = _last_boxed(solution)
-        if gold is _NO_BOX and isinstance(record.get("answer"), str):
-            gold = record["answer"].strip()  # MATH-format data with no box but an answer field
+        answer = record.get("answer")  # MATH-format data with no box but an answer field
+        gold = boxed_answer(solution, no_box=answer.strip() if isinstance(answer, str) else None)
         if not isinstance(gold, str) or not gold:
             continue  # unscorable: e.g. train/number_theory/7115.json and 7117.json box nothing
         subject = record.get("type", record.get("subject"))
@@ -400,18 +399,7 @@ def _remove_boxes(text: str) -> str:
         start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
         if start < 0:
             break
-        i = start + (6 if text.startswith("\\boxed", start) else 5)
-        j = i
-        while j < len(text) and text[j] in " \t\n":
-            j += 1
-        content = _brace_group(text, j) if j < len(text) and text[j] == "{" else None
-        if content is not None:
-            end = j + len(content) + 2
-        else:
-            end = j
-            while end < len(text) and text[end] not in " \t\n$":
-                end += 1
-        text = text[:start] + text[end:]
+        text = text[:start] + text[read_box(text, start)[1]:]
     return text
 
 

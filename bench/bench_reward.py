@@ -44,6 +44,17 @@ ADVERSARIAL = {  # the corpus of tests/test_grader.py, scored against gold "81"
     "1 MB of '1+' (lenient scan)": "1+" * 2**19,
     "250-element list": "\\boxed{" + "1," * 250 + "1}",
     "120-element set of \\pi": "\\boxed{\\{" + "\\pi," * 120 + "1\\}}",
+    "1 MB of joined boxes": "\\boxed{1}, " * (2**20 // 11),
+    "1 MB of distinct joined boxes": "".join(f"\\boxed{{\\frac{{1}}{{{k}}}}}, " for k in range(60_000)),
+    "1 MB of ', which is $1$'": "The answer is $1$" + ", which is $1$" * (2**20 // 14),
+    "1 MB of ', and x is 1'": "The answer is 1" + ", and x is 1" * (2**20 // 12),
+    "1 MB of '```'": "```" * (2**20 // 3),
+    "80 x\\geq in a box (names)": "\\boxed{" + "x\\geq" * 80 + "1}",
+    "60 named values": "\\boxed{" + ",".join(f"a_{k}={k}" for k in range(60)) + "}",
+    "1 MB of revisions around a box": (" Wait, 4.2" * (2**20 // 10) + "\\boxed{21 \\div 5}"
+                                       + " Wait, 4.2" * 3000),
+    "1 MB closing math group": "$" + "1+" * (2**19 - 1) + "1$",
+    "1 MB of suppositions": "If the answer is 7, " * (2**20 // 20),
 }
 
 

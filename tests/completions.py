@@ -19,6 +19,16 @@ kinds:
   gold        gold forms of the official data (MATH-500, MATH): x \in [...], 11,\! 111, \binom,
               factorials
   wrong       near misses and hedges: a wrong answer is never scored right in strict mode
+  boxes       several boxes that together form one answer (and a gold written as boxes)
+  labels      golds that label their values: (a,b)=(2,-1), AB=9, BC=12, f(x)=4, V_1:V_2=3:8
+  final       "Final Answer:" then a sentence naming the quantity in math and giving its value
+  relations   >= / \geq / \ge, \lt, \neq, a relation written the other way round
+  lists       ";" in and between tuples, "or" without spaces, \pm, a repeated element
+  units       a unit or currency glyph glued to a number (1,250.50€, 2,400.5m²)
+  latex       \cfrac, \frac34i, array matrices, 14 {, }916, an answer in escaped quotes, a gold
+              with doubled backslashes
+  strict      strict states no answer rather than a guessed one: arithmetic left unfinished when a
+              value follows it, several values in the answer's clause, code after the answer
 """
 
 QWEN_COT_JANET = (
@@ -43,6 +53,16 @@ LLAMA_STEPS = (
 R1_THINK = (
     "<think> Janet's ducks lay 16 eggs per day. She eats 3 for breakfast and uses 4 for muffins, so 16 - 3 - 4 = 9 "
     "eggs are left. She sells them at $2 each, so 9 * 2 = 18 dollars. </think>")
+
+WORKED_SOLUTION = (  # a MATH solution longer than an answer, given whole as the gold
+    "Factoring the denominator on the left side gives \\[ \\frac{4x}{(x-5)(x-3)} = \\frac{A}{x-3} + "
+    "\\frac{B}{x-5}. \\] Then we multiply both sides of the equation by $(x - 3)(x - 5)$ to get "
+    "\\[ 4x = A(x-5) + B(x-3). \\] If the linear expression $4x$ agrees with the linear expression "
+    "$A(x - 5) + B(x - 3)$ at all values of $x$ besides 3 and 5, then the two expressions must agree for "
+    "$x = 3$ and $x = 5$ as well. Substituting $x = 3$, we get $12 = -2A$, so $A = -6$. Likewise, we plug "
+    "in $x = 5$ to solve for $B$. Substituting $x = 5$, we get $20 = 2B$, so $B = 10$. Therefore, "
+    "$(A, B) = \\boxed{(-6, 10)}.$"
+)
 
 COMPLETIONS = [
     # --- marker: \boxed (last one counts), ####, "the (final) answer is", "Answer:", "Final Answer:", Minerva, Llama
@@ -109,6 +129,10 @@ COMPLETIONS = [
     ("tags", "<think> At first I get \\boxed{16}, but she also eats 3, not 5, so 9 eggs are sold: 9 * 2 = 18. "
              "</think> <answer> 18 </answer>", "16", 0, 0),
     ("tags", R1_THINK + " <answer> 18", "18", 1, 1),  # the closing tag was the stop string
+    ("tags", "<think> 6 * 7 = \\boxed{42} </think> So the product is \\boxed{43}.", "42", 0, 0),  # not in reasoning
+    ("tags", "<think> First \\boxed{41}? No: 6 * 7 = 42. </think> The product is \\boxed{42}.", "42", 1, 1),
+    ("tags", "<think> 6 * 7 = 42, so the answer is \\boxed{42} </think> Some other text.", "42", 0, 0),
+    ("tags", "<think> 6 * 7 = 42, so the answer is \\boxed{42}. Now check 6 * 7 again", "42", 0, 0),  # still open
     ("tags", "<think> reasoning process here </think> <answer> answer here </answer>", "18", 0, 0),
     ("tags", "<think> The last choice fits. </think> <answer> (C) </answer>", "\\text{(C)}", 1, 1),
     ("tags", "<think> |x - 5/2| <= 9/2 </think> <answer>x \\in [-2, 7]</answer>", "x \\in [-2,7]", 1, 1),
@@ -177,6 +201,12 @@ COMPLETIONS = [
      "\\begin{pmatrix} 2 & 0 \\\\ -3 & 5 \\end{pmatrix}", 0, 1),
     ("whole", "On each item she loses $-\\$0.50$.", "-\\$0.50", 0, 1),
     ("whole", "The ratio of boys to girls is 3:1.", "3:1", 0, 1),
+    ("whole", "Comparing the five speeds, the fastest is $\\text{E}$.", "\\text{E}", 0, 1),  # a closing group
+    ("whole", "Comparing the five speeds, the fastest is $\\text{E}$.", "D", 0, 0),
+    ("whole", "Substituting back, every solution has the form\n$$f(x) = 2x$$", "f(x)=2x", 0, 1),
+    ("whole", "So the three ages are $19, 46, \\text{ and } 82$.", "19, 46, 82", 0, 1),
+    ("whole", "Both sides agree, so $x <= 2$ is our answer.", "x \\leq 2", 0, 1),  # a relation, whole
+    ("whole", "Both sides agree, so $x <= 2$ is our answer.", "2", 0, 0),
 
     # --- tool: tool-integrated reasoning
     ("tool", "```python\ndef money_per_day():\n    eggs = 16 - 3 - 4\n    return eggs * 2\n\nprint(money_per_day())\n"
@@ -238,6 +268,10 @@ COMPLETIONS = [
     ("gold", "The number of 9-element subsets is $\\binom{34}{9} = \\boxed{52451256}$.", "\\binom{34}{9}", 1, 1),
     ("gold", "The number of 9-element subsets is $\\boxed{\\binom{34}{9}}$.", "52451256", 1, 1),
     ("gold", "The number of 9-element subsets is $\\boxed{\\dbinom{34}{9}}$.", "\\binom{34}{9}", 1, 1),
+    ("gold", "So $(A, B) = \\boxed{(-6, 10)}$.", WORKED_SOLUTION, 1, 1),  # a worked solution as the gold
+    ("gold", "So $(A, B) = \\boxed{(10, -6)}$.", WORKED_SOLUTION, 0, 0),
+    ("gold", "Thus $\\boxed{5}$.", "z = 2 + 3 = 5", 1, 1),  # a gold that works its value out
+    ("gold", "Thus $\\boxed{3}$.", "z = 2 + 3 = 5", 0, 0),
     ("gold", "The number of 9-element subsets is $\\boxed{52451265}$.", "\\binom{34}{9}", 0, 0),
     ("gold", "The number of orders is $\\boxed{5!}$.", "120", 1, 1),
     ("gold", "He sold 20 + 52 = 72 clips in all.\n####\n72", "72", 1, 1),
@@ -266,4 +300,121 @@ COMPLETIONS = [
     ("wrong", "The answer is \\boxed{}. She has 18 apples.", "18", 0, 0),
     ("wrong", "#### 1. Count the eggs\nShe has 16 - 3 - 4 = 9 eggs.", "1", 0, 0),
     ("marker", "#### Step 1: Count the eggs\nShe has 16 - 3 - 4 = 9 eggs.\n#### 9", "9", 1, 1),
+
+    # --- boxes: several boxes that together form one answer
+    ("boxes", "Factoring gives $(x-3)(x+5)=0$, so the solutions are $\\boxed{3}$ and $\\boxed{-5}$.", "-5, 3", 1, 1),
+    ("boxes", "Factoring gives $(x-3)(x+5)=0$, so the solutions are $\\boxed{3}$ and $\\boxed{-5}$.", "3", 0, 0),
+    ("boxes", "The line meets the parabola at $\\boxed{(1, 2)}$, $\\boxed{(4, 11)}$.", "(4,11),(1,2)", 1, 1),
+    ("boxes", "Thus the vertices are \\[\\boxed{(0, 3)} \\text{ and } \\boxed{(0, -3)}\\]", "(0,3), (0,-3)", 1, 1),
+    ("boxes", "Checking $x = 2$: it works, so \\boxed{2}.\n\nBut $x = -2$ works too, since $(-2)^2 = 4$. So the "
+              "answer is \\boxed{-2}.", "-2", 1, 1),  # words between the boxes: the last one
+    ("boxes", "Checking $x = 2$: it works, so \\boxed{2}.\n\nBut $x = -2$ works too, since $(-2)^2 = 4$. So the "
+              "answer is \\boxed{-2}.", "2, -2", 0, 0),
+    ("boxes", "So the total is \\boxed{12}.\n\\boxed{12}", "12", 1, 1),  # a repeated box counts once
+    ("boxes", "The roots are $\\boxed{-1}$ and $\\boxed{4}$.", "\\boxed{-1}\\boxed{4}", 1, 1),
+
+    # --- labels: golds that label their values, by a name of several letters or a function
+    ("labels", "Solving the system, we find $(a, b) = \\boxed{(2, -1)}$.", "(a,b)=(2,-1)", 1, 1),
+    ("labels", "Solving the system, we find $(a, b) = \\boxed{(-1, 2)}$.", "(a,b)=(2,-1)", 0, 0),
+    ("labels", "So the side lengths are $\\boxed{9, 12}$.", "AB=9, BC=12", 1, 1),
+    ("labels", "So the side lengths are $\\boxed{12, 9}$.", "AB=9, BC=12", 0, 0),  # the gold's order
+    ("labels", "Therefore $f(x) = \\boxed{4}$ for every $x$.", "f(x)=4", 1, 1),
+    ("labels", "So the ratio of the volumes is $\\boxed{3:8}$.", "V_1:V_2=3:8", 1, 1),
+    ("labels", "So $m = 20$ and $n = 6$: $\\boxed{n = 6} \\quad \\text{and} \\quad \\boxed{m = 20}$", "m = 20, n = 6",
+     1, 1),
+    ("labels", "The solution of the system is $\\boxed{x = 3, y = 4}$.", "(3, 4)", 1, 1),
+    ("labels", "The solution of the system is $\\boxed{x = 3, y = 4}$.", "3, 4", 0, 0),  # a point, not a list
+
+    # --- final: "Final Answer:" then a sentence that names the quantity in math and gives its value
+    ("final", "Final Answer: The largest $k$ is 12.", "12", 1, 1),
+    ("final", "Final Answer: The largest $k$ is 12.", "13", 0, 0),
+    ("final", "Final Answer: The value of $a + b$ is $\\frac{7}{2}$.", "\\frac72", 1, 1),
+    ("final", "**Final Answer**\nThe number of possible values of $n$ is 6.", "6", 1, 1),
+    ("final", "Final Answer: The area of $\\triangle ABC$ is 24 square units.", "24", 1, 1),
+    ("final", "Final Answer: The sum of the roots of $x^2 - 5x + 6$ is 5.", "6", 0, 0),
+    ("final", "Final Answer: The smallest $n$ such that $2^n > 1000$ is 10.", "10", 1, 1),
+
+    # --- relations in other notations
+    ("relations", "Therefore the solution set is $\\boxed{x \\geq 3}$.", "x >= 3", 1, 1),
+    ("relations", "Therefore the solution set is $\\boxed{x \\le 3}$.", "x \\ge 3", 0, 0),
+    ("relations", "The answer is $\\boxed{n \\neq 2}$.", "n != 2", 1, 1),
+    ("relations", "So $\\boxed{3 < t}$.", "t > 3", 1, 1),
+    ("relations", "So $\\boxed{t \\lt 3}$.", "t < 3", 1, 1),
+    ("relations", "So $\\boxed{t \\leqslant 3}$.", "t \\leq 3", 1, 1),
+    ("relations", "So $\\boxed{t > 3}$.", "t < 3", 0, 0),
+    ("relations", "Both bounds hold, so $\\boxed{-2 < x < 7}$.", "(-2, 7)", 1, 1),  # an interval
+    ("relations", "Both bounds hold, so $\\boxed{-2 < x < 7}$.", "[-2, 7]", 0, 0),
+    ("relations", "Both bounds hold, so $\\boxed{7 \\geq x > -2}$.", "(-2, 7]", 1, 1),
+
+    # --- lists: separators and notations
+    ("lists", "The solutions are $\\boxed{(1;2;0)}$ and $\\boxed{(2;1;0)}$.", "(1,2,0),(2,1,0)", 1, 1),
+    ("lists", "The integers are $\\boxed{-3;-1;2}$.", "\\{-3, -1, 2\\}", 1, 1),
+    ("lists", "The integers are $\\boxed{-3;-1}$.", "\\{-3, -1, 2\\}", 0, 0),
+    ("lists", "Hence $x = \\boxed{\\pm 7}$.", "-7, 7", 1, 1),
+    ("lists", "Hence $x = \\boxed{\\pm 7}$.", "7", 0, 0),
+    ("lists", "The pairs are $\\boxed{(2,9)or(9,2)}$.", "(9,2), (2,9)", 1, 1),
+    ("lists", "The pairs are $\\boxed{(2, 9), (9, 2), (2, 9)}$.", "(9,2),(2,9)", 1, 1),  # listed twice
+    ("lists", "The pairs are $\\boxed{(2, 9), (9, 2), (2, 8)}$.", "(9,2),(2,9)", 0, 0),
+    ("lists", "The primes are $$\\boxed{{2, 3, 5, 7}}$$", "2, 3, 5, 7", 1, 1),  # grouping braces print nothing
+    ("lists", "The primes are $$\\boxed{{2, 3, 5}}$$", "2, 3, 5, 7", 0, 0),
+
+    # --- units: a unit or currency glyph glued to a number
+    ("units", "So the price comes to 1,250.50\u20ac.", "1250.5", 0, 1),
+    ("units", "The garden covers 2,400.5m\u00b2.", "2400.5", 0, 1),
+    ("units", "The garden covers 2,400.5m\u00b2.", "2400", 0, 0),
+    ("units", "The answer is 75\u00a3.", "75", 1, 1),
+    ("units", "Total: \\boxed{1,250.50\u20ac}", "1250.5", 1, 1),
+    ("units", "It costs 30\u20ac and weighs 2 kg.", "30", 0, 0),
+
+    # --- latex: variants of the same answer
+    ("latex", "So $x = \\boxed{\\cfrac{5}{8}}$.", "\\frac58", 1, 1),
+    ("latex", "So $z = \\boxed{\\frac34i}$.", "\\frac{3}{4}i", 1, 1),
+    ("latex", "So $z = \\boxed{\\frac43i}$.", "\\frac{3}{4}i", 0, 0),
+    ("latex", "The matrix is $\\boxed{\\left[\\begin{array}{cc} 1 & 2 \\\\ 0 & 1 \\end{array}\\right]}$.",
+     "\\begin{pmatrix} 1 & 2 \\\\ 0 & 1 \\end{pmatrix}", 1, 1),
+    ("latex", "Final Answer: The final answer is $14 {, }916$. I hope it is correct.", "14916", 1, 1),
+    ("latex", "Final Answer: The final answer is \\\"$12 $ and $13 $\\\". I hope it is correct.", "12\\text{ and }13",
+     1, 1),
+    ("latex", "So the slope is $\\boxed{\\frac{3}{5}}$.", "\\\\frac{3}{5}", 1, 1),  # a gold escaped twice
+    ("latex", "So the slope is $\\boxed{\\frac{3}{5}}$.", "\\\\frac{5}{3}", 0, 0),
+
+    # --- strict: no answer rather than a guessed one
+    ("strict", "The correct answer should be $18 \\div (2 \\cdot 3^2) = 18 \\div 18$, which is $0$.", "1", 0, 0),
+    ("strict", "The correct answer should be $18 \\div (2 \\cdot 3^2) = 18 \\div 18$, which is $1$.", "1", 1, 1),
+    ("strict", "<answer> Maya has $12$ marbles, Leo has $7$ marbles and they play two rounds </answer>", "7", 0, 0),
+    ("strict", "The answer is $12$ for Maya and $7$ for Leo.", "7", 0, 0),
+    ("strict", "The answer is 18, so Janet makes $18 every day.", "18", 1, 1),  # one value, said twice
+    ("strict", "So the final answer is 18 \u00f7 18, which is 0.", "1", 0, 0),  # no math delimiters either
+    ("strict", "So the final answer is 18 \u00f7 18, which is 1.", "1", 1, 1),
+    ("strict", "So the answer is: 15.\n```python\n# double-check\nprint(3 * 5)\n", "15", 0, 1),
+    ("strict", "```python\nprint(3 * 5)\n```\n```output\n15\n```\nSo the answer is: 15.", "15", 1, 1),
+    ("strict", "The answer is $\\frac{2}{3}$, which is approximately $0.67$.", "\\frac23", 1, 1),
+    ("strict", "The answer is $\\frac{2}{3}$, which is approximately $0.67$.", "0.67", 1, 1),
+    ("strict", "The answer is $21 \\div 312500 \\approx 0.0000677$.", "0.0000672", 0, 0),
+    ("strict", "The answer is 18. Wait, the answer is not 18 but 20.", "18", 0, 0),
+    ("strict", "Answer: She keeps 16 - 3 - 4 = 9 eggs and earns 9 * 2 = 18 dollars.", "9", 0, 0),
+    ("strict", "<answer> She keeps 16 - 3 - 4 = 9 eggs, so she earns 9 * 2 = $18. </answer>", "18", 1, 1),
+    # arithmetic left undone, then its value in the next sentence or after the box
+    ("strict", "The answer is $21 \\div 312500$. Computing it, this is $0.00006768$.", "0.0000672", 0, 0),
+    ("strict", "The answer is $21 \\div 312500$. Computing it, this is $0.00006768$.", "0.00006768", 0, 1),
+    ("strict", "So the probability is $\\boxed{21 \\div 312500} = 0.00006768$", "0.0000672", 0, 0),
+    ("strict", "Thus $\\boxed{12 - 6\\sqrt{3}} \\approx 1.61$.", "12 - 6\\sqrt{3}", 1, 1),  # a closed form
+    # an answer the text after it revises, supposes, or replaces
+    ("strict", "The answer is 7.\n\nWait, let me double-check: 3 + 5 = 8. So actually", "7", 0, 0),
+    ("strict", "Final Answer: The final answer is $7$. I hope it is correct.\n\nActually, it is $8$.", "7", 0, 0),
+    ("strict", "The answer is $\\boxed{7}$.\n\nHmm, I recounted and got 8.", "7", 0, 0),
+    ("strict", "Suppose the answer is 7. Then 3 + 5 = 8, a contradiction.", "7", 0, 0),
+    ("strict", "So $x = \\boxed{5}$. Then $y = 2x = 10$, so the answer is 10.", "5", 0, 0),
+    ("strict", "So $x = \\boxed{5}$. Then $y = 2x = 10$, so the answer is 10.", "10", 0, 1),
+    ("strict", "The answer is: $\\boxed{5}$\n\n```python\nprint(2 * 5)\n```\n```output\n10\n```\n"
+               "The answer is: $\\boxed{10}$", "10", 1, 1),
+    # a bound, a scale word, or several labelled values: no single answer
+    ("strict", "So she needs 7 or more boxes. The answer is 7 or more.", "7", 0, 1),  # lenient: rule 6
+    ("strict", "The answer is 7 thousand.", "7", 0, 0),
+    ("strict", "The answer is $x = 8$ and $y = 7$.", "7", 0, 0),
+    ("strict", "So John has $\\boxed{8}$ s'mores and DeSean has $\\boxed{7}$ s'mores.", "7", 0, 1),
+    ("strict", "First I got $\\boxed{16}$, but she eats 3 more, so she sells $\\boxed{9}$.", "9", 1, 1),
+    ("strict", "The correct answer should be $21 \\div (2^2 \\cdot 5^7) = 21 \\div 312500$.\nWhich is "
+               "$0.00006768$", "0.0000672", 0, 0),
+    ("strict", "The answer is 21/312500, which is approximately 0.00006768.", "0.0000672", 0, 0),
 ]
