@@ -191,6 +191,26 @@ def test_runs_that_do_not_pair_are_one_clear_error(tmp_path, capsys):
         S.compare([str(tmp_path / "b"), "--out", str(tmp_path / "rep")])
 
 
+def test_unfinished_runs_are_left_out_by_name(tmp_path, capsys):
+    """A run still going has fewer logged steps than its config's: its last 10% would be other
+    steps than the finished runs', so the report leaves it out and names it."""
+    for seed in (0, 1):
+        write_run(tmp_path / "a" / f"std-s{seed}", "std", seed, 0.01)
+        write_run(tmp_path / "a" / f"none-s{seed}", "none", seed, 0.005)
+    metrics = tmp_path / "a/none-s1/metrics.jsonl"
+    metrics.write_text("\n".join(metrics.read_text().splitlines()[:25]) + "\n")
+    summary = S.compare([str(tmp_path / "a"), "--out", str(tmp_path / "rep")])
+    assert summary["none / adamw / lr 0.001"]["seeds"] == [0]
+    assert summary["std / adamw / lr 0.001"]["seeds"] == [0, 1]
+    assert "3 runs in 2 arms" in (report := (tmp_path / "rep/report.md").read_text())
+    assert "Left out, unfinished" in report and ": none-s1." in report
+    for d in ("std-s0", "std-s1", "none-s0"):
+        (tmp_path / "a" / d / "metrics.jsonl").write_text("")
+    metrics.unlink()
+    with pytest.raises(SystemExit, match="error: no finished runs in"):
+        S.compare([str(tmp_path / "a"), "--out", str(tmp_path / "rep")])
+
+
 def test_two_sided_p_against_the_t_density():
     """df 2: P(|T| >= t) = 1 - t / sqrt(t^2 + 2) exactly; df 1 (Cauchy): 1 - 2 atan(t) / pi; other
     df: the oracle below."""
