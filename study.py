@@ -489,10 +489,10 @@ def run_diagnostics(run: dict) -> dict | None:
 def seed_interval(values: dict[int, float], correlation: bool) -> dict:
     """The mean over seeds and its 95% t-interval over seeds. A correlation is averaged as Fisher's
     z = atanh(r) and mapped back (so the interval stays within -1..1); a cosine's interval is cut
-    at 0, below which an rms cannot be."""
+    to 0..1, where a |cos| or an rms of cosines lies."""
     if not correlation:
         mean, ci = mean_interval(values.values())
-        return {"mean": mean, "interval": (max(ci[0], 0.0), ci[1]) if ci else None}
+        return {"mean": mean, "interval": (max(ci[0], 0.0), min(ci[1], 1.0)) if ci else None}
     z = [math.atanh(max(min(r, 1 - 1e-12), -1 + 1e-12)) for r in values.values()]
     mean, ci = mean_interval(z)
     return {"mean": math.tanh(mean) if z else float("nan"),

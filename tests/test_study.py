@@ -109,7 +109,7 @@ def test_compare_writes_report_figures_and_phases(runs, tmp_path):
 def test_diagnostics_over_seeds_by_hand():
     """Correlations averaged over seeds as Fisher z: r = 0.2, 0.4, 0.6 -> z = 0.2027, 0.4236,
     0.6931, mean 0.4398 (r 0.4133), sd 0.2455, t(0.975, 2) = 4.303: z in [-0.170, 1.050], r in
-    [-0.168, 0.782]. Cosines: a plain t-interval, cut at 0."""
+    [-0.168, 0.782]. Cosines: a plain t-interval, cut to 0..1."""
     out = S.seed_interval({0: 0.2, 1: 0.4, 2: 0.6}, correlation=True)
     z = [math.atanh(r) for r in (0.2, 0.4, 0.6)]
     half = 4.303 * np.std(z, ddof=1) / math.sqrt(3)
@@ -118,6 +118,8 @@ def test_diagnostics_over_seeds_by_hand():
                                              math.tanh(np.mean(z) + half)], abs=1e-4)
     cos = S.seed_interval({0: 0.01, 1: 0.2, 2: 0.05}, correlation=False)
     assert cos["mean"] == pytest.approx(0.26 / 3) and cos["interval"][0] == 0
+    half = 12.706 * np.std([0.3, 0.9], ddof=1) / math.sqrt(2)  # 0.6 +- 3.81: cut to [0, 1]
+    assert half > 0.6 and S.seed_interval({0: 0.3, 1: 0.9}, False)["interval"] == (0.0, 1.0)
 
 
 def test_the_decomposition_paired_by_hand(tmp_path):
