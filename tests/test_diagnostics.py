@@ -132,7 +132,7 @@ def test_rms_cosine_is_exact_without_noise_and_undefined_below_three_prompts():
     noisy = [e for e in noisy if e]  # None: no positive energy left to estimate
     assert len(noisy) >= 10
     assert any(e["mean_square_interval"][1] > 1 for e in noisy)  # the cut is exercised
-    assert all(0 <= e["low"] <= e["high"] <= 1 for e in noisy)
+    assert all(0 <= e["low"] <= e["rms"] <= e["high"] <= 1 for e in noisy)
     zero = torch.zeros(4, 3)
     assert diag.cosine_rms([diag.pair_terms(diag.gram_matrix(zero, zero))]) is None
 
