@@ -147,9 +147,9 @@ def cosine_rms(blocks: list[tuple[np.ndarray, np.ndarray]]) -> dict | None:
 
     rms^2 = sum P / sum Q over every pair of every block; the interval is the delete-one-prompt
     jackknife of rms^2 (each prompt of each block with a nonzero norm estimate is one unit: its
-    samples are independent of the others'), t with units - 1 degrees of freedom, mapped to rms by
-    sqrt(max(., 0)). None with fewer than 3 such prompts or no positive energy (nothing to
-    estimate)."""
+    samples are independent of the others'), t with units - 1 degrees of freedom; the estimate and
+    the interval's ends mapped to rms by sqrt and cut to 0..1, where an rms of cosines lies. None with fewer than 3 such prompts or no
+    positive energy (nothing to estimate)."""
     num = sum(P.sum() for P, _ in blocks) / 2
     den = sum(Q.sum() for _, Q in blocks) / 2
     units = [(P[k].sum(), Q[k].sum()) for P, Q in blocks for k in range(len(P)) if Q[k].any()]
@@ -162,7 +162,8 @@ def cosine_rms(blocks: list[tuple[np.ndarray, np.ndarray]]) -> dict | None:
     se = math.sqrt((n - 1) / n * ((leave_out - leave_out.mean()) ** 2).sum())
     lo, hi = ms - t975(n - 1) * se, ms + t975(n - 1) * se
     root = lambda x: math.sqrt(max(x, 0.0))  # noqa: E731
-    return {"rms": root(ms), "low": root(lo), "high": root(hi), "mean_square": float(ms),
+    return {"rms": root(min(ms, 1.0)), "low": root(min(lo, 1.0)), "high": root(min(hi, 1.0)),
+            "mean_square": float(ms),
             "mean_square_interval": [float(lo), float(hi)], "prompts": n}
 
 

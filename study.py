@@ -9,7 +9,9 @@ An *arm* is one estimator setting: normalize / optimizer / lr (grpo.py's --norma
 --lr). Run folders whose config.json agree on those three belong to one arm and differ only in
 seed. Training accuracy is that of each step's own rollouts: "final" is its mean over the last 10%
 of steps, "gain" is final minus its mean over the first 10%. Held-out accuracy is that of the last
-evaluation on the fixed held-out set (grpo.py --eval-every).
+evaluation on the fixed held-out set (grpo.py --eval-every). A run with fewer logged steps than
+its config's (still running, or stopped early) is left out of the comparison and named in the
+report, so a report of a study in progress says which runs it lacks.
 
 The decomposition (README "The algorithm"). With the same optimizer and rate, `matched` divides all
 of a step's advantages by one number chosen to give std's mean |A|, so std - matched is the
@@ -487,10 +489,10 @@ def run_diagnostics(run: dict) -> dict | None:
 def seed_interval(values: dict[int, float], correlation: bool) -> dict:
     """The mean over seeds and its 95% t-interval over seeds. A correlation is averaged as Fisher's
     z = atanh(r) and mapped back (so the interval stays within -1..1); a cosine's interval is cut
-    at 0, below which an rms cannot be."""
+    to 0..1, where a |cos| or an rms of cosines lies."""
     if not correlation:
         mean, ci = mean_interval(values.values())
-        return {"mean": mean, "interval": (max(ci[0], 0.0), ci[1]) if ci else None}
+        return {"mean": mean, "interval": (max(ci[0], 0.0), min(ci[1], 1.0)) if ci else None}
     z = [math.atanh(max(min(r, 1 - 1e-12), -1 + 1e-12)) for r in values.values()]
     mean, ci = mean_interval(z)
     return {"mean": math.tanh(mean) if z else float("nan"),
@@ -523,7 +525,7 @@ def diagnostic_summary(runs) -> dict | None:
 
 
 def intro_section(runs: list[dict], arms: int, window: int, metric: str,
-                  heldout: str | None) -> list[str]:
+                  heldout: str | None, unfinished: list[dict] = ()) -> list[str]:
     # eval/hard/samples/strict/accuracy -> eval/hard/problems: how many problems it averages
     count = f"{heldout.rsplit('/', 3)[0]}/problems" if heldout else None
     sizes = sorted({m[count] for r in runs for m in r["metrics"] if count in m})
@@ -538,7 +540,10 @@ def intro_section(runs: list[dict], arms: int, window: int, metric: str,
             "step-1 rollouts, scored alike to the last bit (checked). Training: `" + metric
             + "` over each step's own rollouts, final = mean over the last 10% of steps, gain = "
             f"final minus the mean over the first 10%; curves are trailing {window}-step moving "
-            f"averages. Held-out: {held}.\n",
+            f"averages. Held-out: {held}."
+            + (f" Left out, unfinished (fewer logged steps than their config's, still running or "
+               f"stopped early): {', '.join(sorted(Path(r['dir']).name for r in unfinished))}."
+               if unfinished else "") + "\n",
             "**Intervals.** Differences of arms are paired by seed (study.py's docstring: the arms "
             "of a seed share its prompt order, initial adapter and sampler streams): mean of the "
             "per-seed differences, 95% t-interval over seeds, two-sided p, and *detectable*, the "
@@ -946,6 +951,13 @@ def compare(argv=None):
     if not dirs:
         sys.exit(f"error: no run folders (with metrics.jsonl) in {args.runs}")
     runs = [read_run(d) for d in dirs]
+    # A run still going (or stopped early) has fewer steps than its config says: comparing its
+    # last 10% with finished runs' would compare different steps, so it is left out, by name.
+    unfinished = [r for r in runs if not finished(r)]
+    runs = [r for r in runs if finished(r)]
+    if not runs:
+        sys.exit(f"error: no finished runs in {args.runs} (unfinished: "
+                 f"{', '.join(str(r['dir']) for r in unfinished)})")
     problem = check_pairing(runs)
     if problem:
         sys.exit(f"error: {problem}")
@@ -970,7 +982,7 @@ def compare(argv=None):
     diag_summary = {arm: d for arm, rs in sorted(arms.items())
                     if (d := diagnostic_summary(rs)) is not None}
 
-    report = (intro_section(runs, len(arms), args.window, metric, heldout)
+    report = (intro_section(runs, len(arms), args.window, metric, heldout, unfinished)
               + arms_table(summary, keys + heldout_keys, metric, heldout)
               + effects_table(effect_rows, metric, heldout, comparisons)
               + phases_table(phase_table, metric, args.gap_threshold)
@@ -1037,6 +1049,12 @@ def latest_complete(run_dir: Path) -> bool:
     config = json.loads((run_dir / "config.json").read_text())
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return bool(lines) and json.loads(lines[-1])["step"] >= config["steps"]
+
+
+def finished(run: dict) -> bool:
+    """A read run whose last logged step reached its config's steps (latest_complete's rule)."""
+    steps = run["config"].get("steps")
+    return steps is None or bool(run["metrics"]) and run["metrics"][-1]["step"] >= steps
 
 
 def main(argv=None):

@@ -123,6 +123,16 @@ def test_rms_cosine_is_exact_without_noise_and_undefined_below_three_prompts():
     est = diag.cosine_rms([diag.pair_terms(diag.gram_matrix(g, g))])
     assert est["rms"] == pytest.approx(0.3) and est["low"] == pytest.approx(0.3)
     assert diag.cosine_rms([diag.pair_terms(diag.gram_matrix(g[:2], g[:2]))]) is None
+    # one noisy estimate per prompt and set, truth 0.3 at d 40: whatever the jackknife's spread,
+    # the interval ends stay within 0..1, where an rms of cosines lies
+    noisy = [diag.cosine_rms([diag.pair_terms(diag.gram_matrix(
+        g + torch.randn(5, 40, generator=torch.Generator().manual_seed(s)) * 3,
+        g + torch.randn(5, 40, generator=torch.Generator().manual_seed(100 + s)) * 3))])
+        for s in range(20)]
+    noisy = [e for e in noisy if e]  # None: no positive energy left to estimate
+    assert len(noisy) >= 10
+    assert any(e["mean_square_interval"][1] > 1 for e in noisy)  # the cut is exercised
+    assert all(0 <= e["low"] <= e["rms"] <= e["high"] <= 1 for e in noisy)
     zero = torch.zeros(4, 3)
     assert diag.cosine_rms([diag.pair_terms(diag.gram_matrix(zero, zero))]) is None
 

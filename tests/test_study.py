@@ -109,7 +109,7 @@ def test_compare_writes_report_figures_and_phases(runs, tmp_path):
 def test_diagnostics_over_seeds_by_hand():
     """Correlations averaged over seeds as Fisher z: r = 0.2, 0.4, 0.6 -> z = 0.2027, 0.4236,
     0.6931, mean 0.4398 (r 0.4133), sd 0.2455, t(0.975, 2) = 4.303: z in [-0.170, 1.050], r in
-    [-0.168, 0.782]. Cosines: a plain t-interval, cut at 0."""
+    [-0.168, 0.782]. Cosines: a plain t-interval, cut to 0..1."""
     out = S.seed_interval({0: 0.2, 1: 0.4, 2: 0.6}, correlation=True)
     z = [math.atanh(r) for r in (0.2, 0.4, 0.6)]
     half = 4.303 * np.std(z, ddof=1) / math.sqrt(3)
@@ -118,6 +118,8 @@ def test_diagnostics_over_seeds_by_hand():
                                              math.tanh(np.mean(z) + half)], abs=1e-4)
     cos = S.seed_interval({0: 0.01, 1: 0.2, 2: 0.05}, correlation=False)
     assert cos["mean"] == pytest.approx(0.26 / 3) and cos["interval"][0] == 0
+    half = 12.706 * np.std([0.3, 0.9], ddof=1) / math.sqrt(2)  # 0.6 +- 3.81: cut to [0, 1]
+    assert half > 0.6 and S.seed_interval({0: 0.3, 1: 0.9}, False)["interval"] == (0.0, 1.0)
 
 
 def test_the_decomposition_paired_by_hand(tmp_path):
@@ -189,6 +191,26 @@ def test_runs_that_do_not_pair_are_one_clear_error(tmp_path, capsys):
     write_run(tmp_path / "b" / "std-copy-s0", "std", 0, 0.01)
     with pytest.raises(SystemExit, match="are both arm 'std / adamw / lr 0.001', seed 0"):
         S.compare([str(tmp_path / "b"), "--out", str(tmp_path / "rep")])
+
+
+def test_unfinished_runs_are_left_out_by_name(tmp_path, capsys):
+    """A run still going has fewer logged steps than its config's: its last 10% would be other
+    steps than the finished runs', so the report leaves it out and names it."""
+    for seed in (0, 1):
+        write_run(tmp_path / "a" / f"std-s{seed}", "std", seed, 0.01)
+        write_run(tmp_path / "a" / f"none-s{seed}", "none", seed, 0.005)
+    metrics = tmp_path / "a/none-s1/metrics.jsonl"
+    metrics.write_text("\n".join(metrics.read_text().splitlines()[:25]) + "\n")
+    summary = S.compare([str(tmp_path / "a"), "--out", str(tmp_path / "rep")])
+    assert summary["none / adamw / lr 0.001"]["seeds"] == [0]
+    assert summary["std / adamw / lr 0.001"]["seeds"] == [0, 1]
+    assert "3 runs in 2 arms" in (report := (tmp_path / "rep/report.md").read_text())
+    assert "Left out, unfinished" in report and ": none-s1." in report
+    for d in ("std-s0", "std-s1", "none-s0"):
+        (tmp_path / "a" / d / "metrics.jsonl").write_text("")
+    metrics.unlink()
+    with pytest.raises(SystemExit, match="error: no finished runs in"):
+        S.compare([str(tmp_path / "a"), "--out", str(tmp_path / "rep")])
 
 
 def test_two_sided_p_against_the_t_density():
