@@ -142,6 +142,36 @@ def check_pairing(runs: list[dict]) -> str | None:
     return None
 
 
+# What may differ between two runs of one optimizer and rate besides the arm (normalize) and the
+# seed: where they write, and settings that change the speed, not the numbers.
+BOOKKEEPING = ("out", "save_every", "keep_checkpoints", "log_samples_every", "device", "decoder",
+               "compile", "dist_timeout_s")
+
+
+def check_design(runs: list[dict]) -> str | None:
+    """None when the runs of each optimizer and rate differ only in normalize, seed and
+    bookkeeping, else a one-line message naming two runs and the flag: any other difference (the
+    std estimator, the clip, the steps) would be pooled into one arm or set against the control."""
+    import grpo  # what a field missing from an older config.json meant
+    groups: dict[tuple, list] = {}
+    for r in runs:
+        groups.setdefault((r["config"]["optimizer"], r["config"]["lr"]), []).append(r)
+    for rs in groups.values():
+        ref = rs[0]
+        for r in rs[1:]:
+            a, b = ref["config"], r["config"]
+            for key in sorted(set(a) | set(b)):
+                if key in ("normalize", "seed") + BOOKKEEPING:
+                    continue
+                old = grpo.BEFORE_FIELD_EXISTED.get(key)
+                if a.get(key, old) != b.get(key, old):
+                    return (f"runs {ref['dir']} and {r['dir']} differ in "
+                            f"--{key.replace('_', '-')} ({a.get(key, old)!r} vs "
+                            f"{b.get(key, old)!r}), not only in arm and seed: compare them in "
+                            "separate folders")
+    return None
+
+
 def series(run: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
     pts = [(m["step"], m[key]) for m in run["metrics"] if m.get(key) is not None]
     if not pts:
@@ -958,7 +988,7 @@ def compare(argv=None):
     if not runs:
         sys.exit(f"error: no finished runs in {args.runs} (unfinished: "
                  f"{', '.join(str(r['dir']) for r in unfinished)})")
-    problem = check_pairing(runs)
+    problem = check_design(runs) or check_pairing(runs)
     if problem:
         sys.exit(f"error: {problem}")
     arms: dict[str, list] = {}

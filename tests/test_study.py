@@ -193,6 +193,27 @@ def test_runs_that_do_not_pair_are_one_clear_error(tmp_path, capsys):
         S.compare([str(tmp_path / "b"), "--out", str(tmp_path / "rep")])
 
 
+def test_runs_of_another_design_are_one_clear_error(tmp_path):
+    """Runs of one optimizer and rate may differ only in the arm, the seed and bookkeeping: a run
+    with another std estimator is named with the flag, not pooled into its arm; where a run was
+    written, or an older config without the field (population, as then computed), is no
+    difference."""
+    for arm in ("std", "none"):
+        write_run(tmp_path / "a" / f"{arm}-s0", arm, 0, 0.01)
+    config = tmp_path / "a/std-s0/config.json"
+    c = json.loads(config.read_text())
+    config.write_text(json.dumps(c | {"std_estimator": "population", "out": "elsewhere"}))
+    S.compare([str(tmp_path / "a"), "--out", str(tmp_path / "rep")])
+    config.write_text(json.dumps(c | {"std_estimator": "bessel"}))
+    with pytest.raises(SystemExit) as e:
+        S.compare([str(tmp_path / "a"), "--out", str(tmp_path / "rep")])
+    message = str(e.value)
+    assert message.startswith("error: runs ") and "\n" not in message
+    assert "std-s0" in message and "none-s0" in message
+    assert ("differ in --std-estimator ('population' vs 'bessel')" in message
+            or "differ in --std-estimator ('bessel' vs 'population')" in message)
+
+
 def test_unfinished_runs_are_left_out_by_name(tmp_path, capsys):
     """A run still going has fewer logged steps than its config's: its last 10% would be other
     steps than the finished runs', so the report leaves it out and names it."""
