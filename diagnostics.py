@@ -88,7 +88,7 @@ class GradientSketch:
             return torch.cat([g.detach().flatten().float() for g in grads])
         out = torch.zeros(self.dim, dtype=torch.float32, device=grads[0].device)
         for t, g in enumerate(grads):
-            gen = torch.Generator(device=g.device).manual_seed(self.seed * 1_000_003 + t)
+            gen = torch.Generator(device=g.device).manual_seed(M.derived_seed(self.seed, t))
             bucket = torch.randint(0, self.dim, (g.numel(),), generator=gen, device=g.device)
             sign = torch.randint(0, 2, (g.numel(),), generator=gen, device=g.device).float() * 2 - 1
             out.index_add_(0, bucket, sign * g.detach().flatten().float())

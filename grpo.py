@@ -195,6 +195,13 @@ CHOICES = dict(preset=list(PRESETS), normalize=["std", "batch", "matched", "none
 # Keys whose values depend on the machine, not on the computation: excluded from exact-resume
 # comparisons.
 TIMING_PREFIXES = ("time/", "perf/")
+# The offsets of a run's draws (model.derived_seed): step t's rollouts take t, the prompt order of
+# epoch e takes e; the held-out samples and diagnostics take offsets past any step count in use.
+HELDOUT_SEED_OFFSET = 999_983
+
+
+def diagnostics_seed_offset(step: int) -> int:
+    return 500_009 * step + 7
 
 
 def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
@@ -442,7 +449,7 @@ def heldout_record(model, tok, problems, cfg: Config, decode=None) -> dict:
     t0 = time.time()
     groups, _ = E.heldout_accuracy(model, tok, problems, cfg.template, cfg.max_new_tokens,
                                    cfg.eval_samples, cfg.temperature,
-                                   seed=cfg.seed * 1_000_003 + 999_983,
+                                   seed=M.derived_seed(cfg.seed, HELDOUT_SEED_OFFSET),
                                    max_prompt_tokens=cfg.max_prompt_tokens, decode=decode)
     record = {}
     for group, metrics in groups.items():
@@ -460,7 +467,7 @@ class PromptStream:
 
     def _shuffle(self):
         order = list(range(len(self.problems)))
-        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        random.Random(M.derived_seed(self.seed, self.epoch)).shuffle(order)
         return order
 
     def take(self, n: int) -> list[D.Problem]:
@@ -587,7 +594,8 @@ def update(model, params, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg
     adv = advantages.flatten()
     rows = [i for i in range(len(ro.completions))
             if (adv[i] != 0 or cfg.kl_coef > 0) and ro.completions[i]]
-    n_tokens, n_completions = world.sum(sum(len(c) for c in ro.completions), len(ro.completions))
+    n_tokens, n_completions = world.sum_values(sum(len(c) for c in ro.completions),
+                                               len(ro.completions))
     normalizer = n_tokens if cfg.loss_agg == "token-mean" else n_completions
     optimizer.zero_grad(set_to_none=True)
     model.train()
@@ -627,7 +635,7 @@ def update(model, params, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     if world.size > 1:  # one all-reduce of the flat LoRA gradient (parallel.py says why not DDP)
-        flat = world.sum_(torch.cat([p.grad.flatten() for p in params]))
+        flat = world.sum_tensor(torch.cat([p.grad.flatten() for p in params]))
         for p, g in zip(params, flat.split([p.numel() for p in params])):
             p.grad.copy_(g.view_as(p))
     grad_norm = float(torch.nn.utils.clip_grad_norm_(
@@ -637,8 +645,8 @@ def update(model, params, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg
         return float("nan"), {}
     optimizer.step()
     total_loss, entropy_sum, n_forwarded, kl_sum, trl_loss, trl_kl_sum, trl_entropy_sum, \
-        n_rows = world.sum(total_loss, entropy_sum, n_forwarded, kl_sum, trl_loss, trl_kl_sum,
-                           trl_entropy_sum, len(rows))
+        n_rows = world.sum_values(total_loss, entropy_sum, n_forwarded, kl_sum, trl_loss,
+                                  trl_kl_sum, trl_entropy_sum, len(rows))
     stats = {"grad_norm_preclip": grad_norm,
              "grad_clipped": bool(cfg.grad_clip > 0 and grad_norm > cfg.grad_clip),
              "learner_tokens": int(n_forwarded),
@@ -667,7 +675,7 @@ def global_batch_std(rewards: torch.Tensor, world: World, estimator: str) -> flo
     is all here, and group_advantages computes it)."""
     if world.size == 1:
         return None
-    n, total, squares = world.sum(rewards.numel(), float(rewards.sum()),
+    n, total, squares = world.sum_values(rewards.numel(), float(rewards.sum()),
                                   float(rewards.pow(2).sum()))
     variance = max(squares / n - (total / n) ** 2, 0.0)  # population: 1/n
     return math.sqrt(variance * n / (n - 1) if bessel_correction(estimator) else variance)
@@ -679,7 +687,7 @@ def global_matched_divisor(rewards: torch.Tensor, eps: float, world: World,
     process: group_advantages computes it)."""
     if world.size == 1:
         return None
-    return matched_ratio(*world.sum(*matched_sums(rewards, eps, estimator)))
+    return matched_ratio(*world.sum_values(*matched_sums(rewards, eps, estimator)))
 
 
 def make_optimizer(params, cfg: Config):
@@ -712,7 +720,7 @@ def run_diagnostics(model, tok, params, prompts, cfg: Config, step: int, previou
     """2K fresh samples per diagnostic prompt (own seed: training is not perturbed)
     -> (summary, rows)."""
     ro = rollout(model, tok, prompts, dataclasses.replace(cfg, group_size=2 * cfg.group_size),
-                 seed=cfg.seed * 1_000_003 + 500_009 * step + 7, decode=decode)
+                 seed=M.derived_seed(cfg.seed, diagnostics_seed_offset(step)), decode=decode)
     summary, rows = diag.measure(model, params, ro, cfg.group_size, cfg.temperature, tok.vocab_size,
                                  step, cfg.seed)
     if previous_rows and "curvature_a" in previous_rows[0]:  # not an older diagnostics.py's row
@@ -1230,7 +1238,7 @@ def train(cfg: Config, run_dir: Path, resume: bool | Path = False,
             # the step's prompts (the same on every rank)
             batch = run.stream.take(cfg.prompts_per_step)
             mine = world.shard(batch)  # this rank's whole groups
-            ro = rollout(model, tok, mine, cfg, seed=cfg.seed * 1_000_003 + step,
+            ro = rollout(model, tok, mine, cfg, seed=M.derived_seed(cfg.seed, step),
                          first_row=world.rank * len(mine) * cfg.group_size, decode=run.decode)
             t1 = time.time()
             advantages = group_advantages(

@@ -546,6 +546,17 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, uniform
     return order.gather(-1, idx[:, None]).squeeze(-1) if order is not None else idx
 
 
+# Each random draw of a run (a step's rollouts, the diagnostics, the held-out samples, the prompt
+# order, a gradient sketch) gets its own generator, seeded from the run's --seed and an offset that
+# names the draw, so that turning one on (say --diag-every) changes no other draw.
+SEED_STRIDE = 1_000_003  # a prime: seed s and s + 1 land a million offsets apart
+
+
+def derived_seed(seed: int, offset: int) -> int:
+    """The generator seed of one draw of the run with this --seed."""
+    return seed * SEED_STRIDE + offset
+
+
 # -----------------------------------------------------------------------------
 # Log-probabilities for the learner
 

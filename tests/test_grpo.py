@@ -140,7 +140,7 @@ def test_matched_divisor_over_ranks_is_the_whole_steps(estimator):
         def __init__(self, other=None):
             self.other, self.sent = other, None
 
-        def sum(self, *values):
+        def sum_values(self, *values):
             self.sent = values
             return [a + b for a, b in zip(values, self.other.sent)] if self.other else values
 
@@ -183,13 +183,13 @@ def test_unknown_std_estimator_is_a_one_line_error():
 
 
 class TwoRanks:
-    """World.sum of a 2-process run as seen by rank 0: its values plus the other rank's."""
+    """World.sum_values of a 2-process run as seen by rank 0: its values plus the other rank's."""
     size = 2
 
     def __init__(self, other_rewards):
         self.other = other_rewards
 
-    def sum(self, *values):
+    def sum_values(self, *values):
         theirs = (self.other.numel(), float(self.other.sum()), float(self.other.pow(2).sum()))
         return [a + b for a, b in zip(values, theirs)]
 
