@@ -240,6 +240,7 @@ def measure(model, params, ro, K: int, temperature: float, vocab_size: int, step
     rows = []
     for i, problem in enumerate(ro.problems):
         kappa = 0.0
+        # two disjoint halves, each centred on its own mean: independent estimates of one gradient
         for half, G in ((0, A), (1, B)):
             r = ro.rewards[i, half * K:(half + 1) * K]
             centered = r - r.mean()
@@ -249,8 +250,9 @@ def measure(model, params, ro, K: int, temperature: float, vocab_size: int, step
                     continue  # set B is only needed where it carries signal
                 lp, _, mask = M.completion_logprobs(model, [ro.prompts[i]], [completion], [0],
                                                     temperature, vocab_size)
+                # the score function grad log p(o); the advantage weights it below
                 grads = torch.autograd.grad((lp * mask).sum(), params)
-                if half == 0:
+                if half == 0:  # curvature from A only: the std it is set against comes from B
                     kappa += sum(float(g.float().pow(2).sum()) for g in grads) / len(completion) / K
                 if centered[k] != 0:
                     G[i] += float(centered[k]) * sketch(grads)

@@ -18,7 +18,7 @@ import grpo as G
 
 SMALL = ["--preset", "demo", "--prompts-per-step", "4", "--group-size", "4",
          "--max-new-tokens", "48", "--save-every", "2", "--log-samples-every", "1",
-         "--eval-every", "0", "--steps", "4", "--diag-every", "2", "--diag-prompts", "2"]
+         "--eval-every", "0", "--steps", "4", "--diag-every", "2", "--diag-prompts", "3"]
 
 
 @pytest.fixture(scope="module")
