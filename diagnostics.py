@@ -88,7 +88,7 @@ class GradientSketch:
             return torch.cat([g.detach().flatten().float() for g in grads])
         out = torch.zeros(self.dim, dtype=torch.float32, device=grads[0].device)
         for t, g in enumerate(grads):
-            gen = torch.Generator(device=g.device).manual_seed(self.seed * 1_000_003 + t)
+            gen = torch.Generator(device=g.device).manual_seed(M.derived_seed(self.seed, t))
             bucket = torch.randint(0, self.dim, (g.numel(),), generator=gen, device=g.device)
             sign = torch.randint(0, 2, (g.numel(),), generator=gen, device=g.device).float() * 2 - 1
             out.index_add_(0, bucket, sign * g.detach().flatten().float())
@@ -241,6 +241,7 @@ def measure(model, params, ro, K: int, temperature: float, vocab_size: int, step
     rows = []
     for i, problem in enumerate(ro.problems):
         kappa = 0.0
+        # two disjoint halves, each centred on its own mean: independent estimates of one gradient
         for half, G in ((0, A), (1, B)):
             r = ro.rewards[i, half * K:(half + 1) * K]
             centered = r - r.mean()
@@ -250,8 +251,9 @@ def measure(model, params, ro, K: int, temperature: float, vocab_size: int, step
                     continue  # set B is only needed where it carries signal
                 lp, _, mask = M.completion_logprobs(model, [ro.prompts[i]], [completion], [0],
                                                     temperature, vocab_size)
+                # the score function grad log p(o); the advantage weights it below
                 grads = torch.autograd.grad((lp * mask).sum(), params)
-                if half == 0:
+                if half == 0:  # curvature from A only: the std it is set against comes from B
                     kappa += sum(float(g.float().pow(2).sum()) for g in grads) / len(completion) / K
                 if centered[k] != 0:
                     G[i] += float(centered[k]) * sketch(grads)

@@ -4,8 +4,6 @@ Held-out evaluation: greedy and sampled accuracy, strict and lenient, and pass@k
     python eval.py --model demo/model --data demo          # greedy + 8 samples, strict and lenient
     python eval.py --model Qwen/Qwen2.5-Math-1.5B --data gsm8k --data-path ../shared/data/gsm8k \
                    --adapter runs/x/checkpoints/step_000350 --split test
-    python eval.py compare RUN_DIR ... --out DIR | sweep ...   # the study (study.py)
-    python eval.py theory                                      # the paper's bandit (theory.py)
 
 Accuracy is reported two ways side by side: strict (only an explicit final answer counts,
 \\boxed{}, "####", "the answer is", <answer> tags: what the training reward sees) and lenient (the
@@ -221,17 +219,10 @@ def run_config_of(adapter: str | None) -> dict | None:
 
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("compare", "sweep"):  # the study's two commands live in study.py
-        import study
-        return study.compare(argv[1:]) if argv[0] == "compare" else study.sweep(argv[1:])
-    if argv and argv[0] == "theory":
-        import theory
-        return theory.main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="Subcommands: compare RUN_DIR ... | sweep ... (study.py) | "
-                                        "theory (theory.py); see the module docstrings")
+                                 epilog="Comparing runs and sweeps: python study.py; the paper's "
+                                        "bandit: python theory.py")
     ap.add_argument("--model", default=None,
                     help="HF hub id or local folder (default: the run's, with --adapter)")
     ap.add_argument("--tokenizer", default=None)

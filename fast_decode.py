@@ -454,9 +454,8 @@ class FastDecode:
         self.drop_buffers()  # the old cache and graphs go before the new ones come
         room = -(-(P + N) // ATTENTION_BUCKET) * ATTENTION_BUCKET
         _, _, H, _, D = inputs.prompt_cache.kv[0].shape
-        cache = object.__new__(M.KVCache)
-        cache.kv = [torch.zeros((2, B, H, room, D), dtype=dtype, device=device)
-                    for _ in inputs.prompt_cache.kv]
+        cache = M.KVCache([torch.zeros((2, B, H, room, D), dtype=dtype, device=device)
+                           for _ in inputs.prompt_cache.kv])
         self.buffers = StepBuffers(
             cache, torch.zeros(B, room, dtype=torch.bool, device=device),
             torch.zeros(B, dtype=torch.long, device=device),

@@ -195,6 +195,13 @@ CHOICES = dict(preset=list(PRESETS), normalize=["std", "batch", "matched", "none
 # Keys whose values depend on the machine, not on the computation: excluded from exact-resume
 # comparisons.
 TIMING_PREFIXES = ("time/", "perf/")
+# The offsets of a run's draws (model.derived_seed): step t's rollouts take t, the prompt order of
+# epoch e takes e; the held-out samples and diagnostics take offsets past any step count in use.
+HELDOUT_SEED_OFFSET = 999_983
+
+
+def diagnostics_seed_offset(step: int) -> int:
+    return 500_009 * step + 7
 
 
 def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
@@ -326,6 +333,7 @@ def group_advantages(rewards: torch.Tensor, normalize: str, eps: float = 1e-6,
     parallel; see global_batch_std, global_matched_divisor).
     """
     bessel = bessel_correction(estimator)
+    # every rule starts from the group's own baseline, its mean reward (no value network)
     centered = rewards - rewards.mean(dim=-1, keepdim=True)
     if normalize == "none":
         return centered
@@ -363,26 +371,31 @@ def bessel_correction(estimator: str) -> bool:
 # The policy-gradient loss
 
 
-def policy_loss(token_logprobs, mask, advantages, loss_agg: str, normalizer: float, kl_tokens=None,
-                kl_coef=0.0):
-    """-(advantage-weighted log-likelihood) for a micro-batch, scaled so micro-batch losses sum to
-    the batch's.
+def policy_loss(token_logprobs, mask, advantages, loss_agg: str, step_tokens: float,
+                step_completions: float, kl_tokens=None, kl_coef=0.0):
+    """-(advantage-weighted log-likelihood) of a micro-batch, as its share of the whole step's loss:
+    divided by the step's count of tokens or completions (every micro-batch, every rank), so that
+    the micro-batches' losses, and their gradients, add up to the step's.
 
-    token_logprobs, mask [B, T]; advantages [B]. Aggregation rules (normalizer is batch-wide):
-      seq-sum     sum_i A_i * sum_t log p_it / (number of completions)
+    token_logprobs, mask [B, T]; advantages [B]. The aggregation rules:
+      seq-sum     sum_i A_i * sum_t log p_it / step_completions
                   the paper: sequence log-prob, constant scale
-      seq-mean    sum_i A_i * mean_t log p_it / (number of completions)
+      seq-mean    sum_i A_i * mean_t log p_it / step_completions
                   per-sequence mean (GRPO paper; length-biased)
-      token-mean  sum_i A_i * sum_t log p_it / (number of tokens)
+      token-mean  sum_i A_i * sum_t log p_it / step_tokens
                   DAPO's token mean = TRL's "dapo"
-    An optional KL penalty (per token, same aggregation) is added with weight kl_coef.
+    An optional KL penalty (per token, aggregated the same way) is added with weight kl_coef.
     """
     mask = mask.to(token_logprobs.dtype)
-    per_seq = lambda x: ((x * mask).sum(-1)  # noqa: E731
-                         / (mask.sum(-1).clamp(min=1) if loss_agg == "seq-mean" else 1))
-    loss = -(advantages * per_seq(token_logprobs)).sum() / normalizer
+    divisor = step_tokens if loss_agg == "token-mean" else step_completions
+
+    def per_completion(x):  # [B, T] -> [B]
+        summed = (x * mask).sum(-1)
+        return summed / mask.sum(-1).clamp(min=1) if loss_agg == "seq-mean" else summed
+
+    loss = -(advantages * per_completion(token_logprobs)).sum() / divisor
     if kl_tokens is not None and kl_coef:
-        loss = loss + kl_coef * per_seq(kl_tokens).sum() / normalizer
+        loss = loss + kl_coef * per_completion(kl_tokens).sum() / divisor
     return loss
 
 
@@ -442,7 +455,7 @@ def heldout_record(model, tok, problems, cfg: Config, decode=None) -> dict:
     t0 = time.time()
     groups, _ = E.heldout_accuracy(model, tok, problems, cfg.template, cfg.max_new_tokens,
                                    cfg.eval_samples, cfg.temperature,
-                                   seed=cfg.seed * 1_000_003 + 999_983,
+                                   seed=M.derived_seed(cfg.seed, HELDOUT_SEED_OFFSET),
                                    max_prompt_tokens=cfg.max_prompt_tokens, decode=decode)
     record = {}
     for group, metrics in groups.items():
@@ -459,8 +472,10 @@ class PromptStream:
         self._order = self._shuffle()
 
     def _shuffle(self):
+        # seeded by (run seed, epoch), not drawn from a running generator: a resumed run rebuilds
+        # the epoch's order from the two numbers its checkpoint keeps
         order = list(range(len(self.problems)))
-        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        random.Random(M.derived_seed(self.seed, self.epoch)).shuffle(order)
         return order
 
     def take(self, n: int) -> list[D.Problem]:
@@ -483,6 +498,7 @@ class PromptStream:
 
 @dataclass
 class Rollouts:
+    """One rank's rollouts of a step: what the update needs."""
     problems: list          # the step's prompts' problems
     prompts: list           # token ids per prompt
     completions: list       # token ids per completion, prompt-major (K per prompt)
@@ -490,7 +506,7 @@ class Rollouts:
     rewards: torch.Tensor   # [prompts, K]
     truncated: list = field(default_factory=list)
     sampler_stats: dict = field(default_factory=dict)  # sampler_mismatch, with --sampler merged
-    sample_s: float = 0.0   # seconds drawing the completions (building the merged copy included)
+    sample_s: float = 0.0   # seconds drawing them (--sampler merged: its copy and mismatch too)
     grade_s: float = 0.0    # seconds decoding and grading them
 
 
@@ -500,32 +516,49 @@ def rollout(model, tok, problems, cfg: Config, seed: int, first_row: int = 0,
     loop (make_decoder; kept from step to step), None: the plain loop."""
     t0 = time.time()
     prompts = [prompt_ids(tok, p, cfg, model.config.max_position_embeddings) for p in problems]
+    # sample: K completions per prompt from the policy itself, each prompt prefilled once
     model.eval()
-    merged = cfg.sampler == "merged"
-    # rebuilt from the current adapter every step
-    sampler = L.merged_copy(model) if merged else model
-    out = M.generate(sampler, prompts, cfg.max_new_tokens, temperature=cfg.temperature,
-                     eos_token_id=M.stop_ids(tok), seed=seed, num_samples=cfg.group_size,
-                     vocab_size=tok.vocab_size, return_logprobs=merged, first_row=first_row,
-                     decode=decode)
-    del sampler
-    completions, sampler_logprobs = out if merged else (out, None)
+    if cfg.sampler == "exact":
+        completions = M.generate(model, prompts, cfg.max_new_tokens, temperature=cfg.temperature,
+                                 eos_token_id=M.stop_ids(tok), seed=seed,
+                                 num_samples=cfg.group_size, vocab_size=tok.vocab_size,
+                                 first_row=first_row, decode=decode)
+        sampler_stats = {}
+    else:
+        completions, sampler_stats = sample_merged(model, tok, prompts, cfg, seed, first_row,
+                                                   decode)
     t1 = time.time()
-    eos = set(M.stop_ids(tok))
+    # grade: the binary reward of each completion against its problem's gold answer
     texts = [M.completion_text(tok, c) for c in completions]
     golds = [p.answer for p in problems for _ in range(cfg.group_size)]
     rewards = torch.tensor([grader.reward(t, g) for t, g in zip(texts, golds)],
                            dtype=torch.float32)
-    truncated = [not c or c[-1] not in eos for c in completions]
-    ro = Rollouts(problems, prompts, completions, texts,
-                  rewards.view(len(problems), cfg.group_size), truncated,
-                  sample_s=t1 - t0, grade_s=time.time() - t1)
-    if merged:
-        ro.sampler_stats = sampler_mismatch(model, ro, sampler_logprobs, cfg, tok.vocab_size)
+    t2 = time.time()
+    # record
+    eos = set(M.stop_ids(tok))
+    truncated = [not c or c[-1] not in eos for c in completions]  # ran into --max-new-tokens
     if decode is not None and (decode.compile or decode.compile_error):
         # 0 once compiling failed and the sampler went on eagerly (the mean over processes)
-        ro.sampler_stats["sampler/compiled"] = float(decode.compile)
-    return ro
+        sampler_stats["sampler/compiled"] = float(decode.compile)
+    return Rollouts(problems, prompts, completions, texts,
+                    rewards.view(len(problems), cfg.group_size), truncated, sampler_stats,
+                    sample_s=t1 - t0, grade_s=t2 - t1)
+
+
+def sample_merged(model, tok, prompts: list, cfg: Config, seed: int, first_row: int,
+                  decode: FD.FastDecode | None) -> tuple[list, dict]:
+    """--sampler merged: draw from a copy of the model with the adapter merged into its weights
+    (one matmul per projection instead of three; not the learner's function to the last bit, the
+    less so in bfloat16) -> (completions, sampler_mismatch's measure of the gap)."""
+    merged = L.merged_copy(model)  # rebuilt from the current adapter every step
+    completions, logprobs = M.generate(merged, prompts, cfg.max_new_tokens,
+                                       temperature=cfg.temperature, eos_token_id=M.stop_ids(tok),
+                                       seed=seed, num_samples=cfg.group_size,
+                                       vocab_size=tok.vocab_size, return_logprobs=True,
+                                       first_row=first_row, decode=decode)
+    del merged  # a second copy of the model: gone before the learner runs
+    return completions, sampler_mismatch(model, prompts, completions, logprobs, cfg,
+                                         tok.vocab_size)
 
 
 def prompt_ids(tok, problem: D.Problem, cfg: Config, max_positions: int) -> list[int]:
@@ -543,23 +576,23 @@ def prompt_ids(tok, problem: D.Problem, cfg: Config, max_positions: int) -> list
 
 
 @torch.no_grad()
-def sampler_mismatch(model, ro: Rollouts, sampler_logprobs: list, cfg: Config,
-                     vocab_size: int) -> dict:
+def sampler_mismatch(model, prompts: list, completions: list, sampler_logprobs: list,
+                     cfg: Config, vocab_size: int) -> dict:
     """How far the sampler's distribution is from the learner's, on the tokens it drew. Per token,
     d = log p_learner - log p_sampler (the learner: completion_logprobs of the model, adapter
     unmerged; the sampler: the log-probs generate returns). kl_k3 is the k3 estimate of
     KL(sampler || learner) per token, mean(exp(d) - 1 - d) over the samples the sampler drew;
     logp_abs_diff_mean is mean |d|."""
     K = cfg.group_size
-    rows = [i for i, c in enumerate(ro.completions) if c]
+    rows = [i for i, c in enumerate(completions) if c]
     learner = []
     for start in range(0, len(rows), cfg.micro_batch):
         batch = rows[start:start + cfg.micro_batch]
         groups = sorted({i // K for i in batch})
         lp, _, _ = M.completion_logprobs(
-            model, [ro.prompts[g] for g in groups], [ro.completions[i] for i in batch],
+            model, [prompts[g] for g in groups], [completions[i] for i in batch],
             [groups.index(i // K) for i in batch], cfg.temperature, vocab_size)
-        learner += [lp[j, :len(ro.completions[i])].double().cpu() for j, i in enumerate(batch)]
+        learner += [lp[j, :len(completions[i])].double().cpu() for j, i in enumerate(batch)]
     learner = torch.cat(learner)
     sampler = torch.tensor([x for i in rows for x in sampler_logprobs[i]], dtype=torch.float64)
     return {"sampler/kl_k3": float(kl_k3(sampler, learner).mean()),
@@ -571,90 +604,135 @@ def sampler_mismatch(model, ro: Rollouts, sampler_logprobs: list, cfg: Config,
 
 
 def update(model, params, optimizer, ro: Rollouts, advantages: torch.Tensor, cfg: Config,
-           vocab_size: int, world: World = World()):
-    """Accumulate the policy gradient over micro-batches, clip, and take one optimizer step
-    -> (loss, stats).
+           vocab_size: int, world: World = World()) -> tuple[float, dict]:
+    """One policy-gradient step on this batch of rollouts -> (loss, stats); (nan, {}) when the loss
+    or the gradient is not finite, and the step is skipped. Data parallel: ro is this rank's
+    share, and the step is the whole batch's (see accumulate_gradient)."""
+    optimizer.zero_grad(set_to_none=True)
+    sums = accumulate_gradient(model, ro, advantages.flatten(), cfg, vocab_size, world)
+    grad_norm = optimizer_step(optimizer, params, grad_clip=cfg.grad_clip, world=world,
+                               loss_finite=sums.loss_finite)
+    if grad_norm is None:
+        return float("nan"), {}
+    return update_stats(sums, grad_norm, cfg, world)
 
-    Completions with zero advantage contribute nothing to the policy-gradient term, so without KL
-    they are not even forwarded; a step with no signal at all then has an exactly zero gradient, and
-    the optimizer still steps on it (AdamW moves by its momentum, as it did in the authors' runs).
-    Entropy is logged only when something was forwarded. A non-finite loss or gradient skips the
-    step: (nan, {}).
-    Data parallel: ro is this rank's share;
-    the normaliser counts the whole step, so the gradients sum.
+
+@dataclass
+class GradientSums:
+    """What accumulate_gradient adds up over this rank's micro-batches, for the logs."""
+    step_completions: int          # in the whole step (every rank), forwarded or not
+    loss: float = 0.0              # policy_loss, summed over micro-batches
+    loss_finite: bool = True       # False: a micro-batch's loss was nan or inf (backward not run)
+    forwarded_completions: int = 0
+    forwarded_tokens: int = 0
+    entropy: float = 0.0           # summed over forwarded tokens
+    kl: float = 0.0                # summed over forwarded tokens
+    # TRL's logged loss, kl and entropy (see trl_logs): kl and entropy are summed per completion
+    # (each completion's token mean)
+    trl_loss: float = 0.0
+    trl_kl: float = 0.0
+    trl_entropy: float = 0.0
+
+
+def accumulate_gradient(model, ro: Rollouts, advantages: torch.Tensor, cfg: Config,
+                        vocab_size: int, world: World) -> GradientSums:
+    """Backpropagate policy_loss micro-batch by micro-batch, adding into each LoRA weight's .grad;
+    advantages [completions], prompt-major as ro.completions.
+
+    policy_loss divides by the whole step's count of tokens or completions (over every rank), so
+    the micro-batches' gradients, and then the ranks', add up to the gradient of the step's loss.
+    A completion with zero advantage adds nothing to the policy-gradient term, so without KL it is
+    not even forwarded; a step with no signal at all then has an exactly zero gradient.
     """
     K = cfg.group_size
-    adv = advantages.flatten()
+    step_tokens, step_completions = world.sum_values(sum(len(c) for c in ro.completions),
+                                                     len(ro.completions))
     rows = [i for i in range(len(ro.completions))
-            if (adv[i] != 0 or cfg.kl_coef > 0) and ro.completions[i]]
-    n_tokens, n_completions = world.sum(sum(len(c) for c in ro.completions), len(ro.completions))
-    normalizer = n_tokens if cfg.loss_agg == "token-mean" else n_completions
-    optimizer.zero_grad(set_to_none=True)
+            if (advantages[i] != 0 or cfg.kl_coef > 0) and ro.completions[i]]
+    sums = GradientSums(step_completions=int(step_completions), forwarded_completions=len(rows))
+    device = next(model.parameters()).device
     model.train()
-    total_loss, entropy_sum, n_forwarded, kl_sum, finite = 0.0, 0.0, 0, 0.0, True
-    # TRL's logged loss, kl and entropy (see trl_logs), summed per completion
-    trl_loss, trl_kl_sum, trl_entropy_sum = 0.0, 0.0, 0.0
-    device = params[0].device
     for start in range(0, len(rows), cfg.micro_batch):
         batch = rows[start:start + cfg.micro_batch]
-        # each prompt runs once for all its completions in the batch
+        # the micro-batch's prompts, each run once for all its completions in the batch
         groups = sorted({i // K for i in batch})
-        args = ([ro.prompts[g] for g in groups], [ro.completions[i] for i in batch],
-                [groups.index(i // K) for i in batch], cfg.temperature, vocab_size)
-        lp, ent, mask = M.completion_logprobs(model, *args)
+        prompts = [ro.prompts[g] for g in groups]
+        completions = [ro.completions[i] for i in batch]
+        prompt_of = [groups.index(i // K) for i in batch]
+        lp, entropy, mask = M.completion_logprobs(model, prompts, completions, prompt_of,
+                                                  cfg.temperature, vocab_size)
         kl = None
-        if cfg.kl_coef > 0:
+        if cfg.kl_coef > 0:  # the reference policy: the base model, i.e. the adapter switched off
             with torch.no_grad(), L.lora_disabled(model):
-                ref, _, _ = M.completion_logprobs(model, *args)
+                ref, _, _ = M.completion_logprobs(model, prompts, completions, prompt_of,
+                                                  cfg.temperature, vocab_size)
             kl = kl_k3(lp, ref)
-            kl_sum += float((kl.detach() * mask).sum())
-            trl_kl_sum += float(token_mean(kl.detach(), mask).sum())
-        loss = policy_loss(lp, mask, adv[batch].to(device), cfg.loss_agg, normalizer, kl,
+            sums.kl += float((kl.detach() * mask).sum())
+            sums.trl_kl += float(token_mean(kl.detach(), mask).sum())
+        adv = advantages[batch].to(device)
+        loss = policy_loss(lp, mask, adv, cfg.loss_agg, step_tokens, step_completions, kl,
                            cfg.kl_coef)
         if not torch.isfinite(loss):
-            finite = False
+            sums.loss_finite = False
             break
         loss.backward()
-        total_loss += loss.item()
+        sums.loss += loss.item()
         with torch.no_grad():  # TRL's loss value: its ratio exp(lp - lp.detach()) = 1 for log p
-            trl_loss += float(policy_loss(torch.ones_like(lp), mask, adv[batch].to(device),
-                                          cfg.loss_agg, normalizer, kl, cfg.kl_coef))
-        entropy_sum += float((ent * mask).sum())
-        trl_entropy_sum += float(token_mean(ent, mask).sum())
-        n_forwarded += int(mask.sum())
+            sums.trl_loss += float(policy_loss(torch.ones_like(lp), mask, adv, cfg.loss_agg,
+                                               step_tokens, step_completions, kl, cfg.kl_coef))
+        sums.entropy += float((entropy * mask).sum())
+        sums.trl_entropy += float(token_mean(entropy, mask).sum())
+        sums.forwarded_tokens += int(mask.sum())
+    return sums
+
+
+def optimizer_step(optimizer, params: list, grad_clip: float, world: World,
+                   loss_finite: bool) -> float | None:
+    """Sum the gradient over ranks, clip its global norm to grad_clip (0: no clipping) and step
+    -> the norm before clipping; None, and no step, if any rank's loss or the gradient is not
+    finite (every rank skips the same steps).
+
+    The optimizer steps also on a step with an exactly zero gradient (no group carried a signal):
+    AdamW then moves by its momentum, as in the authors' TRL runs."""
     # a parameter no loss reached has a zero gradient, not a missing one (AdamW skips None)
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     if world.size > 1:  # one all-reduce of the flat LoRA gradient (parallel.py says why not DDP)
-        flat = world.sum_(torch.cat([p.grad.flatten() for p in params]))
+        flat = world.sum_tensor(torch.cat([p.grad.flatten() for p in params]))
         for p, g in zip(params, flat.split([p.numel() for p in params])):
             p.grad.copy_(g.view_as(p))
     grad_norm = float(torch.nn.utils.clip_grad_norm_(
-        params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
-    if world.any(not finite or not math.isfinite(grad_norm)):  # every rank skips the same steps
+        params, grad_clip if grad_clip > 0 else float("inf")))
+    if world.any(not loss_finite or not math.isfinite(grad_norm)):
         optimizer.zero_grad(set_to_none=True)
-        return float("nan"), {}
+        return None
     optimizer.step()
-    total_loss, entropy_sum, n_forwarded, kl_sum, trl_loss, trl_kl_sum, trl_entropy_sum, \
-        n_rows = world.sum(total_loss, entropy_sum, n_forwarded, kl_sum, trl_loss, trl_kl_sum,
-                           trl_entropy_sum, len(rows))
+    return grad_norm
+
+
+def update_stats(sums: GradientSums, grad_norm: float, cfg: Config,
+                 world: World) -> tuple[float, dict]:
+    """The step's loss and its metrics.jsonl entries, summed over ranks."""
+    loss, entropy, tokens, kl, trl_loss, trl_kl, trl_entropy, forwarded = world.sum_values(
+        sums.loss, sums.entropy, sums.forwarded_tokens, sums.kl, sums.trl_loss, sums.trl_kl,
+        sums.trl_entropy, sums.forwarded_completions)
     stats = {"grad_norm_preclip": grad_norm,
              "grad_clipped": bool(cfg.grad_clip > 0 and grad_norm > cfg.grad_clip),
-             "learner_tokens": int(n_forwarded),
-             "entropy": entropy_sum / n_forwarded if n_forwarded else None}
+             "learner_tokens": int(tokens),
+             "entropy": entropy / tokens if tokens else None}
     if cfg.kl_coef > 0:
-        stats["kl"] = kl_sum / n_forwarded if n_forwarded else None
+        stats["kl"] = kl / tokens if tokens else None
     # TRL's keys (trl_logs): the loss for its loss_type "dapo" (token-mean) or "grpo" (seq-mean);
     # kl and entropy as means over completions, when TRL's would have seen every completion
     stats["trl/grad_norm"] = grad_norm
     if cfg.loss_agg != "seq-sum":
         stats["trl/loss"] = trl_loss
-    if n_rows == n_completions:
-        stats["trl/entropy"] = trl_entropy_sum / n_rows
+    if forwarded == sums.step_completions:
+        stats["trl/entropy"] = trl_entropy / forwarded
         if cfg.kl_coef > 0:
-            stats["trl/kl"] = trl_kl_sum / n_rows
-    return total_loss, stats
+            stats["trl/kl"] = trl_kl / forwarded
+    return loss, stats
 
 
 def token_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -667,8 +745,9 @@ def global_batch_std(rewards: torch.Tensor, world: World, estimator: str) -> flo
     is all here, and group_advantages computes it)."""
     if world.size == 1:
         return None
-    n, total, squares = world.sum(rewards.numel(), float(rewards.sum()),
+    n, total, squares = world.sum_values(rewards.numel(), float(rewards.sum()),
                                   float(rewards.pow(2).sum()))
+    # E[r^2] - E[r]^2 can come out a hair below 0 by rounding when every reward is equal
     variance = max(squares / n - (total / n) ** 2, 0.0)  # population: 1/n
     return math.sqrt(variance * n / (n - 1) if bessel_correction(estimator) else variance)
 
@@ -679,7 +758,7 @@ def global_matched_divisor(rewards: torch.Tensor, eps: float, world: World,
     process: group_advantages computes it)."""
     if world.size == 1:
         return None
-    return matched_ratio(*world.sum(*matched_sums(rewards, eps, estimator)))
+    return matched_ratio(*world.sum_values(*matched_sums(rewards, eps, estimator)))
 
 
 def make_optimizer(params, cfg: Config):
@@ -710,14 +789,15 @@ def diagnostic_prompts(problems, cfg: Config) -> list:
 def run_diagnostics(model, tok, params, prompts, cfg: Config, step: int, previous_rows: list[dict],
                     decode=None):
     """2K fresh samples per diagnostic prompt (own seed: training is not perturbed)
-    -> (summary, rows)."""
+    -> (summary as metrics.jsonl keys, rows of diagnostics.jsonl)."""
+    t0 = time.time()
     ro = rollout(model, tok, prompts, dataclasses.replace(cfg, group_size=2 * cfg.group_size),
-                 seed=cfg.seed * 1_000_003 + 500_009 * step + 7, decode=decode)
+                 seed=M.derived_seed(cfg.seed, diagnostics_seed_offset(step)), decode=decode)
     summary, rows = diag.measure(model, params, ro, cfg.group_size, cfg.temperature, tok.vocab_size,
                                  step, cfg.seed)
     if previous_rows and "curvature_a" in previous_rows[0]:  # not an older diagnostics.py's row
         summary |= diag.across_steps(previous_rows, rows)
-    return summary, rows
+    return summary | {"time/diagnostics": time.time() - t0}, rows
 
 
 # -----------------------------------------------------------------------------
@@ -1113,9 +1193,9 @@ def peak_memory_gb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def tier_accuracy(ro: Rollouts) -> dict:
+def tier_accuracy(whole: StepBatch) -> dict:
     per_tier = {}
-    for problem, r in zip(ro.problems, ro.rewards):
+    for problem, r in zip(whole.problems, whole.rewards):
         if problem.tier:
             per_tier.setdefault(problem.tier, []).append(r)
     return {f"accuracy/{t}": float(torch.cat(rs).mean()) for t, rs in sorted(per_tier.items())}
@@ -1221,17 +1301,20 @@ def train(cfg: Config, run_dir: Path, resume: bool | Path = False,
     """resume: True for the newest intact checkpoint, or the checkpoint to continue from."""
     run = Run(cfg, run_dir, resume, world)  # set up, or restore the last checkpoint
     model, tok, params, optimizer = run.model, run.tok, run.params, run.optimizer
+    decode = run.decode  # the sampler's decode loop, kept from step to step
+    if run.heldout and not resume and world.main:  # the held-out accuracy before training
+        run.log_heldout(heldout_record(model, tok, run.heldout, cfg, decode))
     with StopFlag() as stop:
         for step in range(run.start, cfg.steps):
-            # ---- the algorithm: sample, score, advantages, one policy-gradient step --------------
+            # ---- the algorithm: sample and grade, advantages, one policy-gradient step ----------
             t0 = time.time()
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
             # the step's prompts (the same on every rank)
             batch = run.stream.take(cfg.prompts_per_step)
             mine = world.shard(batch)  # this rank's whole groups
-            ro = rollout(model, tok, mine, cfg, seed=cfg.seed * 1_000_003 + step,
-                         first_row=world.rank * len(mine) * cfg.group_size, decode=run.decode)
+            ro = rollout(model, tok, mine, cfg, seed=M.derived_seed(cfg.seed, step),
+                         first_row=world.rank * len(mine) * cfg.group_size, decode=decode)
             t1 = time.time()
             advantages = group_advantages(
                 ro.rewards, cfg.normalize, cfg.std_eps,
@@ -1242,17 +1325,74 @@ def train(cfg: Config, run_dir: Path, resume: bool | Path = False,
             t2 = time.time()
             loss, stats = update(model, params, optimizer, ro, advantages, cfg, tok.vocab_size,
                                  world)
-            # ---- bookkeeping: logs, diagnostics, held-out accuracy, checkpoints ------------------
-            run.log_step(step, batch, ro, advantages, loss, stats, (t0, t1, t2, time.time()))
+            times = (t0, t1, t2, time.time())
+            # ---- measurements, when due: rank 0 alone (the others wait at the next collective), on
+            # fresh samples with their own seeds, so training draws the same with them or without
+            done = step + 1
+            diagnostics = heldout = None
+            if world.main and cfg.diag_every and done % cfg.diag_every == 0:
+                # the paper's: per-prompt gradient cosines, curvature vs reward std (diagnostics.py)
+                diagnostics = run_diagnostics(model, tok, params, run.diag_set, cfg, done,
+                                              run.diag_rows, decode)
+            if world.main and run.heldout and (done % cfg.eval_every == 0 or done == cfg.steps):
+                heldout = heldout_record(model, tok, run.heldout, cfg, decode)
+            # update skipped a step with a non-finite loss or gradient; too many in a row stop
+            # the run (every rank agrees: update's skip is agreed across ranks)
+            run.bad_streak = 0 if math.isfinite(loss) else run.bad_streak + 1
+            # ---- bookkeeping: write what the step measured, checkpoint -------------------------
+            run.log_step(step, gather_batch(world, batch, ro, advantages), loss, stats, times,
+                         diagnostics, heldout)
+            if run.bad_streak >= cfg.max_bad_steps:
+                run.save(done)
+                raise TrainingStopped(f"{run.bad_streak} steps in a row had a non-finite loss or "
+                                      f"gradient; stopped at step {done} (checkpoint saved). "
+                                      "Lower --lr or check the data.")
             if run.end_step(step, stop.requested):
                 return run_dir
     run.finish()
     return run_dir
 
 
+@dataclass
+class StepBatch:
+    """The whole step's rollouts as the logs need them: every rank's share, gathered in rank order
+    (the order of the step's prompts)."""
+    problems: list
+    texts: list
+    rewards: torch.Tensor       # [prompts, K]
+    advantages: torch.Tensor    # [prompts, K]
+    lengths: list[int]          # tokens per completion
+    truncated: list[bool]
+    sample_s: float             # the slowest rank's
+    grade_s: float
+    sample_tokens_per_s: float  # summed over ranks
+    sampler_stats: dict         # means over ranks
+
+
+def gather_batch(world: World, problems: list, ro: Rollouts, advantages) -> StepBatch:
+    """Every rank's rollouts of the step (a collective: every rank calls it)."""
+    parts = world.gather({"rewards": ro.rewards, "advantages": advantages, "texts": ro.texts,
+                          "lengths": [len(c) for c in ro.completions], "truncated": ro.truncated,
+                          "sample_s": ro.sample_s, "grade_s": ro.grade_s,
+                          "sampler_stats": ro.sampler_stats})
+    return StepBatch(
+        problems=problems,
+        texts=[t for p in parts for t in p["texts"]],
+        rewards=torch.cat([p["rewards"] for p in parts]),
+        advantages=torch.cat([p["advantages"] for p in parts]),
+        lengths=[n for p in parts for n in p["lengths"]],
+        truncated=[t for p in parts for t in p["truncated"]],
+        sample_s=max(p["sample_s"] for p in parts),
+        grade_s=max(p["grade_s"] for p in parts),
+        sample_tokens_per_s=sum(sum(p["lengths"]) / max(p["sample_s"], 1e-9) for p in parts),
+        sampler_stats={k: float(np.mean([p["sampler_stats"][k] for p in parts]))
+                       for k in parts[0]["sampler_stats"]})
+
+
 class Run:
-    """The plumbing around train()'s loop: the run folder, resume, logs, evaluation, checkpoints.
-    Only rank 0 writes; every rank takes the same decisions (stop, save) at the same step."""
+    """The plumbing around train()'s loop: the run folder, resume, logs, checkpoints. It computes
+    nothing; only rank 0 writes; every rank takes the same decisions (stop, save) at the same
+    step."""
 
     def __init__(self, cfg: Config, run_dir: Path, resume: bool | Path, world: World):
         self.cfg, self.run_dir, self.world = cfg, run_dir, world
@@ -1261,6 +1401,7 @@ class Run:
         self.heldout = load_heldout_problems(cfg) if cfg.eval_every else []
         self.diag_set = diagnostic_prompts(problems, cfg) if cfg.diag_every else []
         self.stream = PromptStream(problems, cfg.seed)
+        # non-finite steps in a row (train() stops the run at --max-bad-steps); checkpointed
         self.start, self.bad_streak = 0, 0
         self.metrics_path = run_dir / "metrics.jsonl"
         self.say = print if world.main else (lambda *a, **k: None)
@@ -1277,13 +1418,8 @@ class Run:
         self.say(describe_decoder(self.decode, self.device))
         if design_note(cfg):
             self.say(design_note(cfg))
-        # across-step control's previous
+        # the last diagnostic step's rows: the across-step control compares the next one with them
         self.diag_rows = last_diagnostics(run_dir / "diagnostics.jsonl")
-        if self.heldout and not resume and world.main:
-            record = {"step": 0} | heldout_record(self.model, self.tok, self.heldout, cfg,
-                                                  self.decode)
-            self.say(heldout_line(record), flush=True)
-            self.write_metrics(record)
         self.t_run, self.steps_timed = time.time(), 0
 
     def restore(self, checkpoint: Path | bool = True):
@@ -1309,33 +1445,27 @@ class Run:
                   + (f" (written by {written_by} processes, now {self.world.size})"
                      if written_by != self.world.size else ""))
 
-    def log_step(self, step: int, batch: list, ro: Rollouts, advantages, loss: float, stats: dict,
-                 times: tuple):
-        """metrics.jsonl (over the whole step's batch), diagnostics, held-out accuracy,
-        samples, progress."""
-        cfg, world = self.cfg, self.world
-        self.bad_streak = 0 if math.isfinite(loss) else self.bad_streak + 1
-        parts = world.gather({"rewards": ro.rewards, "advantages": advantages, "texts": ro.texts,
-                              "lengths": [len(c) for c in ro.completions],
-                              "truncated": ro.truncated, "sample_s": ro.sample_s,
-                              "grade_s": ro.grade_s, "sampler_stats": ro.sampler_stats})
-        whole = Rollouts(batch, None, None, [t for p in parts for t in p["texts"]],
-                         torch.cat([p["rewards"] for p in parts]),
-                         [t for p in parts for t in p["truncated"]])
-        if not world.main:
+    def log_heldout(self, record: dict):
+        """The held-out accuracy before the first step (step 0 of metrics.jsonl)."""
+        record = {"step": 0} | record
+        self.say(heldout_line(record), flush=True)
+        self.write_metrics(record)
+
+    def log_step(self, step: int, whole: StepBatch, loss: float, stats: dict, times: tuple,
+                 diagnostics: tuple[dict, list[dict]] | None, heldout: dict | None):
+        """metrics.jsonl (over the whole step's batch, with the diagnostics' summary and the
+        held-out accuracy when they ran), diagnostics.jsonl, samples.jsonl, the progress line."""
+        cfg = self.cfg
+        if not self.world.main:
             return
-        record = step_record(step, cfg, whole, torch.cat([p["advantages"] for p in parts]), parts,
-                             loss, stats, times, self.device)
-        if cfg.diag_every and (step + 1) % cfg.diag_every == 0:
-            t = time.time()
-            summary, self.diag_rows = run_diagnostics(self.model, self.tok, self.params,
-                                                      self.diag_set, cfg, step + 1, self.diag_rows,
-                                                      self.decode)
-            record |= summary | {"time/diagnostics": time.time() - t}
+        record = step_record(step, cfg, whole, loss, stats, times, self.device)
+        if diagnostics is not None:
+            summary, self.diag_rows = diagnostics
+            record |= summary
             with (self.run_dir / "diagnostics.jsonl").open("a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in self.diag_rows)
-        if self.heldout and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            record |= heldout_record(self.model, self.tok, self.heldout, cfg, self.decode)
+        if heldout is not None:
+            record |= heldout
         record["time/step"] = time.time() - times[0]
         self.write_metrics(record)
         self.steps_timed += 1
@@ -1354,11 +1484,6 @@ class Run:
         """Checkpoint when due; True when the run stops here (Ctrl-C on any rank)."""
         cfg, done = self.cfg, step + 1
         stopping = self.world.any(stop_requested)  # every rank stops after the same step
-        if self.bad_streak >= cfg.max_bad_steps:
-            self.save(done)
-            raise TrainingStopped(f"{self.bad_streak} steps in a row had a non-finite loss or "
-                                  f"gradient; stopped at step {done} (checkpoint saved). "
-                                  "Lower --lr or check the data.")
         if done % cfg.save_every == 0 or done == cfg.steps or stopping:
             self.save(done)
         if stopping:
@@ -1378,32 +1503,29 @@ class Run:
                  f"{clipping_summary(self.metrics_path, self.cfg)}; run folder {self.run_dir}")
 
 
-def step_record(step: int, cfg: Config, ro: Rollouts, advantages, parts: list[dict], loss: float,
-                stats: dict, times: tuple, device) -> dict:
+def step_record(step: int, cfg: Config, whole: StepBatch, loss: float, stats: dict, times: tuple,
+                device) -> dict:
     """One metrics.jsonl line: over the whole step's batch (all ranks),
     names that say what they measure."""
     skipped = not math.isfinite(loss)
-    lengths = [n for p in parts for n in p["lengths"]]
-    group_std = ro.rewards.std(dim=1, unbiased=False)
+    group_std = whole.rewards.std(dim=1, unbiased=False)
     t0, t1, t2, t3 = times
     return {
         "step": step + 1,
-        "accuracy": float(ro.rewards.mean()), **tier_accuracy(ro),  # = mean reward
+        "accuracy": float(whole.rewards.mean()), **tier_accuracy(whole),  # = mean reward
         "reward_std": float(group_std.mean()),
         "zero_std_frac": float((group_std == 0).float().mean()),
-        "adv_abs_mean": float(advantages.abs().mean()), "loss": None if skipped else loss, **stats,
-        "lr": lr_at(step, cfg), "completion_len": float(np.mean(lengths)),
-        "completion_len_max": max(lengths),
-        "truncated_frac": float(np.mean(ro.truncated)), "skipped": skipped,
-        "time/sample": max(p["sample_s"] for p in parts),
-        "time/grade": max(p["grade_s"] for p in parts),
+        "adv_abs_mean": float(whole.advantages.abs().mean()),
+        "loss": None if skipped else loss, **stats,
+        "lr": lr_at(step, cfg), "completion_len": float(np.mean(whole.lengths)),
+        "completion_len_max": max(whole.lengths),
+        "truncated_frac": float(np.mean(whole.truncated)), "skipped": skipped,
+        "time/sample": whole.sample_s, "time/grade": whole.grade_s,
         "time/advantages": t2 - t1, "time/update": t3 - t2,
-        "perf/sample_tokens_per_s": sum(sum(p["lengths"]) / max(p["sample_s"], 1e-9)
-                                        for p in parts),
+        "perf/sample_tokens_per_s": whole.sample_tokens_per_s,
         "perf/peak_mem_gb": peak_memory_gb(device),
-        **{k: float(np.mean([p["sampler_stats"][k] for p in parts]))
-           for k in parts[0]["sampler_stats"]},
-        **trl_logs(ro.rewards, lengths, ro.truncated, cfg.normalize),
+        **whole.sampler_stats,
+        **trl_logs(whole.rewards, whole.lengths, whole.truncated, cfg.normalize),
         "trl/learning_rate": lr_at(step, cfg),
     }
 
@@ -1541,15 +1663,16 @@ def heldout_line(record: dict) -> str:
     return line
 
 
-def log_samples(run_dir: Path, step: int, ro: Rollouts, tok):
+def log_samples(run_dir: Path, step: int, whole: StepBatch, tok):
+    K = whole.rewards.shape[1]
     with (run_dir / "samples.jsonl").open("a") as f:
-        for i, problem in enumerate(ro.problems):
-            for k in range(ro.rewards.shape[1]):
+        for i, problem in enumerate(whole.problems):
+            for k in range(K):
                 f.write(json.dumps({"step": step, "id": problem.id, "gold": problem.answer,
-                                    "reward": float(ro.rewards[i, k]),
-                                    "completion": ro.texts[i * ro.rewards.shape[1] + k]}) + "\n")
-    print(f"  sample (reward {float(ro.rewards[0, 0]):.0f}, gold {ro.problems[0].answer}): "
-          f"{ro.texts[0][:300]!r}")
+                                    "reward": float(whole.rewards[i, k]),
+                                    "completion": whole.texts[i * K + k]}) + "\n")
+    print(f"  sample (reward {float(whole.rewards[0, 0]):.0f}, gold {whole.problems[0].answer}): "
+          f"{whole.texts[0][:300]!r}")
 
 
 def format_seconds(s: float) -> str:

@@ -38,6 +38,9 @@ PEFT_PREFIX = "base_model.model."
 
 
 class LoRALinear(nn.Module):
+    """y = W x + b + (alpha / r) B A dropout(x): the frozen base W (shared, not copied) plus a
+    rank-r update, A [r, in] and B [out, r] the only trainable weights."""
+
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0,
                  dtype=torch.float32):
         super().__init__()
@@ -48,6 +51,8 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Linear(self.in_features, r, bias=False, device=device, dtype=dtype)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, device=device, dtype=dtype)
         if device.type != "meta":
+            # peft's initialisation: A random, B zero, so the adapted model starts as the base
+            # model exactly and the first gradient reaches B (A's is 0 while B is)
             nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
             nn.init.zeros_(self.lora_B.weight)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -65,6 +70,8 @@ class LoRALinear(nn.Module):
             return y
         if not self.enabled:
             return y
+        # the adapter runs in its own dtype (float32 by default, over a bf16 base): its small
+        # updates would round away in bf16
         a = self.lora_A.weight
         return y + (self.lora_B(self.lora_A(self.dropout(x.to(a.dtype))))
                     * self.scaling).to(y.dtype)
@@ -116,7 +123,7 @@ def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     params = [p for m in lora_layers(model).values() for p in (m.lora_A.weight, m.lora_B.weight)]
     for p in params:
         p.requires_grad_(True)
-    return params
+    return params  # in a fixed order (modules, then A before B): the optimizer state's ids
 
 
 @contextmanager

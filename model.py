@@ -225,7 +225,8 @@ class Qwen2(nn.Module):
         positions: [B, T] rotary positions (default 0..T-1, after the cache length with a cache).
         mask: bool [B, 1, T, S], True where a query may attend to a key; S = cache length + T with a
               cache. None means causal with no padding.
-        cache: a KVCache or PrefixCache: it keeps each layer's new keys/values and its own length.
+        cache: a KVCache or PrefixCache, which keeps each layer's new keys/values and its own
+               length, or a PrefixView, which only prepends its keys/values.
         """
         B, T = input_ids.shape
         start = cache.length if cache is not None else 0
@@ -236,9 +237,10 @@ class Qwen2(nn.Module):
             mask = causal_mask(all_valid, T)
         x = self.model.embed_tokens(input_ids)
         cos, sin = rotary_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
-        # Recomputing a block in backward must not write the cache twice: no cache, or a frozen one.
+        # Recomputing a block in backward must not write the cache twice: no cache, or a read-only
+        # one (the learner's PrefixView).
         recompute = (self.gradient_checkpointing and torch.is_grad_enabled()
-                     and (cache is None or getattr(cache, "frozen", False)))
+                     and (cache is None or cache.read_only))
         for i, block in enumerate(self.model.layers):
             if recompute:
                 x = checkpoint(block, x, cos, sin, mask, cache, i, use_reentrant=False)
@@ -274,11 +276,19 @@ class KVCache:
       hold.
     """
 
-    def __init__(self, config: Qwen2Config, batch_size: int, max_len: int, dtype, device):
+    read_only = False  # a forward pass writes its keys/values here
+
+    def __init__(self, kv: list[torch.Tensor], length: int = 0):
+        """A cache over these per-layer tensors (no copy), columns < length filled."""
+        self.kv, self.length = kv, length
+
+    @classmethod
+    def allocate(cls, config: Qwen2Config, batch_size: int, max_len: int, dtype,
+                 device) -> KVCache:
+        """An empty cache of max_len columns (uninitialised memory: nothing reads past length)."""
         shape = (2, batch_size, config.num_key_value_heads, max_len, config.head_dim)
-        self.kv = [torch.empty(shape, dtype=dtype, device=device)
-                   for _ in range(config.num_hidden_layers)]
-        self.length = 0
+        return cls([torch.empty(shape, dtype=dtype, device=device)
+                    for _ in range(config.num_hidden_layers)])
 
     def update(self, layer: int, k, v):
         """Write k, v [B, kv_heads, T, D] at column `length` -> the layer's filled keys, values."""
@@ -294,17 +304,14 @@ class KVCache:
 
     def select(self, rows: torch.Tensor) -> KVCache:
         """A cache holding only these rows (drops finished sequences)."""
-        new = object.__new__(KVCache)
-        new.kv, new.length = [kv[:, rows] for kv in self.kv], self.length
-        return new
+        return KVCache([kv[:, rows] for kv in self.kv], self.length)
 
     def fan_out(self, copies: int, max_len: int, into: KVCache | None = None) -> KVCache:
         """A cache of max_len columns with each row repeated `copies` times
         (row b -> rows b*copies .. b*copies+copies-1): a new one, or `into`'s storage, refilled."""
         _, B, H, _, D = self.kv[0].shape
         if into is None:
-            into = object.__new__(KVCache)
-            into.kv = [kv.new_empty((2, B * copies, H, max_len, D)) for kv in self.kv]
+            into = KVCache([kv.new_empty((2, B * copies, H, max_len, D)) for kv in self.kv])
         if into.kv[0].shape[1] != B * copies or into.kv[0].shape[3] < self.length:
             raise ValueError(f"fan_out into a cache of shape {tuple(into.kv[0].shape)}: "
                              f"{B * copies} rows of {self.length}+ columns needed")
@@ -320,31 +327,48 @@ class KVCache:
 class PrefixCache:
     """Keys/values of a shared prefix that autograd can see through (the learner's prompt pass).
 
-    The first pass through each layer stores its keys/values; `select(rows)` gives each completion
-    its prompt's entries (a differentiable gather) and freezes the cache; a frozen cache only
-    prepends, writing nothing, so the completion pass may use activation checkpointing.
+    The prompt pass through each layer stores its keys/values; `select(rows)` then gives each
+    completion its prompt's entries (a differentiable gather) as a PrefixView, which the
+    completion pass reads.
     """
 
+    read_only = False  # the prompt pass writes here
+
     def __init__(self):
-        self.k, self.v, self.frozen = [], [], False
+        self.k, self.v = [], []
 
     @property
     def length(self) -> int:
-        """Columns held: the prefix's (a frozen cache keeps nothing of the passes after it)."""
         return self.k[0].shape[2] if self.k else 0
 
     def update(self, layer: int, k, v):
-        if self.frozen:
-            return torch.cat([self.k[layer], k], dim=2), torch.cat([self.v[layer], v], dim=2)
         self.k.append(k)
         self.v.append(v)
         return k, v
 
-    def select(self, rows: torch.Tensor) -> PrefixCache:
-        new = PrefixCache()
-        new.k, new.v = [k[rows] for k in self.k], [v[rows] for v in self.v]
-        new.frozen = True
-        return new
+    def select(self, rows: torch.Tensor) -> PrefixView:
+        return PrefixView([k[rows] for k in self.k], [v[rows] for v in self.v])
+
+
+class PrefixView:
+    """The prompts' keys/values, one row per completion, that a completion pass attends to.
+
+    It only prepends them and writes nothing, so a block may run twice over it: the completion pass
+    can use activation checkpointing (recompute in backward), which a cache that writes cannot.
+    """
+
+    read_only = True
+
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor]):
+        self.k, self.v = k, v
+
+    @property
+    def length(self) -> int:
+        """The prefix's columns (a view keeps nothing of the passes after it)."""
+        return self.k[0].shape[2]
+
+    def update(self, layer: int, k, v):
+        return torch.cat([self.k[layer], k], dim=2), torch.cat([self.v[layer], v], dim=2)
 
 
 def left_pad(prompts: list[list[int]], device, width: int | None = None):
@@ -442,7 +466,7 @@ def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temper
     ids, lengths, key_valid, positions = left_pad(prompts, device, width=P + max_new_tokens)
 
     # Prefill each prompt once; the decode loop fans its cache out to its samples.
-    cache = KVCache(config, len(prompts), P, dtype, device)
+    cache = KVCache.allocate(config, len(prompts), P, dtype, device)
     h = model.hidden_states(ids, positions, causal_mask(key_valid[:, :P], P), cache)[:, -1]
 
     # Per-row uniforms drawn on the CPU from one seeded stream: row r gets draws r*N .. r*N+N-1,
@@ -544,6 +568,17 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, uniform
     idx = torch.searchsorted(cdf, draws, right=True).clamp(max=logits.shape[-1] - 1)
     idx = idx.squeeze(-1)
     return order.gather(-1, idx[:, None]).squeeze(-1) if order is not None else idx
+
+
+# Each random draw of a run (a step's rollouts, the diagnostics, the held-out samples, the prompt
+# order, a gradient sketch) gets its own generator, seeded from the run's --seed and an offset that
+# names the draw, so that turning one on (say --diag-every) changes no other draw.
+SEED_STRIDE = 1_000_003  # a prime: seed s and s + 1 land a million offsets apart
+
+
+def derived_seed(seed: int, offset: int) -> int:
+    """The generator seed of one draw of the run with this --seed."""
+    return seed * SEED_STRIDE + offset
 
 
 # -----------------------------------------------------------------------------

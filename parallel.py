@@ -39,6 +39,8 @@ class PeerFailed(RuntimeError):
 
 def collective(method):
     """A World method whose failure raises PeerFailed."""
+    # gloo and NCCL report a dead peer as assorted RuntimeErrors; one type lets main() say which
+    # checkpoint is intact instead of printing a traceback per rank
     @functools.wraps(method)
     def wrapped(self, *args, **kwargs):
         try:
@@ -82,19 +84,19 @@ class World:
         return items[self.rank * n:(self.rank + 1) * n]
 
     @collective
-    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+    def sum_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
         """In place: the sum of this tensor over all ranks."""
         if self.size > 1:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
-    def sum(self, *values: float) -> list[float]:
+    def sum_values(self, *values: float) -> list[float]:
         """Sums over all ranks of a few numbers (in float64, so token counts stay exact)."""
         t = torch.tensor(values, dtype=torch.float64, device=self.device())
-        return self.sum_(t).tolist()
+        return self.sum_tensor(t).tolist()
 
     def any(self, flag: bool) -> bool:
-        return self.sum(float(flag))[0] > 0
+        return self.sum_values(float(flag))[0] > 0
 
     @collective
     def gather(self, obj) -> list:

@@ -1,9 +1,8 @@
 """
 The study: run the estimators over learning rates and seeds, and compare them.
 
-    python eval.py sweep --preset demo --optimizer sgd --lrs 0.125,0.25 --out runs/sweep-sgd
-    python eval.py compare runs/sweep-sgd --out reports/sgd
-    python study.py sweep ... | compare ...                    # the same two commands
+    python study.py sweep --preset demo --optimizer sgd --lrs 0.125,0.25 --out runs/sweep-sgd
+    python study.py compare runs/sweep-sgd --out reports/sgd
 
 An *arm* is one estimator setting: normalize / optimizer / lr (grpo.py's --normalize, --optimizer,
 --lr). Run folders whose config.json agree on those three belong to one arm and differ only in
@@ -963,7 +962,7 @@ def jsonable(x):
 
 
 def compare(argv=None):
-    ap = argparse.ArgumentParser(prog="eval.py compare", description="Compare GRPO runs: the "
+    ap = argparse.ArgumentParser(prog="study.py compare", description="Compare GRPO runs: the "
                                  "arms' effects paired by seed, diagnostics with intervals.")
     ap.add_argument("runs", nargs="+", help="run folders, or folders holding run folders")
     ap.add_argument("--out", default="reports/compare")
@@ -1038,7 +1037,7 @@ def compare(argv=None):
 
 
 def sweep(argv=None):
-    ap = argparse.ArgumentParser(prog="eval.py sweep", description="Run grpo.py for every "
+    ap = argparse.ArgumentParser(prog="study.py sweep", description="Run grpo.py for every "
                                  "(normalize, lr, seed); then compare best vs best.")
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])

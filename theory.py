@@ -28,8 +28,7 @@ gives exactly
 a bounded U-shaped factor (K = 8: 2.12 at p = 1/2, 3.02 as p -> 0 or 1; K = 2: exactly 2) that
 tends to the deterministic rule's 1/sqrt(p(1-p)) as K -> infinity.
 
-Experiments (`python theory.py [--out docs/theory] [--seeds 32] [--steps 800] [--quick]`, or
-`python eval.py theory`):
+Experiments (`python theory.py [--out docs/theory] [--seeds 32] [--steps 800] [--quick]`):
   (1) check_bounds  random instances: autograd = analytic gradient and Hessian,
                     ||H|| / (4 X^2 p(1-p)), ||H|| / X^2.
   (2) run_exact     exact-gradient updates on orthogonal prompts (Assumption 2) of mixed difficulty:

@@ -4,7 +4,7 @@
     torchrun --standalone --nproc_per_node 8 bench/bench_allreduce.py --device cuda  # NCCL, one GPU each
 
 Sizes: the demo adapter (r=16 on the 0.8M model), and Qwen2.5-Math-1.5B's at r=16 and r=64, float32. The
-trainer does exactly this once per step (parallel.World.sum_), after accumulating the micro-batches: the most
+trainer does exactly this once per step (parallel.World.sum_tensor), after accumulating the micro-batches: the most
 DistributedDataParallel could save by overlapping it with the last backward is this time.
 """
 

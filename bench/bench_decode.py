@@ -163,8 +163,7 @@ def main():
         completions, logprobs = M.generate(sampler, [prompt], N, temperature=1.0, seed=1, num_samples=args.batch[0],
                                            return_logprobs=True, decode=decoder)
         del sampler
-        ro = G.Rollouts([None], [prompt], completions, [], torch.zeros(1, args.batch[0]))
-        stats = G.sampler_mismatch(model, ro, logprobs, cfg, config.vocab_size)
+        stats = G.sampler_mismatch(model, [prompt], completions, logprobs, cfg, config.vocab_size)
         print(f"| {what} | {stats['sampler/kl_k3']:.2e} | {stats['sampler/logp_abs_diff_mean']:.2e} |", flush=True)
 
 

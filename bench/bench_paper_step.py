@@ -95,7 +95,8 @@ def main():
         completions, logprobs = out if merged else (out, None)
         ro = G.Rollouts([None], [prompt], completions, [""] * len(completions), rewards)
         if merged:
-            ro.sampler_stats = G.sampler_mismatch(model, ro, logprobs, cfg, config.vocab_size)
+            ro.sampler_stats = G.sampler_mismatch(model, [prompt], completions, logprobs, cfg,
+                                                  config.vocab_size)
         sync()
         t1 = time.perf_counter()
         loss, stats = G.update(model, params, optimizer, ro, G.group_advantages(rewards, "std"), cfg, config.vocab_size)

@@ -239,7 +239,7 @@ def plain_logprobs(model, prompts, completions, samples: int, temperature: float
     B, N = tokens.shape
     P = max(map(len, prompts))
     ids, lengths, key_valid, positions = M.left_pad(prompts, device, width=P + N)
-    cache = M.KVCache(model.config, len(prompts), P, dtype, device)
+    cache = M.KVCache.allocate(model.config, len(prompts), P, dtype, device)
     h = model.hidden_states(ids, positions, M.causal_mask(key_valid[:, :P], P), cache)[:, -1]
     cache, h = cache.fan_out(samples, P + N), h.repeat_interleave(samples, 0)
     key_valid = key_valid.repeat_interleave(samples, 0)

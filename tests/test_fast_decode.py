@@ -46,7 +46,7 @@ def one_step_both_ways(model, batch: int, tamper=None):
     ids, lengths, key_valid, positions = M.left_pad(prompts, "cpu", width=P + 4)
     token = torch.randint(0, 97, (batch,), generator=g)
     with torch.no_grad():
-        cache = M.KVCache(model.config, batch, P, torch.float32, "cpu")
+        cache = M.KVCache.allocate(model.config, batch, P, torch.float32, "cpu")
         model.hidden_states(ids, positions, M.causal_mask(key_valid[:, :P], P), cache)
         plain_cache = cache.fan_out(1, P + 4)
         fused_cache = cache.fan_out(1, P + 4)

@@ -140,7 +140,7 @@ def test_matched_divisor_over_ranks_is_the_whole_steps(estimator):
         def __init__(self, other=None):
             self.other, self.sent = other, None
 
-        def sum(self, *values):
+        def sum_values(self, *values):
             self.sent = values
             return [a + b for a, b in zip(values, self.other.sent)] if self.other else values
 
@@ -183,13 +183,13 @@ def test_unknown_std_estimator_is_a_one_line_error():
 
 
 class TwoRanks:
-    """World.sum of a 2-process run as seen by rank 0: its values plus the other rank's."""
+    """World.sum_values of a 2-process run as seen by rank 0: its values plus the other rank's."""
     size = 2
 
     def __init__(self, other_rewards):
         self.other = other_rewards
 
-    def sum(self, *values):
+    def sum_values(self, *values):
         theirs = (self.other.numel(), float(self.other.sum()), float(self.other.pow(2).sum()))
         return [a + b for a, b in zip(values, theirs)]
 
@@ -208,16 +208,20 @@ def test_loss_aggregation_rules_by_hand():
     lp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, 0.0]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
     adv = torch.tensor([2.0, -1.0])
-    # sums of token log-probs: -6 and -1; means: -2 and -0.5; 2 completions, 5 tokens
-    assert (G.policy_loss(lp, mask, adv, "seq-sum", 2).item()
-            == pytest.approx(-(2 * -6 + -1 * -1) / 2))
-    assert (G.policy_loss(lp, mask, adv, "seq-mean", 2).item()
-            == pytest.approx(-(2 * -2 + -1 * -0.5) / 2))
-    assert (G.policy_loss(lp, mask, adv, "token-mean", 5).item()
-            == pytest.approx(-(2 * -6 + -1 * -1) / 5))
+    # sums of token log-probs: -6 and -1; means: -2 and -0.5. The step: 4 completions, 10 tokens
+    # (this micro-batch is half of it), so each rule divides by the one count it names.
+    step = dict(step_tokens=10, step_completions=4)
+    assert (G.policy_loss(lp, mask, adv, "seq-sum", **step).item()
+            == pytest.approx(-(2 * -6 + -1 * -1) / 4))
+    assert (G.policy_loss(lp, mask, adv, "seq-mean", **step).item()
+            == pytest.approx(-(2 * -2 + -1 * -0.5) / 4))
+    assert (G.policy_loss(lp, mask, adv, "token-mean", **step).item()
+            == pytest.approx(-(2 * -6 + -1 * -1) / 10))
     kl = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.4, 9.0]])
-    with_kl = G.policy_loss(lp, mask, adv, "seq-sum", 2, kl, kl_coef=0.5).item()
-    assert with_kl == pytest.approx(-(2 * -6 + -1 * -1) / 2 + 0.5 * (0.6 + 0.8) / 2)
+    with_kl = G.policy_loss(lp, mask, adv, "seq-sum", **step, kl_tokens=kl, kl_coef=0.5).item()
+    assert with_kl == pytest.approx(-(2 * -6 + -1 * -1) / 4 + 0.5 * (0.6 + 0.8) / 4)
+    with_kl = G.policy_loss(lp, mask, adv, "seq-mean", **step, kl_tokens=kl, kl_coef=0.5).item()
+    assert with_kl == pytest.approx(-(2 * -2 + -1 * -0.5) / 4 + 0.5 * (0.2 + 0.4) / 4)
 
 
 def test_k3_kl_is_zero_on_policy_and_positive_otherwise():

@@ -92,7 +92,7 @@ def test_prefill_and_decode_equal_full_recompute_on_ragged_batch(pair):
         ids[i, pad[i]:] = torch.tensor(p)
     key_valid = torch.arange(P + steps)[None] >= pad[:, None]
     positions = (torch.arange(P)[None] - pad[:, None]).clamp(min=0)
-    cache = M.KVCache(ours.config, 3, P + steps, torch.float32, "cpu")
+    cache = M.KVCache.allocate(ours.config, 3, P + steps, torch.float32, "cpu")
     with torch.no_grad():
         logits = ours(ids, positions, M.causal_mask(key_valid[:, :P], P), cache)[:, -1]
         for t in range(steps):
@@ -107,7 +107,7 @@ def test_chunked_prefill_onto_a_filled_cache(pair):
     """A second multi-token chunk written after the first must see it (the is_causal trap)."""
     ours, _ = pair
     ids = torch.randint(0, 97, (2, 20), generator=torch.Generator().manual_seed(4))
-    cache = M.KVCache(ours.config, 2, 20, torch.float32, "cpu")
+    cache = M.KVCache.allocate(ours.config, 2, 20, torch.float32, "cpu")
     with torch.no_grad():
         full = ours(ids)
         first = ours(ids[:, :8], cache=cache)

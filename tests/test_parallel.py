@@ -246,7 +246,7 @@ def test_a_failed_collective_is_a_peer_failure(monkeypatch):
     monkeypatch.setattr(P.dist, "all_reduce", broken)
     monkeypatch.setattr(P.dist, "all_gather_object", broken)
     world = P.World(rank=0, size=2)
-    with pytest.raises(P.PeerFailed, match="sum_ across 2 processes failed: Connection closed"):
-        world.sum_(torch.zeros(3))
+    with pytest.raises(P.PeerFailed, match="sum_tensor across 2 processes failed: Connection closed"):
+        world.sum_tensor(torch.zeros(3))
     with pytest.raises(P.PeerFailed, match="gather"):
         world.gather({"x": 1})

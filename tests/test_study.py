@@ -1,6 +1,5 @@
 """study.py: `compare` on synthetic run folders (paired and unpaired effects, phases, diagnostics,
-intervals by hand), the pairing check, `sweep` with resume, and eval.py's compare and sweep commands
-landing here."""
+intervals by hand), the pairing check, `sweep` with resume, and study.py's command line."""
 
 import json
 import math
@@ -10,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import eval as E
 import study as S
 
 
@@ -258,13 +256,18 @@ def test_compare_without_matplotlib_still_writes_numbers(runs, tmp_path, monkeyp
     assert (tmp_path / "rep/report.md").is_file() and not (tmp_path / "rep/curves.png").exists()
 
 
-def test_eval_py_compare_is_study_compare(runs, tmp_path, monkeypatch):
-    """`python eval.py compare ...` (the README's command) writes what study.compare writes."""
+def test_study_py_compare_is_study_compare(runs, tmp_path, monkeypatch):
+    """`python study.py compare ...` (the README's command) writes what study.compare writes."""
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # numbers only: quick
-    S.compare([str(runs), "--out", str(tmp_path / "study")])
-    E.main(["compare", str(runs), "--out", str(tmp_path / "eval")])
+    S.compare([str(runs), "--out", str(tmp_path / "direct")])
+    S.main(["compare", str(runs), "--out", str(tmp_path / "cli")])
     for name in ("report.md", "summary.json"):
-        assert (tmp_path / "eval" / name).read_text() == (tmp_path / "study" / name).read_text()
+        assert (tmp_path / "cli" / name).read_text() == (tmp_path / "direct" / name).read_text()
+
+
+def test_study_py_without_a_command_says_its_usage():
+    with pytest.raises(SystemExit, match="usage: python study.py compare"):
+        S.main(["theory"])
 
 
 def test_phase_rule_by_hand():
@@ -303,8 +306,8 @@ def test_sweep_runs_every_arm_skips_complete_runs_and_restarts_interrupted_ones(
     assert (aside / "metrics.jsonl").read_text().count("\n") == 1
     assert (out / "report/report.md").is_file()
     capsys.readouterr()
-    # again, as the README runs it (python eval.py sweep ...): every arm is complete
-    E.main(["sweep", "--optimizer", "sgd", "--lrs", "0.1", "--seeds", "0", "--out", str(out),
+    # again, as the README runs it (python study.py sweep ...): every arm is complete
+    S.main(["sweep", "--optimizer", "sgd", "--lrs", "0.1", "--seeds", "0", "--out", str(out),
             *tiny])
     assert capsys.readouterr().out.count("(complete)") == 4
 

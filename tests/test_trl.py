@@ -201,10 +201,9 @@ def our_step(checkpoint, normalize: str, prompts: int, loss_agg: str, monkeypatc
     loss, stats = G.update(model, params, G.make_optimizer(params, cfg), ro, advantages, cfg,
                            tok.vocab_size)
     (grads,) = at_clip.grads
-    parts = [{"lengths": [len(c) for c in ro.completions], "sample_s": 1.0, "grade_s": 0.0,
-              "sampler_stats": {}}]
-    record = G.step_record(0, cfg, ro, advantages, parts, loss, stats, (0, 0, 0, 0),
-                           torch.device("cpu"))
+    ro.sample_s = 1.0
+    record = G.step_record(0, cfg, G.gather_batch(G.World(), ro.problems, ro, advantages), loss,
+                           stats, (0, 0, 0, 0), torch.device("cpu"))
     after = {names[id(p)]: p.detach().clone() for p in params}
     return {names[i]: g for i, g in grads.items()}, before, after, record, seen["prompts"]
 
