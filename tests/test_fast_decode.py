@@ -355,7 +355,13 @@ def test_one_fast_decode_serves_a_run_and_draws_what_the_plain_loop_draws(folder
                 b.add_(0.05 * torch.randn(b.shape, generator=torch.Generator().manual_seed(i)))
         kwargs = dict(max_new_tokens=30, seed=i, num_samples=samples, eos_token_id=[3]) | settings
         got = M.generate(model, prompts, decode=kept, **kwargs)
-        assert got == M.generate(model, prompts, **kwargs), f"call {i}"
+        fresh = M.generate(model, prompts, decode=FD.FastDecode(fixed_shapes=True), **kwargs)
+        assert got == fresh, f"call {i}"  # nothing stale: a fresh decoder's draw, bit for bit
+        # With LoRA the fused step equals the plain one up to summation order, not bit for bit on every CPU
+        # (test_the_fused_step_with_lora_is_the_plain_step_up_to_summation_order): a nucleus cut can flip
+        # on a last bit (seen once in a full-suite run on AMD), so top-p meets the fresh decoder only here.
+        if "top_p" not in settings:
+            assert got == M.generate(model, prompts, **kwargs), f"call {i}"
         if settings.get("top_p", 1.0) == 1.0 and settings["temperature"] > 0:
             _, kept_lp = M.generate(model, prompts, decode=kept, return_logprobs=True, **kwargs)
             _, fresh_lp = M.generate(model, prompts, decode=FD.FastDecode(fixed_shapes=True),
