@@ -746,7 +746,7 @@ def global_batch_std(rewards: torch.Tensor, world: World, estimator: str) -> flo
     if world.size == 1:
         return None
     n, total, squares = world.sum_values(rewards.numel(), float(rewards.sum()),
-                                  float(rewards.pow(2).sum()))
+                                         float(rewards.pow(2).sum()))
     # E[r^2] - E[r]^2 can come out a hair below 0 by rounding when every reward is equal
     variance = max(squares / n - (total / n) ** 2, 0.0)  # population: 1/n
     return math.sqrt(variance * n / (n - 1) if bessel_correction(estimator) else variance)
