@@ -19,43 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import data  # noqa: E402
 import grader  # noqa: E402
-
-ADVERSARIAL = {  # the corpus of tests/test_grader.py, scored against gold "81"
-    "power tower \\boxed{9^{9^{9^{9}}}}": "\\boxed{9^{9^{9^{9}}}}",
-    "10^6 digits in \\boxed{}": "\\boxed{" + "9" * 10**6 + "}",
-    "10^6 digits after ####": "#### " + "9" * 10**6,
-    "10^5 nested braces in \\boxed{}": "\\boxed{" + "{" * 10**5 + "81" + "}" * 10**5 + "}",
-    "200 nested braces (parsed)": "\\boxed{" + "{" * 200 + "81" + "}" * 200 + "}",
-    "250 nested parens (parsed)": "\\boxed{" + "(" * 250 + "81" + ")" * 250 + "}",
-    "__import__('os')": "\\boxed{__import__('os').system('rm -rf /')}",
-    "1 MB of \\boxed{": "\\boxed{" * (2**20 // 7),
-    "1 MB of ####": "####" * 2**18,
-    "1 MB of 'The answer is '": "The answer is " * (2**20 // 14),
-    "1 MB of '1a' (lenient scan)": "1a" * 2**19,
-    "1 MB of '<|'": "<|" * 2**19,
-    "1 MB of mixed markers": "\\boxed{1} #### 2 The answer is 3 " * 30_000,
-    "1 MB of '<answer>'": "<answer>" * (2**20 // 8),
-    "1 MB of 'Final Answer\\n'": "Final Answer\n" * (2**20 // 13),
-    "1 MB of 'The answer is not 5 '": "The answer is not 5 " * (2**20 // 20),
-    "1 MB of '$1$ and '": "$1$ and " * (2**20 // 8),
-    "1 MB of '1+' (lenient scan)": "1+" * 2**19,
-    "250-element list": "\\boxed{" + "1," * 250 + "1}",
-    "120-element set of \\pi": "\\boxed{\\{" + "\\pi," * 120 + "1\\}}",
-    "1 MB of joined boxes": "\\boxed{1}, " * (2**20 // 11),
-    "1 MB of distinct joined boxes": "".join(f"\\boxed{{\\frac{{1}}{{{k}}}}}, " for k in range(60_000)),
-    "1 MB of ', which is $1$'": "The answer is $1$" + ", which is $1$" * (2**20 // 14),
-    "1 MB of ', and x is 1'": "The answer is 1" + ", and x is 1" * (2**20 // 12),
-    "1 MB of '```'": "```" * (2**20 // 3),
-    "80 x\\geq in a box (names)": "\\boxed{" + "x\\geq" * 80 + "1}",
-    "60 named values": "\\boxed{" + ",".join(f"a_{k}={k}" for k in range(60)) + "}",
-    "1 MB of revisions around a box": (" Wait, 4.2" * (2**20 // 10) + "\\boxed{21 \\div 5}"
-                                       + " Wait, 4.2" * 3000),
-    "1 MB closing math group": "$" + "1+" * (2**19 - 1) + "1$",
-    "1 MB of suppositions": "If the answer is 7, " * (2**20 // 20),
-}
+from adversarial import ADVERSARIAL  # noqa: E402  (the corpus tests/test_grader.py bounds)
 
 
 def measure(pairs: list[tuple[str, str]], strict: bool, cold: bool) -> list[int]:
@@ -69,10 +37,13 @@ def measure(pairs: list[tuple[str, str]], strict: bool, cold: bool) -> list[int]
     return times
 
 
-def row(name: str, times: list[int], correct: str = "") -> str:
+def row(name: str, times: list[int], correct: str = "", chars: int | None = None) -> str:
     ordered = sorted(times)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e3  # noqa: E731
     rate = len(times) / (sum(times) / 1e9)
+    name = name.replace("|", "\\|")  # a literal | would end the markdown cell
+    if chars is not None:
+        name += f" | {chars:,}"
     return (f"| {name} | {len(times):,} | {rate:,.0f} | {pick(0.5):.1f} | {pick(0.99):.1f} | "
             f"{ordered[-1] / 1e3:.1f} |{correct}")
 
@@ -141,8 +112,7 @@ def main() -> None:
         median = sorted(times)[len(times) // 2] / 1e3
         if median > worst:
             worst_name, worst = name, median
-        line = row(name, times)
-        print(line.replace(f"| {name} |", f"| {name} | {len(text):,} |", 1))
+        print(row(name, times, chars=len(text)))
     print(f"\nSlowest adversarial input: {worst_name}, median {worst:,.0f} µs per call (target: under 5 ms on a 1 MB "
           f"input). Load average after the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs.")
 

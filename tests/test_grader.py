@@ -1,4 +1,5 @@
-"""Tests for grader.py: rule-by-rule tables, fuzzing, the adversarial corpus, real-looking outputs.
+"""Tests for grader.py: rule-by-rule tables, fuzzing, the adversarial corpus (tests/adversarial.py),
+real-looking outputs.
 
 Every expected verdict in the tables below was worked out by hand from the rules in grader.py's
 docstring; none was produced by running the code under test. The last part checks the grader on
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import grader
+from adversarial import ADVERSARIAL
 from completions import COMPLETIONS
 from grader import MAX_ANSWER_CHARS, MAX_COMPLETION_CHARS, extract_answer, math_equal, reward
 
@@ -337,56 +339,6 @@ def test_fractions_equal_their_terminating_decimals(a, b):
     assert math_equal(decimal, f"\\frac{{{a}}}{{{b}}}")
     assert math_equal(f"{a}/{b}", decimal)
     assert not math_equal(decimal, f"\\frac{{{a + 1}}}{{{b}}}")
-
-
-ADVERSARIAL = {
-    "power tower": "\\boxed{9^{9^{9^{9}}}}",
-    "power tower, bare": "#### 9^{9^{9^{9^{9}}}}",
-    "10^6 digits boxed": "\\boxed{" + "9" * 10**6 + "}",
-    "10^6 digits after ####": "#### " + "9" * 10**6,
-    "10^6 digits as text": "The total is " + "9" * 10**6,
-    "400 digits boxed": "\\boxed{" + "9" * 400 + "}",
-    "10^5 nested braces": "\\boxed{" + "{" * 10**5 + "81" + "}" * 10**5 + "}",
-    "200 nested braces": "\\boxed{" + "{" * 200 + "81" + "}" * 200 + "}",
-    "250 nested parens": "\\boxed{" + "(" * 250 + "81" + ")" * 250 + "}",
-    "500 unary minus": "\\boxed{" + "-" * 500 + "81}",
-    "exponent chain": "\\boxed{" + "2^" * 200 + "2}",
-    "nested fractions": "\\boxed{" + "\\frac{1}{" * 60 + "2" + "}" * 60 + "}",
-    "nested roots": "\\boxed{" + "\\sqrt{" * 80 + "2" + "}" * 80 + "}",
-    "huge scientific": "\\boxed{1e999999999}",
-    "__import__": "\\boxed{__import__('os').system('rm -rf /')}",
-    "__import__ bare": "__import__('os').system('rm -rf /')",
-    "1 MB of \\boxed{": "\\boxed{" * (2**20 // 7),
-    "1 MB of ####": "####" * (2**18),
-    "1 MB of 'The answer is '": "The answer is " * (2**20 // 14),
-    "1 MB of 'answer '": "answer " * (2**20 // 7),
-    "1 MB of '1a'": "1a" * 2**19,
-    "1 MB of '<|'": "<|" * 2**19,
-    "1 MB of '$'": "The answer is $" + "$" * 2**20,
-    "1 MB of mixed markers": "\\boxed{1} #### 2 The answer is 3 " * 30_000,
-    "1 MB of '<answer>'": "<answer>" * (2**20 // 8),
-    "1 MB of 'Final Answer\\n'": "Final Answer\n" * (2**20 // 13),
-    "1 MB of 'The answer is not 5 '": "The answer is not 5 " * (2**20 // 20),
-    "1 MB of '$1$ and '": "$1$ and " * (2**20 // 8),
-    "1 MB of '1+'": "1+" * 2**19,
-    "1 MB of '\\nQuestion:'": "\nQuestion:" * (2**20 // 10),
-    "long list": "\\boxed{" + "1," * 250 + "1}",
-    "long set": "\\boxed{\\{" + "\\pi," * 120 + "1\\}}",
-    "long matrix": "\\boxed{\\begin{pmatrix}" + "1&" * 100 + "1\\end{pmatrix}}",
-    "1 MB of joined boxes": "\\boxed{1}, " * (2**20 // 11),
-    "1 MB of distinct joined boxes": "".join(f"\\boxed{{\\frac{{1}}{{{k}}}}}, " for k in range(60_000)),
-    "1 MB of restatements": "The answer is $1$" + ", which is $1$" * (2**20 // 14),
-    "1 MB of statements": "The answer is 1" + ", and x is 1" * (2**20 // 12),
-    "1 MB of code fences": "```" * (2**20 // 3),
-    "names that split many ways": "\\boxed{" + "x\\geq" * 80 + "1}",
-    "subscripts that split many ways": "\\boxed{" + "_abc" * 100 + "x=1}",
-    "60 named values": "\\boxed{" + ",".join(f"a_{k}={k}" for k in range(60)) + "}",
-    "1 MB of revisions around a box": (" Wait, 4.2" * (2**20 // 10) + "\\boxed{21 \\div 5}"
-                                       + " Wait, 4.2" * 3000),
-    "1 MB closing math group": "$" + "1+" * (2**19 - 1) + "1$",
-    "1 MB of suppositions": "If the answer is 7, " * (2**20 // 20),
-    "40 plus-minus items": "\\boxed{" + ",".join("1\\pm2" for _ in range(40)) + "}",
-}
 
 
 @pytest.mark.parametrize("name", list(ADVERSARIAL))
