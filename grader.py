@@ -1380,7 +1380,7 @@ def _split_list(s: str) -> list[str]:
 
 def _key(s: str, depth: int = 0) -> tuple:
     """Canonical comparable form of a normalised answer."""
-    if depth > 3 or not s:
+    if depth > 3 or not s:  # (bounded: structures nested deeper compare as text)
         return ("text", s)
     v = _evaluate(s)
     if v is not None:
