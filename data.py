@@ -114,14 +114,14 @@ def _read_parquet(path: Path, hint: str) -> list[dict]:
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """(1-based line number, object) for each non-blank line; bad input names the file and line."""
-    try:
+    try:  # bytes, decoded line by line: a bad UTF-8 byte is reported with its line number
         raw_lines = path.read_bytes().split(b"\n")
     except FileNotFoundError:
         raise FileNotFoundError(f"data file not found: {path}") from None
     rows = []
     for lineno, raw in enumerate(raw_lines, 1):
         if not raw.strip():
-            continue
+            continue  # blank lines, and the empty piece after the file's final newline
         try:
             record = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -153,9 +153,10 @@ def _gsm8k_problems(rows: list[tuple[str, dict]], split: str) -> list[Problem]:
     for index, (where, record) in enumerate(rows):
         question = _field(record, "question", where)
         reasoning, marker, final = _field(record, "answer", where).rpartition("####")
-        gold = final.strip().replace(",", "")
+        gold = final.strip().replace(",", "")  # "1,080": 79 train and 14 test golds have commas
         if not marker or not gold:
             raise ValueError(f"{where}: GSM8K answer has no '#### <final answer>' line")
+        # the id is the 0-based row, as the data README counts rows; pass-rate files key on it
         problems.append(Problem(question, gold, reasoning.strip(), f"gsm8k/{split}/{index}"))
     return problems
 
@@ -170,6 +171,7 @@ def load_gsm8k(split: str = "train", path: PathLike | None = None) -> list[Probl
 
 
 def _math_level(value: object) -> int | None:
+    # MATH-500 stores the level as an int, MATH as "Level 2"; a JSON true is an int to Python
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str) and value.startswith("Level ") and value[6:].strip().isdigit():
@@ -190,6 +192,7 @@ def _math_problems(rows: Iterable[tuple[str, dict]], split: str) -> list[Problem
         if not isinstance(question, str) or not isinstance(solution, str):
             raise ValueError(f"{where}: a MATH record needs string fields 'problem' and 'solution'")
         answer = record.get("answer")  # MATH-format data with no box but an answer field
+        # the box wins over an answer field (on MATH-500 the two agree on all 500 problems)
         gold = boxed_answer(solution, no_box=answer.strip() if isinstance(answer, str) else None)
         if not isinstance(gold, str) or not gold:
             continue  # unscorable: e.g. train/number_theory/7115.json and 7117.json box nothing
@@ -222,13 +225,14 @@ def load_math(split: str = "train", path: PathLike | None = None,
                 raise ValueError(f"{file}: invalid JSON ({e})") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{file}: expected a JSON object")
+            # "test/precalculus/807.json": the key the jsonl copies, PRM800K and MATH-500 use
             record.setdefault("unique_id", file.relative_to(root).as_posix())
             rows.append((str(file), record))
     else:
         file = _split_file(path, split)
         rows = [(f"{file}:{n}", r) for n, r in _read_jsonl(file)]
     problems = _math_problems(rows, split)
-    if levels is not None:
+    if levels is not None:  # "Level ?" (level None) is in no selection
         wanted_levels = set(levels)
         problems = [p for p in problems if p.level in wanted_levels]
     if types is not None:
@@ -307,6 +311,7 @@ def _read_pass_rates(path: Path) -> dict[str, float]:
             rate = sum(rewards) / len(rewards)
         else:
             raise ValueError(f"{where}: need 'pass_rate' or 'rewards'")
+        # a JSON true is an int to Python: without the bool test it would pass as rate 1.0
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
             raise ValueError(f"{where}: pass rate must be a number in [0, 1], got {rate!r}")
         if pid in rates:
@@ -328,10 +333,12 @@ def assign_tiers(problems: Iterable[Problem], pass_rates_path: PathLike,
     [p for p in tiered if p.tier == "hard"].
     """
     mins = dict(thresholds)
+    # distinct minimums: two tiers at one minimum would leave the tier to the dict's order
     if (not mins or any(not 0.0 <= m <= 1.0 for m in mins.values())
             or len(set(mins.values())) != len(mins)):
         raise ValueError("thresholds must map tiers to distinct minimum pass rates in [0, 1], "
                          f"got {mins}")
+    # highest minimum first: next() below gives the highest tier the rate reaches
     ordered = sorted(mins.items(), key=lambda kv: -kv[1])
     rates = _read_pass_rates(Path(pass_rates_path))
     problems = list(problems)
@@ -345,10 +352,14 @@ def assign_tiers(problems: Iterable[Problem], pass_rates_path: PathLike,
 
 # --- Prompts --------------------------------------------------------------------------------------
 
+# exactly what the tokenizer's chat_template renders for one user turn with the generation prompt
+# (no system message given: its default one, also Qwen2.5-Math's own qwen25-math-cot prompt)
 QWEN_CHAT_TEMPLATE = ("<|im_start|>system\nPlease reason step by step, and put your final answer "
                       "within \\boxed{}.<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
                       "<|im_start|>assistant\n")
-PLAIN_TEMPLATE = "Question: {question}\nAnswer:"
+PLAIN_TEMPLATE = "Question: {question}\nAnswer:"  # the authors' non-"qa" fallback, verbatim
+# the authors' "qa" format with cot=True, trailing space included; PAPER_GOLD_TEMPLATE is their
+# include_reasoning=True: the cleaned reasoning and its space, the "#### ..." answer left off
 PAPER_TEMPLATE = "{exemplars}Question: {question}\nSolution: Let's think step by step. "
 PAPER_GOLD_TEMPLATE = ("{exemplars}Question: {question}\nSolution: Let's think step by step. "
                        "{reasoning} ")
@@ -395,7 +406,7 @@ PROMPT_TEMPLATES: dict[str, str] = {
 
 def _remove_boxes(text: str) -> str:
     """text with every \\boxed{...} / \\fbox{...} / \\boxed N removed (gold solutions only)."""
-    for _ in range(64):
+    for _ in range(64):  # bounded; no MATH solution holds more than 5 boxes
         start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
         if start < 0:
             break
@@ -412,12 +423,13 @@ def _gold_reasoning(problem: Problem) -> str:
     (\\boxed{\\frac{1}{2}} -> "{2}}").
     """
     text = problem.solution
-    if problem.type is None:  # GSM8K: drop calculator annotations
+    if problem.type is None:  # GSM8K: drop calculator annotations ("<<48/2=24>>")
         text = re.sub(r"<<.*?>>", "", text)
     else:
         text = _remove_boxes(text).strip()
         text = re.sub(r"\\[a-zA-Z]+\{([^}]*)\}", r"\1", text)
         text = re.sub(r"\$([^\$]*)\$", r"\1", text)
+    # lines joined by ". "; the ".." after a line that ended in "." becomes one "."
     text = ". ".join(text.split("\n"))
     return re.sub(r"\.+", ".", text).strip()
 
@@ -429,6 +441,7 @@ def format_prompt(problem: Problem, template: str = "qwen-chat") -> str:
                          f"choose from {sorted(PROMPT_TEMPLATES)}")
     fields = {"question": problem.question}
     if template.startswith("paper"):
+        # MATH: both MATH exemplars; GSM8K: its tier's, Easy when untiered (the authors' default)
         key = "math" if problem.type is not None else (
             problem.tier if problem.tier in PAPER_EXEMPLARS else "easy")
         fields["exemplars"] = PAPER_EXEMPLARS[key]
@@ -470,7 +483,7 @@ def arithmetic_steps(rng: random.Random, n_ops: int) -> tuple[int, list[int]]:
     """A start value and signed operands keeping every running value in 0..99."""
     value = start = rng.randint(2, 60)
     deltas = []
-    for _ in range(n_ops):
+    for _ in range(n_ops):  # at 99 only down, at 0 only up, else a coin flip
         if value > 0 and (value >= 99 or rng.random() < 0.5):
             d = -rng.randint(1, min(30, value))
         else:
@@ -491,7 +504,7 @@ def worked_solution(start: int, deltas: list[int], rng: random.Random | None = N
         if rng is not None and rng.random() < slip:
             later = [v + offset for v in true_values[i:]]
             choices = [e for e in (-10, -2, -1, 1, 2, 10) if all(0 <= v + e <= 99 for v in later)]
-            offset += rng.choice(choices) if choices else 0
+            offset += rng.choice(choices) if choices else 0  # none fits: no new slip here
         result = true_values[i] + offset
         parts.append(f"{value} {'+' if d > 0 else '-'} {abs(d)} = {result}.")
         value = result
@@ -501,6 +514,8 @@ def worked_solution(start: int, deltas: list[int], rng: random.Random | None = N
 def synthetic_problem(rng: random.Random, tier: str, index: int = 0, slip: float = 0.0) -> Problem:
     """One problem; `solution` is the worked solution, with slips when slip > 0 (`answer` stays
     correct)."""
+    # the order of the rng draws below is part of the data: another order gives other problems for
+    # every seed, and the demo model (demo/make_demo_model.py) was pretrained on these
     n_ops = rng.randint(*TIER_OPS[tier])
     start, deltas = arithmetic_steps(rng, n_ops)
     name, item = rng.choice(NAMES), rng.choice(ITEMS)

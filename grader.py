@@ -135,11 +135,11 @@ from typing import Union
 
 MAX_COMPLETION_CHARS = 32_768  # completion tail the extractor reads (> any 4,096-token completion)
 MAX_ANSWER_CHARS = 512  # longest answer compared (the longest MATH gold is 159 characters)
-MAX_DIGITS = 100  # longest number literal compared
-MAX_EXPONENT = 300  # largest |n| in x^n and in 1e±n
+MAX_DIGITS = 100  # longest number literal compared (GSM8K and MATH golds: <= 9 digits)
+MAX_EXPONENT = 300  # largest |n| in x^n and in 1e±n (floats end near 1.8e308)
 MAX_BITS = 1000  # largest numerator/denominator of an exact value (floats are finite below 2**1024)
-MAX_NESTING = 40  # parser recursion depth
-MAX_ELEMENTS = 64  # elements per tuple, set, union or matrix
+MAX_NESTING = 40  # parser recursion depth (~2 Python frames per level: far below the limit)
+MAX_ELEMENTS = 64  # elements per tuple, set, union or matrix (comparing sets is quadratic in it)
 
 # --- Reading a completion: extract_answer, then its rules in order --------------------------------
 
@@ -168,8 +168,8 @@ def extract_answer(text: str, strict: bool = True) -> str | None:
     if answer and not _concluded(concluded, answer):
         answer = _NO_SINGLE
     if answer or strict:
-        return answer or None
-    return _last_expression(text)
+        return answer or None  # _NO_SINGLE ("") is None to the caller
+    return _last_expression(text)  # the whole turn: only rules 1-5 stop at code
 
 
 # Rule 0: the text read
@@ -227,6 +227,8 @@ def _concluded(text: str, answer: str) -> bool:
     """Whether the answer read is where the model concluded: what follows its last occurrence
     neither revises it, nor states a value of arithmetic it left undone, nor states another answer
     ("$x = \\boxed{5}$. Then $y = 2x = 10$, so the answer is 10.")."""
+    # the answer read is not always in the text verbatim (boxes joined into "1, 2", a restatement
+    # made an equation): then find its last run of letters and digits
     at = text.rfind(answer)
     if at < 0 and (piece := _TAIL_PIECE.search(answer)):
         at, answer = text.rfind(piece.group()), piece.group()
@@ -235,6 +237,8 @@ def _concluded(text: str, answer: str) -> bool:
         return True  # only the box's or the math group's end
     if _REVISION.search(tail):
         return False
+    # ("nswer": Answer or answer; a later "answer is" without a digit is prose: "This answer is
+    # reasonable." states no other answer)
     later = "nswer" in tail and _marked_answer(tail, False)
     if later and _DIGIT.search(later) and not math_equal(later, answer):
         return False
@@ -256,7 +260,7 @@ def _minerva_answer(text: str) -> str | None:
     hope = text.rfind(_MINERVA)
     if hope < 0:
         return None
-    start = max(0, hope - 4 * MAX_ANSWER_CHARS)
+    start = max(0, hope - 4 * MAX_ANSWER_CHARS)  # bounded: both are one sentence
     i = _lower(text[start:hope]).rfind(b"final answer is")
     return _stated_answer(text[start + i + 15:hope], "sentence") if i >= 0 else None
 
@@ -273,7 +277,7 @@ def _tagged_answer(text: str, lenient: bool) -> str | None:
     end = text.find("</answer>", start)
     content = text[start + 8:end if end >= 0 else len(text)]
     if len(content) > 4 * MAX_ANSWER_CHARS:
-        return None
+        return None  # the model reasons inside the tags: the rules after this one read the text
     boxed = boxed_answer(content, _NO_BOX)
     if boxed is not _NO_BOX:
         return boxed or _NO_SINGLE  # type: ignore[return-value]
@@ -332,7 +336,7 @@ def boxed_answer(text: str, no_box: object = None) -> object:
         if (content is None or not 0 <= start - end <= 64  # (a box around this one: not a list)
                 or not _BOX_JOINER.fullmatch(text, end, start)):
             break
-        seen = seen or {_normalize(last)}
+        seen = seen or {_normalize(last)}  # normalised only once a second box is found
         if (norm := _normalize(content)) not in seen:
             answers.append(content)
             seen.add(norm)
@@ -358,7 +362,7 @@ def _boxes_beside(text: str) -> bool:
     if before < 0:
         return False
     (content, end), (last, _) = read_box(text, before), read_box(text, start)
-    if content is None or last is None or end > start:
+    if content is None or last is None or end > start:  # (end > start: a box around the last)
         return False
     between = text[end:start]
     if _BOX_JOINER.fullmatch(between) or _BOX_LINK.search(between):
@@ -388,7 +392,7 @@ def _hashes_answer(text: str) -> str | None:
     exemplars). The first, not the last: a base model that runs on past its answer writes the next
     exemplar's ####."""
     pos = text.find("####")
-    for _ in range(8):
+    for _ in range(8):  # bounded: a text of many "####" headings gives up
         if pos < 0:
             return None
         start = _HASHES.match(text, pos).end()
@@ -429,6 +433,7 @@ def _marked_answer(text: str, lenient: bool) -> str | None:
         end = m.end() if m else -1
         if m is None and (h := _HEADER_END.match(text, pos + 6)):
             line_start = text.rfind("\n", 0, pos) + 1
+            # a heading: "Final Answer", or "Answer" with only markdown before it on its line
             if lowered.endswith(b"final ", 0, pos) or not text[line_start:pos].strip(" \t*#"):
                 end = h.end()
         if end >= 0 and not _SUPPOSED.search(lowered, max(0, pos - 48), pos):
@@ -451,7 +456,7 @@ _NO_SINGLE = ""
 _PLAIN_NUMBER = re.compile(r"[ \t]{0,8}"  # a number alone on the rest of its line
                            r"(-?\d{1,3}(?:,\d{3}){1,12}(?:\.\d{1,30})?|-?\d{1,40}(?:\.\d{1,30})?)"
                            r"\.?[ \t]{0,8}(?:\n|\Z)")
-_DELIMITERS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
+_DELIMITERS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))  # "$$" before "$"
 _QUOTE = re.compile(r'\\?"|[\u201c\u2018`]')  # an answer quoted: '"$12$"', '\\"18\\"', '“18”'
 # \(...\) or $...$ on one line ("$\\$120$" holds an escaped dollar)
 _MATH_GROUP = re.compile(r"\\\((.{1,512}?)\\\)|(?<![\\\d])\$((?:[^$\n\\]|\\.){1,512}?)"
@@ -512,6 +517,7 @@ def _stated_answer(s: str, scope: str, lenient: bool = False) -> str | None:
             while end > 0 and close == "$" and s[end - 1] == "\\":  # "$\\$18$": an escaped dollar
                 end = s.find(close, end + 1)
             content = s[len(open_):end] if end >= 0 else ""
+            # "$" math as _MATH_GROUP reads it: one line; "$12 $" is math, "$18 and $" two signs
             if content.strip() and (open_ != "$" or "\n" not in content and (
                     not content[-1].isspace() or content.rstrip()[-1] in "0123456789}")):
                 return _restated(content.strip(), s[end + len(close):], scope, lenient)
@@ -592,7 +598,7 @@ def _restated(answer: str, rest: str, scope: str, lenient: bool) -> str | None:
         if not value:
             break
         at = group.end() if group else rest.find(value) + len(value)
-        rest = rest[at:] if at >= len(value) else ""
+        rest = rest[at:] if at >= len(value) else ""  # a tidied value not in rest as it is: stop
         joint = (link.group(1) or "").lower()
         answer = (f"{answer} \\approx {value}" if link.group(2) or joint in ("\\approx", "\u2248")
                   else f"{answer}, {value}" if joint == "or" else f"{answer} = {value}")
@@ -961,7 +967,7 @@ def _normalize(s: str) -> str:
     for a in _DROP:
         if a in s:
             s = s.replace(a, "")
-    if "\\!" in s:
+    if "\\!" in s:  # before _LATEX_NOISE drops "\\!": "11,\\! 111" would be the list "11, 111"
         s = _THIN_THOUSANDS.sub(",", s)
     if "\\" in s:
         s = _LATEX_NOISE.sub("", s)
@@ -992,7 +998,7 @@ def _normalize(s: str) -> str:
         s = s[1:-1]  # "{1,2,3}": LaTeX's grouping braces print nothing (a set is "\\{...\\}")
     if "\\frac" in s or "\\binom" in s or "\\sqrt" in s:
         s = _ONE_ARG.sub(r"\\sqrt{\1}", _TWO_ARGS.sub(_braced_args, s))
-    if "=" in s:
+    if "=" in s:  # labels first: "x = 1,000" leaves the grouped number to the line below
         s = _unlabelled(s)
     if _GROUPED.fullmatch(s):
         s = s.replace(",", "")
@@ -1070,7 +1076,8 @@ def _power(base: Value, exp: Value) -> Value:
                 raise _Unevaluable
             return _checked(base ** n)
         return _checked(float(base) ** n)
-    b, e = float(base), float(exp)
+    b, e = float(base), float(exp)  # a fractional or irrational exponent: a float result
+    # b <= 0: (-8.0) ** (1/3) is a complex, log2 fails; e * log2(b): the result's bits
     if b <= 0 or abs(e) * abs(math.log2(b)) > MAX_BITS:
         raise _Unevaluable
     return _checked(b ** e)
@@ -1112,6 +1119,7 @@ def _binomial(n: Value, k: Value) -> Fraction:
     k = min(k, n - k)
     if k < 0:
         return Fraction(0)
+    # n**k is k! times C(n, k) or more: a loose cut that keeps math.comb cheap, then _checked
     if k * n.bit_length() > 4 * MAX_BITS:
         raise _Unevaluable
     return _checked(Fraction(math.comb(n, k)))
@@ -1317,7 +1325,7 @@ def _evaluate(s: str) -> Value | None:
     """The value of a numeric answer, or None when it is not a bounded numeric expression."""
     # fast path: most answers are plain numbers (int() parses 3x faster than Fraction)
     if _SIMPLE.fullmatch(s):
-        if len(s) > MAX_DIGITS + 2:
+        if len(s) > MAX_DIGITS + 2:  # (+ 2: a sign and a decimal point)
             return None
         return Fraction(s) if "." in s else Fraction(int(s))
     try:
@@ -1372,7 +1380,7 @@ def _split_list(s: str) -> list[str]:
 
 def _key(s: str, depth: int = 0) -> tuple:
     """Canonical comparable form of a normalised answer."""
-    if depth > 3 or not s:
+    if depth > 3 or not s:  # (bounded: structures nested deeper compare as text)
         return ("text", s)
     v = _evaluate(s)
     if v is not None:
@@ -1471,6 +1479,8 @@ def _same_labels(a: tuple, b: tuple) -> bool:
     return False
 
 
+# cached: one gold meets every completion of its group, and extract_answer's checks compare the
+# answers it reads again
 @lru_cache(maxsize=1 << 14)
 def _canonical(answer: str) -> tuple[str, tuple] | None:
     norm = _normalize(answer)
@@ -1517,6 +1527,7 @@ def _rounds_to(exact: str, approximate: str) -> bool:
     digits = len(shown.group().replace(".", "").lstrip("0")) or 1
     try:
         last_digit = 10.0 ** (math.floor(math.log10(abs(float(b)))) + 1 - digits)
+        # 1.001: "0.13" of 0.125 is exactly half a unit off, 0.0050000000000000044 in floats
         return abs(float(a) - float(b)) <= 0.5 * last_digit * 1.001
     except (OverflowError, ValueError):
         return False
