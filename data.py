@@ -306,12 +306,13 @@ def _read_pass_rates(path: Path) -> dict[str, float]:
         elif "rewards" in record:
             rewards = record["rewards"]
             if (not isinstance(rewards, list) or not rewards
-                    or any(r not in (0, 1) for r in rewards)):
+                    or any(isinstance(r, bool) or r not in (0, 1) for r in rewards)):
                 raise ValueError(f"{where}: 'rewards' must be a non-empty list of 0/1")
             rate = sum(rewards) / len(rewards)
         else:
             raise ValueError(f"{where}: need 'pass_rate' or 'rewards'")
-        # a JSON true is an int to Python: without the bool test it would pass as rate 1.0
+        # a JSON true is an int to Python: without the bool tests it would pass as rate 1.0 (or,
+        # in 'rewards', as a verdict)
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
             raise ValueError(f"{where}: pass rate must be a number in [0, 1], got {rate!r}")
         if pid in rates:

@@ -1127,11 +1127,14 @@ def _binomial(n: Value, k: Value) -> Fraction:
 
 def _iroot(k: int, n: int) -> int | None:
     """The exact integer n-th root of k >= 0, or None."""
-    r = math.isqrt(k) if n == 2 else round(k ** (1 / n))
-    for c in (r - 1, r, r + 1):
-        if c >= 0 and c ** n == k:
-            return c
-    return None
+    if n == 2 or k < 2:
+        r = math.isqrt(k)
+    else:
+        # Newton in integers from above (a float guess is off by more than 1 past 2**53)
+        r = 1 << -(-k.bit_length() // n)
+        while (s := ((n - 1) * r + k // r ** (n - 1)) // n) < r:
+            r = s
+    return r if r ** n == k else None
 
 
 class _Parser:

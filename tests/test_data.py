@@ -237,6 +237,8 @@ def test_assign_tiers(tmp_path):
     for bad_line, message in [({"id": "x", "pass_rate": 1.5}, "in \\[0, 1\\]"),
                               ({"id": "x"}, "pass_rate"),
                               ({"id": "x", "rewards": []}, "non-empty"),
+                              ({"id": "x", "rewards": [1, True]}, "list of 0/1"),
+                              ({"id": "x", "pass_rate": True}, "in \\[0, 1\\]"),
                               ({"pass_rate": 0.5}, "'id'")]:
         bad = _write_jsonl(tmp_path / "bad.jsonl",
                            [{"id": "gsm8k/train/0", "pass_rate": 1.0}, bad_line])

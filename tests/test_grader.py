@@ -316,6 +316,22 @@ def test_normalised_answer_equals_itself_or_is_unusable(s):
     assert math_equal(s, s) == bool(grader._normalize(s)) or len(s) > MAX_ANSWER_CHARS
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=2**330), st.integers(min_value=2, max_value=9))
+def test_integer_roots_are_exact_at_any_size(r, n):
+    # past 2**53 a float root is off by more than 1: r**n + 1 has no integer root, r**n has r
+    assert grader._iroot(r ** n, n) == r
+    assert r == 0 or grader._iroot(r ** n + 1, n) is None
+    assert r == 0 or grader._iroot(r ** n - 1, n) is None or r == 1
+
+
+def test_a_root_of_a_large_power_equals_its_exact_gold():
+    big = 10**16 + 1
+    assert math_equal(f"\\sqrt[3]{{{big ** 3}}}", str(big))
+    assert math_equal(f"\\sqrt[5]{{{big ** 5}}}", str(big))
+    assert not math_equal(f"\\sqrt[3]{{{big ** 3 + 1}}}", str(big))
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.integers(min_value=-10**12, max_value=10**12))
 def test_integers_in_every_spelling(n):
