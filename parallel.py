@@ -125,7 +125,7 @@ class World:
         dist.barrier()
 
     def device(self) -> torch.device:
-        # where sum_values puts its tensor: NCCL reduces CUDA tensors only, gloo CPU ones
+        # where sum_values puts its numbers: NCCL reduces CUDA tensors only; gloo runs on CPU
         if self.size > 1 and dist.get_backend() == "nccl":
             return torch.device("cuda", self.local_rank)
         return torch.device("cpu")
