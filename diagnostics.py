@@ -174,8 +174,8 @@ def cosine_rms(blocks: list[tuple[np.ndarray, np.ndarray]]) -> dict | None:
     n, ms = len(units), num / den
     se = math.sqrt((n - 1) / n * ((leave_out - leave_out.mean()) ** 2).sum())
     lo, hi = ms - t975(n - 1) * se, ms + t975(n - 1) * se
-    # mean_square is unbiased, so near 0 it can be negative (P's products take either sign) and
-    # noise can take it past 1: the rms and its ends are cut to 0..1, mean_square kept as is
+    # sum P is unbiased, so near 0 mean_square can be negative (P's products take either sign),
+    # and noise can take it past 1: the rms and its ends are cut to 0..1, mean_square kept as is
     root = lambda x: math.sqrt(max(x, 0.0))  # noqa: E731
     return {"rms": root(min(ms, 1.0)), "low": root(min(lo, 1.0)), "high": root(min(hi, 1.0)),
             "mean_square": float(ms),

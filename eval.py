@@ -275,7 +275,7 @@ def main(argv=None):
         ap.error("--max-prompt-tokens must be >= 0 (0: not cut)")
     try:
         return evaluate(args)
-    # a missing file, bad data or an unreachable hub: one line naming it, not a traceback
+    # a missing file, bad data or an unreachable hub: one line, not a traceback
     except (FileNotFoundError, ValueError, ConnectionError) as e:
         sys.exit(f"error: {e}")
 
