@@ -88,9 +88,13 @@ class GradientSketch:
             return torch.cat([g.detach().flatten().float() for g in grads])
         out = torch.zeros(self.dim, dtype=torch.float32, device=grads[0].device)
         for t, g in enumerate(grads):
+            # the hashes are drawn again on every call, not stored: an int64 bucket and sign per
+            # entry would take four times the fp32 gradient's memory
             gen = torch.Generator(device=g.device).manual_seed(M.derived_seed(self.seed, t))
             bucket = torch.randint(0, self.dim, (g.numel(),), generator=gen, device=g.device)
             sign = torch.randint(0, 2, (g.numel(),), generator=gen, device=g.device).float() * 2 - 1
+            # Random signs: two entries that share a bucket add a cross term of mean zero, so
+            # inner products stay unbiased. float(): index_add_ refuses a bf16 adapter's grads.
             out.index_add_(0, bucket, sign * g.detach().flatten().float())
         return out
 
@@ -133,9 +137,14 @@ def pair_terms(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     products of four independent estimates (module docstring)."""
     n = len(gram) // 2
     AA, AB, BB = gram[:n, :n], gram[:n, n:], gram[n:, n:]
+    # For i != j the four estimates G_i^A, G_j^A, G_i^B, G_j^B are independent, so both
+    # products, (G_i^A.G_j^A)(G_i^B.G_j^B) and (G_i^A.G_j^B)(G_j^A.G_i^B), have mean
+    # (K-1)^4 <g_i, g_j>^2, and so has their mean. Q's mean carries the same (K-1)^4, which
+    # cancels in sum P / sum Q.
     P = (AA * BB + AB * AB.T) / 2
     norm2 = AB.diagonal()  # G_i^A . G_i^B
     Q = np.outer(norm2, norm2)
+    # i = j would multiply an estimate by itself: its noise squared, biased (and no pair)
     np.fill_diagonal(P, 0)
     np.fill_diagonal(Q, 0)
     return P, Q
@@ -150,17 +159,23 @@ def cosine_rms(blocks: list[tuple[np.ndarray, np.ndarray]]) -> dict | None:
     samples are independent of the others'), t with units - 1 degrees of freedom; the estimate and
     the interval's ends mapped to rms by sqrt and cut to 0..1, where an rms of cosines lies. None with fewer than 3 such prompts or no
     positive energy (nothing to estimate)."""
-    num = sum(P.sum() for P, _ in blocks) / 2
+    num = sum(P.sum() for P, _ in blocks) / 2  # symmetric: each pair counted twice
     den = sum(Q.sum() for _, Q in blocks) / 2
+    # A jackknife, deleting one prompt at a time: rms^2 is a ratio of sums over pairs, and pairs
+    # that share a prompt are not independent, while prompts are. Deleting prompt k removes the
+    # pairs in its row, P[k].sum() and Q[k].sum(). A prompt without signal (a zero estimate)
+    # adds nothing to either sum: counted as a unit it would only inflate n.
     units = [(P[k].sum(), Q[k].sum()) for P, Q in blocks for k in range(len(P)) if Q[k].any()]
     if len(units) < 3 or not den > 0:
         return None
     leave_out = np.array([(num - p) / (den - q) for p, q in units])
-    if not np.all(np.isfinite(leave_out)):
+    if not np.all(np.isfinite(leave_out)):  # a deletion left no energy: den - q = 0
         return None
     n, ms = len(units), num / den
     se = math.sqrt((n - 1) / n * ((leave_out - leave_out.mean()) ** 2).sum())
     lo, hi = ms - t975(n - 1) * se, ms + t975(n - 1) * se
+    # sum P is unbiased, so near 0 mean_square can be negative (P's products take either sign),
+    # and noise can take it past 1: the rms and its ends are cut to 0..1, mean_square kept as is
     root = lambda x: math.sqrt(max(x, 0.0))  # noqa: E731
     return {"rms": root(min(ms, 1.0)), "low": root(min(lo, 1.0)), "high": root(min(hi, 1.0)),
             "mean_square": float(ms),
@@ -201,6 +216,7 @@ def stratified_correlation(x, y, strata) -> dict | None:
         return None
     out = {"r": r, "low": None, "high": None, "n": n, "strata": levels}
     if n - levels - 2 >= 1:
+        # r clamped: exactly +-1 has an infinite z
         z, se = math.atanh(max(min(r, 1 - 1e-12), -1 + 1e-12)), 1 / math.sqrt(n - levels - 2)
         out |= {"low": math.tanh(z - 1.96 * se), "high": math.tanh(z + 1.96 * se)}
     return out
@@ -235,6 +251,7 @@ def measure(model, params, ro, K: int, temperature: float, vocab_size: int, step
     and per sample of B with a nonzero advantage."""
     sketch = GradientSketch(params, seed=seed)
     n = len(ro.problems)
+    # a row stays zero where its set has no signal (all K rewards equal: every advantage 0)
     A = torch.zeros(n, sketch.dim, device=params[0].device)
     B = torch.zeros_like(A)
     model.eval()  # no dropout: the gradients of the sampled distribution itself
@@ -248,18 +265,25 @@ def measure(model, params, ro, K: int, temperature: float, vocab_size: int, step
             for k in range(K):
                 completion = ro.completions[i * 2 * K + half * K + k]
                 if not completion or (half == 1 and centered[k] == 0):
-                    continue  # set B is only needed where it carries signal
+                    continue  # nothing to score; set B is only needed where it carries signal
+                # one sample per backward: kappa needs each sample's own |grad|^2, which a
+                # batched backward would sum away
                 lp, _, mask = M.completion_logprobs(model, [ro.prompts[i]], [completion], [0],
                                                     temperature, vocab_size)
                 # the score function grad log p(o); the advantage weights it below
                 grads = torch.autograd.grad((lp * mask).sum(), params)
-                if half == 0:  # curvature from A only: the std it is set against comes from B
+                # Curvature from A only, its std from B: shared samples tie the two through the
+                # same draws' luck (the tests' bandit: a proxy that only counts errors reads r
+                # ~0.77 against its own samples' std, ~0.42 against an independent set's). Per
+                # token, as the authors' |g|^2 / tokens.
+                if half == 0:
                     kappa += sum(float(g.float().pow(2).sum()) for g in grads) / len(completion) / K
-                if centered[k] != 0:
+                if centered[k] != 0:  # the sketch is linear: summing sketches sketches the sum
                     G[i] += float(centered[k]) * sketch(grads)
         a, b = ro.rewards[i, :K], ro.rewards[i, K:]
         rows.append({"step": step, "id": problem.id, "tier": problem.tier,
                      "right_a": int(a.sum()), "pass_rate_a": float(a.mean()), "curvature_a": kappa,
+                     # population std: the paper's sigma, and the authors' analysis scripts'
                      "pass_rate_b": float(b.mean()), "reward_std_b": float(b.std(unbiased=False))})
     gram = gram_matrix(A, B)
     cos = naive_cosines(gram)
@@ -274,9 +298,12 @@ def measure(model, params, ro, K: int, temperature: float, vocab_size: int, step
         if len(values):
             summary[f"{key}_mean"] = float(values.mean())
             summary[f"{key}_p90"] = float(np.quantile(values, 0.9))
+    # The step's Gram matrix, on its first row: every estimator can be recomputed from the log
+    # (study.py recomputes them per seed).
     rows[0] |= {"gram": [[float(f"{x:.9g}") for x in line] for line in gram],
                 "abs_cosines": [round(c, 6) for c in cos["cross"]],
                 "abs_cosines_same_prompt": [round(c, 6) for c in cos["same_prompt"]]}
+    # within the step: each row against itself, its proxy from A and its std from B
     summary |= relation_keys(curvature_relations(rows, rows), "")
     return summary, rows
 

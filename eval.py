@@ -77,8 +77,10 @@ def heldout_accuracy(model, tok, problems, template: str, max_new_tokens: int, s
 
     def run(temperature, num_samples):
         outs = []
-        per_call = max(1, batch_size // num_samples)
+        per_call = max(1, batch_size // num_samples)  # batch_size counts sequences, not prompts
         for start in range(0, len(prompts), per_call):
+            # seed + start: a stream per call; one seed for all would replay the same random
+            # draws on every batch of problems
             outs += M.generate(model, prompts[start:start + per_call], max_new_tokens,
                                temperature=temperature, eos_token_id=stops, seed=seed + start,
                                num_samples=num_samples, vocab_size=tok.vocab_size,
@@ -154,6 +156,7 @@ class Tally:
 
 
 def evaluate(args) -> dict:
+    # torch comes in with these, here and not at the top: `python eval.py --help` needs none
     import lora as L
     import model as M
     device = M.pick_device(args.device)
@@ -265,12 +268,14 @@ def main(argv=None):
     if args.model is None:
         ap.error("--model is required (or an --adapter inside a run folder, whose config.json "
                  "names the model)")
+    # the temperature matters only when sampling: greedy runs at 0 whatever it says
     if args.samples < 0 or args.temperature <= 0 and args.samples:
         ap.error("--samples must be >= 0 and --temperature > 0")
     if args.max_prompt_tokens < 0:
         ap.error("--max-prompt-tokens must be >= 0 (0: not cut)")
     try:
         return evaluate(args)
+    # a missing file, bad data or an unreachable hub: one line, not a traceback
     except (FileNotFoundError, ValueError, ConnectionError) as e:
         sys.exit(f"error: {e}")
 

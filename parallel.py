@@ -81,6 +81,7 @@ class World:
     def shard(self, items: list) -> list:
         """This rank's contiguous share of a list whose length the world size divides."""
         n = len(items) // self.size
+        # contiguous, not strided: gather's rank order then puts the step back in its own order
         return items[self.rank * n:(self.rank + 1) * n]
 
     @collective
@@ -96,6 +97,8 @@ class World:
         return self.sum_tensor(t).tolist()
 
     def any(self, flag: bool) -> bool:
+        # every rank must take the same branch (skip the step, stop the run), or one of them
+        # waits in a collective the others never join
         return self.sum_values(float(flag))[0] > 0
 
     @collective
@@ -104,6 +107,7 @@ class World:
         if self.size == 1:
             return [obj]
         out = [None] * self.size
+        # pickled: only ever the run's own records between its own processes
         dist.all_gather_object(out, obj)
         return out
 
@@ -121,6 +125,7 @@ class World:
         dist.barrier()
 
     def device(self) -> torch.device:
+        # where sum_values puts its numbers: NCCL reduces CUDA tensors only; gloo runs on CPU
         if self.size > 1 and dist.get_backend() == "nccl":
             return torch.device("cuda", self.local_rank)
         return torch.device("cpu")

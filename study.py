@@ -132,6 +132,8 @@ def check_pairing(runs: list[dict]) -> str | None:
         ref = rs[0]
         for r in rs[1:]:
             a, b = first_rollouts(ref), first_rollouts(r)
+            # exact, floats too: identical rollouts give identical bits, so any difference,
+            # however small, means other rollouts or another machine
             if a != b:
                 key = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), "step 1")
                 return (f"runs {ref['dir']} and {r['dir']} share seed {seed} but their step 1 "
@@ -194,6 +196,8 @@ def arm_curve(runs: list[dict], key: str, window: int):
     curves = [(s, v) for s, v in curves if len(s)]
     if not curves:
         return None
+    # cut to the shortest seed: a mean whose seed count changed midway would jump there. The
+    # seeds of one arm log the same steps (check_design), so the first one's step numbers serve.
     n = min(len(s) for s, _ in curves)
     stacked = np.stack([smooth(v[:n], window) for _, v in curves])
     return curves[0][0][:n], stacked.mean(0), stacked
@@ -205,7 +209,7 @@ def final_per_seed(runs, key, frac=0.1) -> dict[int, float]:
     for r in runs:
         _, v = series(r, key)
         if len(v):
-            out[seed_of(r)] = float(v[-max(1, int(len(v) * frac)):].mean())
+            out[seed_of(r)] = float(v[-max(1, int(len(v) * frac)):].mean())  # >= 1 step
     return out
 
 
@@ -232,6 +236,7 @@ def mean_interval(values) -> tuple[float, tuple[float, float] | None]:
         return float("nan"), None
     if len(v) < 2:
         return float(v.mean()), None
+    # t, not the normal's 1.96: with 3 seeds t is 4.303, an interval 2.2 times as wide
     half = t_quantile(T975, len(v) - 1, 1.96) * v.std(ddof=1) / math.sqrt(len(v))
     return float(v.mean()), (float(v.mean() - half), float(v.mean() + half))
 
@@ -255,6 +260,8 @@ def summarize_arms(arms: dict, keys: list[str], heldout_keys: list[str], metric:
 # Differences between arms: paired and unpaired intervals, the decomposition, phases
 
 # The t distribution's 0.80 quantile, df = 1..30 (then 0.842): detectable_difference's power.
+# Tables and a hand-written p-value rather than scipy: the runtime dependencies stay torch and
+# numpy (tests/test_study.py checks the tables and the p against the t density).
 T80 = [1.376, 1.061, 0.978, 0.941, 0.920, 0.906, 0.896, 0.889, 0.883, 0.879,
        0.876, 0.873, 0.870, 0.868, 0.866, 0.865, 0.863, 0.862, 0.861, 0.860,
        0.859, 0.858, 0.858, 0.857, 0.856, 0.856, 0.855, 0.855, 0.854, 0.854]
@@ -318,6 +325,8 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict | None:
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return None
+    # Differences per seed first: what a seed's arms share (prompt order, initial adapter,
+    # sampler streams) cancels in a_s - b_s, so the spread left is the arms' own.
     d = np.array([a[s] - b[s] for s in seeds])
     out = {"difference": float(d.mean()), "seeds": seeds, "per_seed": [float(x) for x in d],
            "interval": None, "p": None, "detectable": None}
@@ -325,6 +334,7 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict | None:
         return out
     df, se = len(d) - 1, float(d.std(ddof=1)) / math.sqrt(len(d))
     half = t_quantile(T975, df, 1.96) * se
+    # se 0: every seed gave the same difference; p is 1 if that is 0 (identical arms), else 0
     out |= {"interval": (float(d.mean() - half), float(d.mean() + half)),
             "p": t_two_sided_p(d.mean() / se, df) if se > 0 else float(d.mean() == 0),
             "detectable": (t_quantile(T975, df, 1.96) + t_quantile(T80, df, 0.842)) * se}
@@ -359,6 +369,8 @@ NORMALIZERS = ("std", "matched", "batch", "none")
 def best_rates(summary: dict, metric: str) -> dict:
     """(normalize, optimizer) -> its arm at the best learning rate by `metric` among those run (an
     arm run at one rate: that rate)."""
+    # picked on the same seeds whose differences are then reported: best-vs-best rows are
+    # optimistic (module docstring)
     best = {}
     for arm, s in summary.items():
         key = (s["config"]["normalize"], s["config"]["optimizer"])
@@ -399,9 +411,14 @@ def decomposition(summary: dict, metric: str, heldout: str | None) -> list[tuple
 
 def holm(pvalues: list[float]) -> list[float]:
     """Holm's step-down adjustment of m p-values (familywise error over the whole report)."""
+    # Holm rather than Bonferroni: the same familywise guarantee, also under any dependence (the
+    # report's effects share arms and seeds: total = per-prompt + step size, seed by seed), and
+    # never less power. Benjamini-Hochberg would bound the share of false claims, not the chance
+    # of any.
     m, order = len(pvalues), np.argsort(pvalues)
     adjusted, running = [0.0] * m, 0.0
     for rank, i in enumerate(order):
+        # the k-th smallest p times m - k + 1, kept non-decreasing in the raw p's order
         running = max(running, min(1.0, (m - rank) * pvalues[i]))
         adjusted[i] = running
     return adjusted
@@ -432,6 +449,8 @@ def phases(steps, gap, threshold):
         return {"opens": None, "closes": None,
                 "max_gap": float(np.max(gap)) if len(gap) else None,
                 "max_gap_step": int(steps[int(np.argmax(gap))]) if len(gap) else None}
+    # closing at half the threshold, not at it: a gap wavering around the threshold stays one
+    # phase instead of opening and closing on every wobble
     closed = next((i for i in range(opened, len(gap)) if gap[i] < threshold / 2), None)
     return {"opens": int(steps[opened]),
             "closes": int(steps[closed]) if closed is not None else None,
@@ -484,7 +503,10 @@ def run_diagnostics(run: dict) -> dict | None:
         return None
     steps = sorted({r["step"] for r in rows})
     by_step = {s: [r for r in rows if r["step"] == s] for s in steps}
-    grams = [np.array(r["gram"]) for r in rows if "gram" in r]
+    grams = [np.array(r["gram"]) for r in rows if "gram" in r]  # one per step, on its first row
+    # One block for the run: P and Q summed over its steps, so the jackknife drops a prompt at
+    # every step at once. The prompt is the unit sampled: one whose gradient lines up with the
+    # others' does so at every step, so its terms at two steps are not independent.
     terms = [diag.pair_terms(g) for g in grams]
     P, Q = sum(t[0] for t in terms), sum(t[1] for t in terms)
     rms = diag.cosine_rms([(P, Q)])
@@ -496,6 +518,8 @@ def run_diagnostics(run: dict) -> dict | None:
            "cos_cross_abs_mean": float(np.mean(cross)) if cross else None,
            "cos_same_prompt_abs_mean": float(np.mean(same)) if same else None,
            "steps": len(steps), "prompts": len(by_step[steps[0]])}
+    # within a step a row is paired with itself: its proxy and its std come from its disjoint
+    # sample sets A and B (diagnostics.measure), so they share no draw
     pairs = {"within": [(r, r) for s in steps for r in by_step[s]]}
     index = [{r["id"]: r for r in by_step[s]} for s in steps]
     pairs["across"] = [(index[i][k], row) for i in range(len(steps) - 1)
@@ -506,10 +530,13 @@ def run_diagnostics(run: dict) -> dict | None:
         kappa = [a["curvature_a"] for a, _ in ps]
         errors = [1 - a["pass_rate_a"] for a, _ in ps]
         std = [b["reward_std_b"] for _, b in ps]
+        # Each step its own stratum: a drift that moves every prompt alike over training (all
+        # getting easier) is not a per-prompt relation.
         step = [a["step"] for a, _ in ps]  # within the step the proxy was measured at
         stratum = [(a["step"], a["right_a"]) for a, _ in ps]
         for name, x, strata in (("curvature", kappa, step), ("error_rate", errors, step),
                                 ("curvature_given_pass_rate", kappa, stratum)):
+            # as strings: (step, right) tuples would become a 2-D array of labels
             r = diag.stratified_correlation(x, std, [str(s) for s in strata])
             out[f"r_{name}_{when}"] = r["r"] if r else None
     return out
@@ -522,6 +549,7 @@ def seed_interval(values: dict[int, float], correlation: bool) -> dict:
     if not correlation:
         mean, ci = mean_interval(values.values())
         return {"mean": mean, "interval": (max(ci[0], 0.0), min(ci[1], 1.0)) if ci else None}
+    # clamped: an r of exactly +-1 (rows without noise) has an infinite z
     z = [math.atanh(max(min(r, 1 - 1e-12), -1 + 1e-12)) for r in values.values()]
     mean, ci = mean_interval(z)
     return {"mean": math.tanh(mean) if z else float("nan"),
@@ -542,6 +570,8 @@ def diagnostic_summary(runs) -> dict | None:
         values = {s: d[stat] for s, d in per_seed.items() if d.get(stat) is not None}
         out[stat] = seed_interval(values, correlation=stat.startswith("r_"))
         out[stat]["per_seed"] = values
+    # one block per seed: the seeds' samples are independent, so every prompt of every seed is
+    # a jackknife unit
     pooled = diag.cosine_rms([d["cos_terms"] for d in per_seed.values()])
     out["cos_rms_pooled"] = pooled
     out["steps"] = [d["steps"] for d in per_seed.values()]
@@ -812,6 +842,8 @@ def curve_panels(plt, arms: dict, selected: list[str], keys: list[tuple[str, str
         rates = sorted({arms[a][0]["config"]["lr"] for a in mine})
         for ax, (key, label) in zip(row, keys):
             for arm in mine:
+                # held-out points are evaluations --eval-every steps apart: not smoothed (a
+                # window of them would span that many evaluations), drawn with markers
                 curve = arm_curve(arms[arm], key, 1 if key.startswith("eval/") else window)
                 if curve is None:
                     continue
@@ -951,6 +983,7 @@ def plot_figures(arms: dict, summary: dict, rows: list[tuple], diag_summary: dic
 
 def jsonable(x):
     if isinstance(x, dict):
+        # cos_terms: prompts x prompts matrices per seed, rebuilt from diagnostics.jsonl at will
         return {str(k): jsonable(v) for k, v in x.items() if k != "cos_terms"}
     if isinstance(x, (list, tuple)):
         return [jsonable(v) for v in x]
@@ -987,6 +1020,8 @@ def compare(argv=None):
     if not runs:
         sys.exit(f"error: no finished runs in {args.runs} (unfinished: "
                  f"{', '.join(str(r['dir']) for r in unfinished)})")
+    # Both checks, the design first: a run that differs only in its update (another std
+    # estimator, say) draws the same step-1 rollouts, so the pairing check alone lets it in.
     problem = check_design(runs) or check_pairing(runs)
     if problem:
         sys.exit(f"error: {problem}")
@@ -995,6 +1030,8 @@ def compare(argv=None):
         arms.setdefault(arm_of(r["config"]), []).append(r)
     logged = {k for r in runs for m in r["metrics"] for k in m}
     keys = sorted(k for k in logged if k.startswith("accuracy"))
+    # Hard by default: where the paper reports its gap (81% vs 76%); strict held-out accuracy,
+    # the reading the training reward uses
     metric = args.metric or ("accuracy/hard" if "accuracy/hard" in keys else "accuracy")
     heldout_keys = sorted(k for k in logged if k.startswith("eval/")
                           and k.endswith(("samples/strict/accuracy", "greedy/strict/accuracy")))
@@ -1051,6 +1088,8 @@ def sweep(argv=None):
     import grpo
     extra = [a for a in args.extra if a != "--"]
     out = Path(args.out)
+    # rate outermost: a sweep cut short holds every arm of the rates it finished, the sets that
+    # compare pairs
     for lr in args.lrs.split(","):
         for normalize in args.normalize.split(","):
             for seed in args.seeds.split(","):
@@ -1066,6 +1105,7 @@ def sweep(argv=None):
                     run_dir.rename(aside)
                     print(f"{run_dir} stopped before its first checkpoint; moved to {aside}, "
                           "starting over")
+                # --resume takes no other flag: the run goes on with its own config.json
                 flags = ["--resume", str(run_dir)] if run_dir.exists() else \
                     ["--preset", args.preset, "--optimizer", args.optimizer, "--lr", lr,
                      "--normalize", normalize, "--seed", seed, "--out", str(run_dir), *extra]

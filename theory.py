@@ -100,6 +100,7 @@ def random_instance(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, i
     so p spans (0, 1)."""
     d, K = int(rng.integers(1, 10)), int(rng.integers(2, 10))
     X = rng.normal(size=(K, d)) * 10 ** rng.uniform(-1, 1)
+    # theta / ||X||: the logits' scale is the draw's alone, whatever the features' scale
     theta = rng.normal(size=d) * 10 ** rng.uniform(-1.5, 1.5) / np.linalg.norm(X, 2)
     return X, theta, int(rng.integers(K))
 
@@ -152,6 +153,7 @@ def make_bandit(p0s: list[float], features: list[int], n_answers: int = 8,
     for i, (p0, f) in enumerate(zip(p0s, features)):
         z = sets[f][1].copy()
         z[0] = math.log(p0 / (1 - p0) * np.exp(z[1:]).sum())  # softmax(z)_0 = p0
+        # X_i is square with singular values >= 0.3: invertible, so theta0 gives z exactly
         theta0[i] = np.linalg.solve(X[i], z)
     return {"X": X, "theta0": theta0, "a": np.zeros(len(p0s), dtype=int),
             "x_max": max(spectral_norm(x) for x in X)}
@@ -294,6 +296,8 @@ def expected_gain(p: float | np.ndarray, K: int) -> np.ndarray:
 def group_update(X: np.ndarray, pi: np.ndarray, o: np.ndarray, A: np.ndarray) -> np.ndarray:
     """sum_k A_k grad log pi(o_k) = sum_k A_k (x_{o_k} - xbar): X [n, K, m], pi [..., n, K], o and
     A [..., n, G]."""
+    # per answer j: the advantages of the samples that drew j, minus sum_k A_k pi_j (the xbar
+    # part); sum_k A_k is 0 for centred advantages, the term keeps the formula exact for any A
     w = (np.einsum("...gj,...g->...j", (o[..., None] == np.arange(X.shape[1])), A)
          - A.sum(-1, keepdims=True) * pi)
     return np.einsum("...nj,njm->...nm", w, X)
@@ -324,10 +328,13 @@ def run_sampled(groups: dict[str, float] = SAMPLED_P0, per_group: int = 4, K: in
             if t == steps:
                 break
             u = rng.random((seeds, n, K, 1))  # inverse-CDF sampling of K answers per (seed, prompt)
+            # the cap: cumsum(pi) can end a rounding below 1, and a u above it would count
+            # every answer, one index past the last
             o = np.minimum((np.cumsum(pi, -1)[:, :, None, :] < u).sum(-1), n_answers - 1)
             r = torch.from_numpy((o == a[None, :, None]).astype(np.float64))
             A = group_advantages(r.reshape(-1, K), mode).reshape(seeds, n, K).numpy()
-            # groups with equal rewards get A = 0 under both rules
+            # groups with equal rewards get A = 0 under both rules; population std, the
+            # estimator group_advantages divided by, so Rm's multiplier is GRPO's own
             std = r.std(-1, unbiased=False).numpy()
             reached |= P[t] >= target
             # the learning phase only
