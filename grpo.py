@@ -207,11 +207,13 @@ def diagnostics_seed_offset(step: int) -> int:
 def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Every flag defaults to None, meaning "not given": the preset's (or, on --resume, the saved
+    # config's) value then stands, and only flags the user typed override it.
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
         defaults = ", ".join(f"{p}: {PRESETS[p].get(f.name, f.default)}" for p in PRESETS)
         text = f"{f.metadata['help']} ({defaults})".replace("%", "%%")  # argparse formats %
-        if f.type == "bool":
+        if f.type == "bool":  # a string: annotations are not evaluated (from __future__)
             ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             kind = {"int": int, "float": float}.get(f.type, str)
@@ -235,6 +237,7 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
         saved, problem = read_run_config(path)
         if problem:  # a damaged file, not a misused flag: no usage text above the message
             sys.exit(f"error: --resume {args.resume}: {problem}")
+        # the right wins: what an older run computed < its config.json < --steps
         cfg = Config(**(BEFORE_FIELD_EXISTED | saved | given))
     else:
         preset = given.get("preset", Config.preset)
@@ -255,6 +258,7 @@ def read_run_config(path: Path) -> tuple[dict, str | None]:
         return {}, f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})"
     if not isinstance(saved, dict):
         return {}, f"{path}: not a JSON object of Config fields"
+    # JSON has one number type: a hand-written 2 is as good a float as 2.0
     kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
              "str | None": (str, type(None))}
     fields = {f.name: kinds.get(f.type, (object,)) for f in dataclasses.fields(Config)}
@@ -263,6 +267,7 @@ def read_run_config(path: Path) -> tuple[dict, str | None]:
         return {}, f"{path}: unknown fields {unknown} (not written by this version of grpo.py?)"
     wrong = [f"{name}={value!r}" for name, value in saved.items()
              if not isinstance(value, fields[name])
+             # bool is a subclass of int: without this, "steps": true would pass as 1
              or (isinstance(value, bool) and bool not in fields[name])]
     if wrong:
         return {}, f"{path}: values of the wrong type: {', '.join(wrong)}"
@@ -293,6 +298,7 @@ def validate(cfg: Config) -> list[str]:
             problems.append(f"--{name.replace('_', '-')} must be >= 0")
     if cfg.eval_every and cfg.eval_problems < 1:
         problems.append("--eval-problems must be >= 1")
+    # torchrun's variable, read directly: arguments are checked before the process group exists
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if cfg.prompts_per_step % world_size:
         problems.append(f"--prompts-per-step {cfg.prompts_per_step} is not divisible by the "
