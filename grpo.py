@@ -459,6 +459,8 @@ def heldout_record(model, tok, problems, cfg: Config, decode=None) -> dict:
     eval/<tier>/<metric>. decode: the run's decode loop (None: the plain loop)."""
     import eval as E
     t0 = time.time()
+    # one seed for every evaluation of the run: the same draws each time, so the curve moves with
+    # the adapter, not with sampling noise
     groups, _ = E.heldout_accuracy(model, tok, problems, cfg.template, cfg.max_new_tokens,
                                    cfg.eval_samples, cfg.temperature,
                                    seed=M.derived_seed(cfg.seed, HELDOUT_SEED_OFFSET),
@@ -523,8 +525,10 @@ def rollout(model, tok, problems, cfg: Config, seed: int, first_row: int = 0,
     t0 = time.time()
     prompts = [prompt_ids(tok, p, cfg, model.config.max_position_embeddings) for p in problems]
     # sample: K completions per prompt from the policy itself, each prompt prefilled once
-    model.eval()
+    model.eval()  # no adapter dropout while sampling (--lora-dropout acts in the learner only)
     if cfg.sampler == "exact":
+        # vocab_size: the tokenizer's ids (Qwen2.5: 151,665); the other rows of the 151,936-row
+        # embedding are padding no text contains, never drawn. first_row: see train()
         completions = M.generate(model, prompts, cfg.max_new_tokens, temperature=cfg.temperature,
                                  eos_token_id=M.stop_ids(tok), seed=seed,
                                  num_samples=cfg.group_size, vocab_size=tok.vocab_size,
@@ -571,6 +575,7 @@ def prompt_ids(tok, problem: D.Problem, cfg: Config, max_positions: int) -> list
     """The prompt's token ids cut to --max-prompt-tokens (data.prompt_ids), checked to leave
     room for --max-new-tokens."""
     ids = D.prompt_ids(tok, problem, cfg.template, cfg.max_prompt_tokens)
+    # generate checks this too, but by then it can no longer name the problem
     if len(ids) + cfg.max_new_tokens > max_positions:
         cut = f"after --max-prompt-tokens {cfg.max_prompt_tokens}" if cfg.max_prompt_tokens \
             else "--max-prompt-tokens 0: not cut"
@@ -598,6 +603,7 @@ def sampler_mismatch(model, prompts: list, completions: list, sampler_logprobs: 
         lp, _, _ = M.completion_logprobs(
             model, [prompts[g] for g in groups], [completions[i] for i in batch],
             [groups.index(i // K) for i in batch], cfg.temperature, vocab_size)
+        # float64: in float32, exp(d) - 1 - d is exactly 0 at d = 1e-4 (true value 5e-9)
         learner += [lp[j, :len(completions[i])].double().cpu() for j, i in enumerate(batch)]
     learner = torch.cat(learner)
     sampler = torch.tensor([x for i in rows for x in sampler_logprobs[i]], dtype=torch.float64)
