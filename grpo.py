@@ -657,13 +657,15 @@ def accumulate_gradient(model, ro: Rollouts, advantages: torch.Tensor, cfg: Conf
     not even forwarded; a step with no signal at all then has an exactly zero gradient.
     """
     K = cfg.group_size
+    # over every completion of every rank, also those not forwarded below (TRL's dapo divides by
+    # all the batch's completion tokens, zero-advantage ones included)
     step_tokens, step_completions = world.sum_values(sum(len(c) for c in ro.completions),
                                                      len(ro.completions))
     rows = [i for i in range(len(ro.completions))
             if (advantages[i] != 0 or cfg.kl_coef > 0) and ro.completions[i]]
     sums = GradientSums(step_completions=int(step_completions), forwarded_completions=len(rows))
     device = next(model.parameters()).device
-    model.train()
+    model.train()  # --lora-dropout acts from here (0, the default: the sampler's own function)
     for start in range(0, len(rows), cfg.micro_batch):
         batch = rows[start:start + cfg.micro_batch]
         # the micro-batch's prompts, each run once for all its completions in the batch
@@ -685,6 +687,7 @@ def accumulate_gradient(model, ro: Rollouts, advantages: torch.Tensor, cfg: Conf
         loss = policy_loss(lp, mask, adv, cfg.loss_agg, step_tokens, step_completions, kl,
                            cfg.kl_coef)
         if not torch.isfinite(loss):
+            # skipped on every rank anyway (optimizer_step): no backward, no further forwards
             sums.loss_finite = False
             break
         loss.backward()
@@ -714,8 +717,10 @@ def optimizer_step(optimizer, params: list, grad_clip: float, world: World,
         flat = world.sum_tensor(torch.cat([p.grad.flatten() for p in params]))
         for p, g in zip(params, flat.split([p.numel() for p in params])):
             p.grad.copy_(g.view_as(p))
+    # after the sum, so every rank clips by the whole step's norm (inf: measure it, clip nothing)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(
         params, grad_clip if grad_clip > 0 else float("inf")))
+    # decided together: a rank that stepped or skipped alone would leave the adapters different
     if world.any(not loss_finite or not math.isfinite(grad_norm)):
         optimizer.zero_grad(set_to_none=True)
         return None
@@ -774,6 +779,8 @@ def global_matched_divisor(rewards: torch.Tensor, eps: float, world: World,
 
 
 def make_optimizer(params, cfg: Config):
+    # torch's betas (0.9, 0.999) and eps 1e-8 equal HF Trainer's defaults (under TRL, the authors'
+    # framework); weight_decay is always passed because torch's default is 0.01, HF's 0.0
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Plain gradient ascent on J (descent on the loss), as in the paper's theory: no momentum, no
@@ -784,6 +791,7 @@ def make_optimizer(params, cfg: Config):
 def lr_at(step: int, cfg: Config) -> float:
     """Linear decay from lr to 0 over the run, no warmup (the authors' schedule).
     step counts from 0."""
+    # HF's get_linear_schedule_with_warmup at 0 warmup: the first step takes lr, the last lr / steps
     return cfg.lr * (1 - step / cfg.steps)
 
 
