@@ -803,6 +803,7 @@ def lr_at(step: int, cfg: Config) -> float:
 def diagnostic_prompts(problems, cfg: Config) -> list:
     """The fixed diagnostic set: drawn once per run (from the seed),
     re-scored at every diagnostic step."""
+    # a str seed is hashed with sha512, not hash(): the same set in every process and Python run
     return random.Random(f"diag-{cfg.seed}").sample(problems, min(cfg.diag_prompts, len(problems)))
 
 
@@ -811,6 +812,7 @@ def run_diagnostics(model, tok, params, prompts, cfg: Config, step: int, previou
     """2K fresh samples per diagnostic prompt (own seed: training is not perturbed)
     -> (summary as metrics.jsonl keys, rows of diagnostics.jsonl)."""
     t0 = time.time()
+    # 2K: two disjoint sets of K, two independent estimates of each prompt's gradient
     ro = rollout(model, tok, prompts, dataclasses.replace(cfg, group_size=2 * cfg.group_size),
                  seed=M.derived_seed(cfg.seed, diagnostics_seed_offset(step)), decode=decode)
     summary, rows = diag.measure(model, params, ro, cfg.group_size, cfg.temperature, tok.vocab_size,
@@ -833,11 +835,13 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, stream: PromptSt
                     keep: int):
     from safetensors.torch import save_file
     ckpt_dir = run_dir / "checkpoints"
-    final = ckpt_dir / f"step_{step:06d}"
+    final = ckpt_dir / f"step_{step:06d}"  # zero-padded: name order is step order
     if final.exists():
         return final
+    # beside the final folder: the os.replace below is a rename within one filesystem, atomic
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step:06d}-", dir=ckpt_dir))
     L.save_adapter(model, tmp, base_model_name_or_path=extra.get("model"))
+    # optimizer and RNG states as safetensors + JSON, not torch.save: loading them unpickles nothing
     opt_state = optimizer.state_dict()
     tensors = {"rng/torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -847,6 +851,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, stream: PromptSt
         for name, value in state.items():
             tensors[f"optimizer/{pid}/{name}"] = (value if torch.is_tensor(value)
                                                   else torch.tensor(value))
+    # safetensors refuses a non-contiguous tensor
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
               tmp / TRAINER_TENSORS)
     np_state = np.random.get_state()
@@ -860,7 +865,8 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, stream: PromptSt
     for path in [*tmp.iterdir(), tmp]:
         fsync(path)
     os.replace(tmp, final)  # atomic: a checkpoint folder is complete or absent
-    fsync(ckpt_dir)
+    fsync(ckpt_dir)  # the rename itself, on disk
+    # older checkpoints go only once the new one is durable
     for old in sorted(ckpt_dir.glob("step_*"))[:-keep]:
         shutil.rmtree(old)
     return final
@@ -886,6 +892,7 @@ def load_checkpoint(ckpt: Path, model, optimizer) -> dict:
             opt_state["state"].setdefault(int(pid), {})[name] = value
     device = next(iter(model.parameters())).device
     for s in opt_state["state"].values():
+        # the step count stays on the CPU, where AdamW (neither fused nor capturable) keeps it
         for name, value in s.items():
             s[name] = value if name == "step" else value.to(device)
     optimizer.load_state_dict(opt_state)
@@ -894,6 +901,7 @@ def load_checkpoint(ckpt: Path, model, optimizer) -> dict:
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states)
     py = state["python_rng"]
+    # JSON gave back lists; setstate takes only the tuples getstate made
     random.setstate((py[0], tuple(py[1]), py[2]))
     np_state = state["numpy_rng"]
     np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
@@ -953,6 +961,7 @@ def check_checkpoint(ckpt: Path, cfg: Config):
                                     + f"{path.stat().st_size:,} bytes, {size:,} when saved")
     adapter_shapes = check_adapter(ckpt, cfg)
     check_trainer_state(ckpt, adapter_shapes)
+    # last: the one check that reads every byte (0.9 GB at r=64: adapter and AdamW moments, fp32)
     for name, entry in manifest.items():
         if sha256_of(ckpt / name) != entry["sha256"]:
             raise DamagedCheckpoint(ckpt / name, "sha256 differs from the one recorded at save "
@@ -1003,6 +1012,7 @@ def safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
             raise DamagedCheckpoint(path, f"truncated: {size} bytes, "
                                           "not even the 8-byte header length")
         n = int.from_bytes(head, "little")
+        # checked before reading: f.read of a garbled length fails with MemoryError, naming no file
         if n > size - 8:
             raise DamagedCheckpoint(path, f"truncated: {size:,} bytes, but its header length says "
                                           f"the header alone takes {n:,} after the first 8")
@@ -1013,7 +1023,7 @@ def safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
         raise DamagedCheckpoint(path, "the safetensors header is not valid JSON") from None
     if not isinstance(header, dict):
         raise DamagedCheckpoint(path, "the safetensors header is not a JSON object")
-    header.pop("__metadata__", None)
+    header.pop("__metadata__", None)  # safetensors' optional string map, not a tensor
     tensors, spans = {}, []
     for name, info in header.items():
         dtype = info.get("dtype") if isinstance(info, dict) else None
@@ -1143,7 +1153,7 @@ def choose_checkpoint(run_dir: Path, cfg: Config, world: World = World()) -> tup
     every log cut back to it. No intact checkpoint, or a per-step log that cannot be cut (a broken
     line before its last): ValueError, on every rank, and nothing is renamed."""
     answer = None
-    if world.main:
+    if world.main:  # one process, or ranks would race to rename the same folder aside
         try:
             answer = pick_intact_checkpoint(run_dir, cfg)
         except Exception as e:  # noqa: BLE001 - the other ranks are waiting for an answer
@@ -1161,6 +1171,7 @@ def pick_intact_checkpoint(run_dir: Path, cfg: Config) -> tuple[str, list[str]]:
     newest_first = sorted(folder.glob("step_*"), reverse=True)
     if not newest_first:
         raise ValueError(f"{folder}: no checkpoint to resume from")
+    # the logs first: one that cannot be cut back stops the resume before anything is renamed
     for log in PER_STEP_LOGS:
         log_lines(run_dir / log)  # raises on a log that resuming could not cut back
     damaged = []
