@@ -1333,17 +1333,21 @@ def train(cfg: Config, run_dir: Path, resume: bool | Path = False,
     run = Run(cfg, run_dir, resume, world)  # set up, or restore the last checkpoint
     model, tok, params, optimizer = run.model, run.tok, run.params, run.optimizer
     decode = run.decode  # the sampler's decode loop, kept from step to step
+    # (a resumed run already has this step-0 record: its logs are cut back to the checkpoint)
     if run.heldout and not resume and world.main:  # the held-out accuracy before training
         run.log_heldout(heldout_record(model, tok, run.heldout, cfg, decode))
     with StopFlag() as stop:
         for step in range(run.start, cfg.steps):
             # ---- the algorithm: sample and grade, advantages, one policy-gradient step ----------
             t0 = time.time()
+            # from the step number, no scheduler object: nothing more to checkpoint and restore
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
             # the step's prompts (the same on every rank)
             batch = run.stream.take(cfg.prompts_per_step)
             mine = world.shard(batch)  # this rank's whole groups
+            # first_row: this rank's rows of the step's one random stream, so a completion draws
+            # the same numbers whatever the number of processes
             ro = rollout(model, tok, mine, cfg, seed=M.derived_seed(cfg.seed, step),
                          first_row=world.rank * len(mine) * cfg.group_size, decode=decode)
             t1 = time.time()
@@ -1371,6 +1375,7 @@ def train(cfg: Config, run_dir: Path, resume: bool | Path = False,
             # the run (every rank agrees: update's skip is agreed across ranks)
             run.bad_streak = 0 if math.isfinite(loss) else run.bad_streak + 1
             # ---- bookkeeping: write what the step measured, checkpoint -------------------------
+            # gather_batch is a collective, hence called here by every rank; rank 0 alone writes
             run.log_step(step, gather_batch(world, batch, ro, advantages), loss, stats, times,
                          diagnostics, heldout)
             if run.bad_streak >= cfg.max_bad_steps:
@@ -1539,6 +1544,7 @@ def step_record(step: int, cfg: Config, whole: StepBatch, loss: float, stats: di
     """One metrics.jsonl line: over the whole step's batch (all ranks),
     names that say what they measure."""
     skipped = not math.isfinite(loss)
+    # population std whatever --std-estimator: one definition across arms (TRL's: trl/reward_std)
     group_std = whole.rewards.std(dim=1, unbiased=False)
     t0, t1, t2, t3 = times
     return {
@@ -1582,6 +1588,7 @@ def trl_logs(rewards: torch.Tensor, lengths: list[int], truncated: list[bool],
     """
     stds = rewards.std() if normalize == "batch" else rewards.std(dim=-1)
     n = torch.tensor(lengths, dtype=torch.float64)
+    # no completion ended by itself: TRL logs 0 for the terminated lengths, not nan
     ended = n[~torch.tensor(truncated)] if not all(truncated) else torch.zeros(1)
     return {
         "trl/reward": float(rewards.mean()),
@@ -1621,6 +1628,7 @@ def clipping_summary(metrics_path: Path, cfg: Config) -> str:
     if cfg.grad_clip <= 0:
         return "gradient clipping off"
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    # step 0 is the held-out record written before training: no update there
     taken = [r for r in rows if r["step"] > 0 and not r["skipped"]]
     clipped = sum(r.get("grad_clipped", False) for r in taken)
     return (f"gradient clipped (pre-clip norm > {cfg.grad_clip:g}) on {clipped} of {len(taken)} "
@@ -1655,6 +1663,7 @@ def log_lines(path: Path) -> tuple[list[tuple[int, str]], str]:
     Any other line that is not a JSON record with a "step" is an error naming file and line."""
     if not path.is_file():
         return [], ""
+    # surrogateescape: a line torn inside a UTF-8 character still reads, and moves aside intact
     lines = path.read_text(errors="surrogateescape").splitlines(keepends=True)
     out, torn = [], ""
     for number, line in enumerate(lines, 1):
@@ -1730,6 +1739,7 @@ def main(argv=None):
             world.close(False)
             sys.exit(f"error: {e}" if world.main else 1)
     elif args.dry_run and cfg.out is None:
+        # one folder for every rank: rank 0 makes it, the others get its name
         run_dir = Path(world.broadcast(
             tempfile.mkdtemp(prefix="grpo-dry-run-") if world.main else None)) / "run"
     else:
