@@ -737,7 +737,7 @@ def update_stats(sums: GradientSums, grad_norm: float, cfg: Config,
     stats = {"grad_norm_preclip": grad_norm,
              "grad_clipped": bool(cfg.grad_clip > 0 and grad_norm > cfg.grad_clip),
              "learner_tokens": int(tokens),
-             "entropy": entropy / tokens if tokens else None}
+             "entropy": entropy / tokens if tokens else None}  # None: nothing was forwarded
     if cfg.kl_coef > 0:
         stats["kl"] = kl / tokens if tokens else None
     # TRL's keys (trl_logs): the loss for its loss_type "dapo" (token-mean) or "grpo" (seq-mean);
@@ -1140,7 +1140,7 @@ def check_trainer_state(ckpt: Path, adapter_shapes: list[tuple[int, ...]]):
         if not ok:
             raise DamagedCheckpoint(path, f"{key}: no such LoRA tensor "
                                           f"(the adapter has {len(adapter_shapes)})")
-        if parts[2] != "step" and shape not in adapter_shapes:
+        if parts[2] != "step" and shape not in adapter_shapes:  # step: a scalar count
             raise DamagedCheckpoint(path, f"{key} has shape {list(shape)}, "
                                           "no LoRA tensor has that shape")
 
@@ -1333,7 +1333,7 @@ def train(cfg: Config, run_dir: Path, resume: bool | Path = False,
     run = Run(cfg, run_dir, resume, world)  # set up, or restore the last checkpoint
     model, tok, params, optimizer = run.model, run.tok, run.params, run.optimizer
     decode = run.decode  # the sampler's decode loop, kept from step to step
-    # (a resumed run already has this step-0 record: its logs are cut back to the checkpoint)
+    # a resumed run has its step-0 record already: resuming cuts the logs back to the checkpoint
     if run.heldout and not resume and world.main:  # the held-out accuracy before training
         run.log_heldout(heldout_record(model, tok, run.heldout, cfg, decode))
     with StopFlag() as stop:
@@ -1723,6 +1723,7 @@ def format_seconds(s: float) -> str:
 def main(argv=None):
     cfg, args = parse_args(argv)
     if args.dry_run:
+        # save_every 1: the one step writes a checkpoint too, end to end
         cfg = dataclasses.replace(cfg, steps=1, save_every=1, diag_every=0)
     try:
         device_type = resolve_device(cfg)[0].type
