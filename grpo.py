@@ -207,11 +207,13 @@ def diagnostics_seed_offset(step: int) -> int:
 def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Every flag defaults to None, meaning "not given": the preset's (or, on --resume, the saved
+    # config's) value then stands, and only flags the user typed override it.
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
         defaults = ", ".join(f"{p}: {PRESETS[p].get(f.name, f.default)}" for p in PRESETS)
         text = f"{f.metadata['help']} ({defaults})".replace("%", "%%")  # argparse formats %
-        if f.type == "bool":
+        if f.type == "bool":  # a string: annotations are not evaluated (from __future__)
             ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             kind = {"int": int, "float": float}.get(f.type, str)
@@ -235,6 +237,7 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
         saved, problem = read_run_config(path)
         if problem:  # a damaged file, not a misused flag: no usage text above the message
             sys.exit(f"error: --resume {args.resume}: {problem}")
+        # the right wins: what an older run computed < its config.json < --steps
         cfg = Config(**(BEFORE_FIELD_EXISTED | saved | given))
     else:
         preset = given.get("preset", Config.preset)
@@ -255,6 +258,7 @@ def read_run_config(path: Path) -> tuple[dict, str | None]:
         return {}, f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})"
     if not isinstance(saved, dict):
         return {}, f"{path}: not a JSON object of Config fields"
+    # JSON has one number type: a hand-written 2 is as good a float as 2.0
     kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
              "str | None": (str, type(None))}
     fields = {f.name: kinds.get(f.type, (object,)) for f in dataclasses.fields(Config)}
@@ -263,6 +267,7 @@ def read_run_config(path: Path) -> tuple[dict, str | None]:
         return {}, f"{path}: unknown fields {unknown} (not written by this version of grpo.py?)"
     wrong = [f"{name}={value!r}" for name, value in saved.items()
              if not isinstance(value, fields[name])
+             # bool is a subclass of int: without this, "steps": true would pass as 1
              or (isinstance(value, bool) and bool not in fields[name])]
     if wrong:
         return {}, f"{path}: values of the wrong type: {', '.join(wrong)}"
@@ -293,6 +298,7 @@ def validate(cfg: Config) -> list[str]:
             problems.append(f"--{name.replace('_', '-')} must be >= 0")
     if cfg.eval_every and cfg.eval_problems < 1:
         problems.append("--eval-problems must be >= 1")
+    # torchrun's variable, read directly: arguments are checked before the process group exists
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if cfg.prompts_per_step % world_size:
         problems.append(f"--prompts-per-step {cfg.prompts_per_step} is not divisible by the "
@@ -453,6 +459,8 @@ def heldout_record(model, tok, problems, cfg: Config, decode=None) -> dict:
     eval/<tier>/<metric>. decode: the run's decode loop (None: the plain loop)."""
     import eval as E
     t0 = time.time()
+    # one seed for every evaluation of the run: the same draws each time, so the curve moves with
+    # the adapter, not with sampling noise
     groups, _ = E.heldout_accuracy(model, tok, problems, cfg.template, cfg.max_new_tokens,
                                    cfg.eval_samples, cfg.temperature,
                                    seed=M.derived_seed(cfg.seed, HELDOUT_SEED_OFFSET),
@@ -517,8 +525,10 @@ def rollout(model, tok, problems, cfg: Config, seed: int, first_row: int = 0,
     t0 = time.time()
     prompts = [prompt_ids(tok, p, cfg, model.config.max_position_embeddings) for p in problems]
     # sample: K completions per prompt from the policy itself, each prompt prefilled once
-    model.eval()
+    model.eval()  # no adapter dropout while sampling (--lora-dropout acts in the learner only)
     if cfg.sampler == "exact":
+        # vocab_size: the tokenizer's ids (Qwen2.5: 151,665); the other rows of the 151,936-row
+        # embedding are padding no text contains, never drawn. first_row: see train()
         completions = M.generate(model, prompts, cfg.max_new_tokens, temperature=cfg.temperature,
                                  eos_token_id=M.stop_ids(tok), seed=seed,
                                  num_samples=cfg.group_size, vocab_size=tok.vocab_size,
@@ -565,6 +575,7 @@ def prompt_ids(tok, problem: D.Problem, cfg: Config, max_positions: int) -> list
     """The prompt's token ids cut to --max-prompt-tokens (data.prompt_ids), checked to leave
     room for --max-new-tokens."""
     ids = D.prompt_ids(tok, problem, cfg.template, cfg.max_prompt_tokens)
+    # generate checks this too, but by then it can no longer name the problem
     if len(ids) + cfg.max_new_tokens > max_positions:
         cut = f"after --max-prompt-tokens {cfg.max_prompt_tokens}" if cfg.max_prompt_tokens \
             else "--max-prompt-tokens 0: not cut"
@@ -592,6 +603,7 @@ def sampler_mismatch(model, prompts: list, completions: list, sampler_logprobs: 
         lp, _, _ = M.completion_logprobs(
             model, [prompts[g] for g in groups], [completions[i] for i in batch],
             [groups.index(i // K) for i in batch], cfg.temperature, vocab_size)
+        # float64: in float32, exp(d) - 1 - d is exactly 0 at d = 1e-4 (true value 5e-9)
         learner += [lp[j, :len(completions[i])].double().cpu() for j, i in enumerate(batch)]
     learner = torch.cat(learner)
     sampler = torch.tensor([x for i in rows for x in sampler_logprobs[i]], dtype=torch.float64)
@@ -645,13 +657,15 @@ def accumulate_gradient(model, ro: Rollouts, advantages: torch.Tensor, cfg: Conf
     not even forwarded; a step with no signal at all then has an exactly zero gradient.
     """
     K = cfg.group_size
+    # over every completion of every rank, also those not forwarded below (TRL's dapo divides by
+    # all the batch's completion tokens, zero-advantage ones included)
     step_tokens, step_completions = world.sum_values(sum(len(c) for c in ro.completions),
                                                      len(ro.completions))
     rows = [i for i in range(len(ro.completions))
             if (advantages[i] != 0 or cfg.kl_coef > 0) and ro.completions[i]]
     sums = GradientSums(step_completions=int(step_completions), forwarded_completions=len(rows))
     device = next(model.parameters()).device
-    model.train()
+    model.train()  # --lora-dropout acts from here (0, the default: the sampler's own function)
     for start in range(0, len(rows), cfg.micro_batch):
         batch = rows[start:start + cfg.micro_batch]
         # the micro-batch's prompts, each run once for all its completions in the batch
@@ -673,6 +687,7 @@ def accumulate_gradient(model, ro: Rollouts, advantages: torch.Tensor, cfg: Conf
         loss = policy_loss(lp, mask, adv, cfg.loss_agg, step_tokens, step_completions, kl,
                            cfg.kl_coef)
         if not torch.isfinite(loss):
+            # skipped on every rank anyway (optimizer_step): no backward, no further forwards
             sums.loss_finite = False
             break
         loss.backward()
@@ -702,8 +717,10 @@ def optimizer_step(optimizer, params: list, grad_clip: float, world: World,
         flat = world.sum_tensor(torch.cat([p.grad.flatten() for p in params]))
         for p, g in zip(params, flat.split([p.numel() for p in params])):
             p.grad.copy_(g.view_as(p))
+    # after the sum, so every rank clips by the whole step's norm (inf: measure it, clip nothing)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(
         params, grad_clip if grad_clip > 0 else float("inf")))
+    # decided together: a rank that stepped or skipped alone would leave the adapters different
     if world.any(not loss_finite or not math.isfinite(grad_norm)):
         optimizer.zero_grad(set_to_none=True)
         return None
@@ -720,7 +737,7 @@ def update_stats(sums: GradientSums, grad_norm: float, cfg: Config,
     stats = {"grad_norm_preclip": grad_norm,
              "grad_clipped": bool(cfg.grad_clip > 0 and grad_norm > cfg.grad_clip),
              "learner_tokens": int(tokens),
-             "entropy": entropy / tokens if tokens else None}
+             "entropy": entropy / tokens if tokens else None}  # None: nothing was forwarded
     if cfg.kl_coef > 0:
         stats["kl"] = kl / tokens if tokens else None
     # TRL's keys (trl_logs): the loss for its loss_type "dapo" (token-mean) or "grpo" (seq-mean);
@@ -762,6 +779,8 @@ def global_matched_divisor(rewards: torch.Tensor, eps: float, world: World,
 
 
 def make_optimizer(params, cfg: Config):
+    # torch's betas (0.9, 0.999) and eps 1e-8 equal HF Trainer's defaults (under TRL, the authors'
+    # framework); weight_decay is always passed because torch's default is 0.01, HF's 0.0
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Plain gradient ascent on J (descent on the loss), as in the paper's theory: no momentum, no
@@ -772,6 +791,7 @@ def make_optimizer(params, cfg: Config):
 def lr_at(step: int, cfg: Config) -> float:
     """Linear decay from lr to 0 over the run, no warmup (the authors' schedule).
     step counts from 0."""
+    # HF's get_linear_schedule_with_warmup at 0 warmup: the first step takes lr, the last lr / steps
     return cfg.lr * (1 - step / cfg.steps)
 
 
@@ -783,6 +803,7 @@ def lr_at(step: int, cfg: Config) -> float:
 def diagnostic_prompts(problems, cfg: Config) -> list:
     """The fixed diagnostic set: drawn once per run (from the seed),
     re-scored at every diagnostic step."""
+    # a str seed is hashed with sha512, not hash(): the same set in every process and Python run
     return random.Random(f"diag-{cfg.seed}").sample(problems, min(cfg.diag_prompts, len(problems)))
 
 
@@ -791,6 +812,7 @@ def run_diagnostics(model, tok, params, prompts, cfg: Config, step: int, previou
     """2K fresh samples per diagnostic prompt (own seed: training is not perturbed)
     -> (summary as metrics.jsonl keys, rows of diagnostics.jsonl)."""
     t0 = time.time()
+    # 2K: two disjoint sets of K, two independent estimates of each prompt's gradient
     ro = rollout(model, tok, prompts, dataclasses.replace(cfg, group_size=2 * cfg.group_size),
                  seed=M.derived_seed(cfg.seed, diagnostics_seed_offset(step)), decode=decode)
     summary, rows = diag.measure(model, params, ro, cfg.group_size, cfg.temperature, tok.vocab_size,
@@ -813,11 +835,13 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, stream: PromptSt
                     keep: int):
     from safetensors.torch import save_file
     ckpt_dir = run_dir / "checkpoints"
-    final = ckpt_dir / f"step_{step:06d}"
+    final = ckpt_dir / f"step_{step:06d}"  # zero-padded: name order is step order
     if final.exists():
         return final
+    # beside the final folder: the os.replace below is a rename within one filesystem, atomic
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step:06d}-", dir=ckpt_dir))
     L.save_adapter(model, tmp, base_model_name_or_path=extra.get("model"))
+    # optimizer and RNG states as safetensors + JSON, not torch.save: loading them unpickles nothing
     opt_state = optimizer.state_dict()
     tensors = {"rng/torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -827,6 +851,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, stream: PromptSt
         for name, value in state.items():
             tensors[f"optimizer/{pid}/{name}"] = (value if torch.is_tensor(value)
                                                   else torch.tensor(value))
+    # safetensors refuses a non-contiguous tensor
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
               tmp / TRAINER_TENSORS)
     np_state = np.random.get_state()
@@ -840,7 +865,8 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, stream: PromptSt
     for path in [*tmp.iterdir(), tmp]:
         fsync(path)
     os.replace(tmp, final)  # atomic: a checkpoint folder is complete or absent
-    fsync(ckpt_dir)
+    fsync(ckpt_dir)  # the rename itself, on disk
+    # older checkpoints go only once the new one is durable
     for old in sorted(ckpt_dir.glob("step_*"))[:-keep]:
         shutil.rmtree(old)
     return final
@@ -866,6 +892,7 @@ def load_checkpoint(ckpt: Path, model, optimizer) -> dict:
             opt_state["state"].setdefault(int(pid), {})[name] = value
     device = next(iter(model.parameters())).device
     for s in opt_state["state"].values():
+        # the step count stays on the CPU, where AdamW (neither fused nor capturable) keeps it
         for name, value in s.items():
             s[name] = value if name == "step" else value.to(device)
     optimizer.load_state_dict(opt_state)
@@ -874,6 +901,7 @@ def load_checkpoint(ckpt: Path, model, optimizer) -> dict:
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states)
     py = state["python_rng"]
+    # JSON gave back lists; setstate takes only the tuples getstate made
     random.setstate((py[0], tuple(py[1]), py[2]))
     np_state = state["numpy_rng"]
     np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
@@ -933,6 +961,7 @@ def check_checkpoint(ckpt: Path, cfg: Config):
                                     + f"{path.stat().st_size:,} bytes, {size:,} when saved")
     adapter_shapes = check_adapter(ckpt, cfg)
     check_trainer_state(ckpt, adapter_shapes)
+    # last: the one check that reads every byte (0.9 GB at r=64: adapter and AdamW moments, fp32)
     for name, entry in manifest.items():
         if sha256_of(ckpt / name) != entry["sha256"]:
             raise DamagedCheckpoint(ckpt / name, "sha256 differs from the one recorded at save "
@@ -983,6 +1012,7 @@ def safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
             raise DamagedCheckpoint(path, f"truncated: {size} bytes, "
                                           "not even the 8-byte header length")
         n = int.from_bytes(head, "little")
+        # checked before reading: f.read of a garbled length fails with MemoryError, naming no file
         if n > size - 8:
             raise DamagedCheckpoint(path, f"truncated: {size:,} bytes, but its header length says "
                                           f"the header alone takes {n:,} after the first 8")
@@ -993,7 +1023,7 @@ def safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
         raise DamagedCheckpoint(path, "the safetensors header is not valid JSON") from None
     if not isinstance(header, dict):
         raise DamagedCheckpoint(path, "the safetensors header is not a JSON object")
-    header.pop("__metadata__", None)
+    header.pop("__metadata__", None)  # safetensors' optional string map, not a tensor
     tensors, spans = {}, []
     for name, info in header.items():
         dtype = info.get("dtype") if isinstance(info, dict) else None
@@ -1110,7 +1140,7 @@ def check_trainer_state(ckpt: Path, adapter_shapes: list[tuple[int, ...]]):
         if not ok:
             raise DamagedCheckpoint(path, f"{key}: no such LoRA tensor "
                                           f"(the adapter has {len(adapter_shapes)})")
-        if parts[2] != "step" and shape not in adapter_shapes:
+        if parts[2] != "step" and shape not in adapter_shapes:  # step: a scalar count
             raise DamagedCheckpoint(path, f"{key} has shape {list(shape)}, "
                                           "no LoRA tensor has that shape")
 
@@ -1123,7 +1153,7 @@ def choose_checkpoint(run_dir: Path, cfg: Config, world: World = World()) -> tup
     every log cut back to it. No intact checkpoint, or a per-step log that cannot be cut (a broken
     line before its last): ValueError, on every rank, and nothing is renamed."""
     answer = None
-    if world.main:
+    if world.main:  # one process, or ranks would race to rename the same folder aside
         try:
             answer = pick_intact_checkpoint(run_dir, cfg)
         except Exception as e:  # noqa: BLE001 - the other ranks are waiting for an answer
@@ -1141,6 +1171,7 @@ def pick_intact_checkpoint(run_dir: Path, cfg: Config) -> tuple[str, list[str]]:
     newest_first = sorted(folder.glob("step_*"), reverse=True)
     if not newest_first:
         raise ValueError(f"{folder}: no checkpoint to resume from")
+    # the logs first: one that cannot be cut back stops the resume before anything is renamed
     for log in PER_STEP_LOGS:
         log_lines(run_dir / log)  # raises on a log that resuming could not cut back
     damaged = []
@@ -1302,17 +1333,21 @@ def train(cfg: Config, run_dir: Path, resume: bool | Path = False,
     run = Run(cfg, run_dir, resume, world)  # set up, or restore the last checkpoint
     model, tok, params, optimizer = run.model, run.tok, run.params, run.optimizer
     decode = run.decode  # the sampler's decode loop, kept from step to step
+    # a resumed run has its step-0 record already: resuming cuts the logs back to the checkpoint
     if run.heldout and not resume and world.main:  # the held-out accuracy before training
         run.log_heldout(heldout_record(model, tok, run.heldout, cfg, decode))
     with StopFlag() as stop:
         for step in range(run.start, cfg.steps):
             # ---- the algorithm: sample and grade, advantages, one policy-gradient step ----------
             t0 = time.time()
+            # from the step number, no scheduler object: nothing more to checkpoint and restore
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
             # the step's prompts (the same on every rank)
             batch = run.stream.take(cfg.prompts_per_step)
             mine = world.shard(batch)  # this rank's whole groups
+            # first_row: this rank's rows of the step's one random stream, so a completion draws
+            # the same numbers whatever the number of processes
             ro = rollout(model, tok, mine, cfg, seed=M.derived_seed(cfg.seed, step),
                          first_row=world.rank * len(mine) * cfg.group_size, decode=decode)
             t1 = time.time()
@@ -1340,6 +1375,7 @@ def train(cfg: Config, run_dir: Path, resume: bool | Path = False,
             # the run (every rank agrees: update's skip is agreed across ranks)
             run.bad_streak = 0 if math.isfinite(loss) else run.bad_streak + 1
             # ---- bookkeeping: write what the step measured, checkpoint -------------------------
+            # gather_batch is a collective, hence called here by every rank; rank 0 alone writes
             run.log_step(step, gather_batch(world, batch, ro, advantages), loss, stats, times,
                          diagnostics, heldout)
             if run.bad_streak >= cfg.max_bad_steps:
@@ -1508,6 +1544,7 @@ def step_record(step: int, cfg: Config, whole: StepBatch, loss: float, stats: di
     """One metrics.jsonl line: over the whole step's batch (all ranks),
     names that say what they measure."""
     skipped = not math.isfinite(loss)
+    # population std whatever --std-estimator: one definition across arms (TRL's: trl/reward_std)
     group_std = whole.rewards.std(dim=1, unbiased=False)
     t0, t1, t2, t3 = times
     return {
@@ -1551,6 +1588,7 @@ def trl_logs(rewards: torch.Tensor, lengths: list[int], truncated: list[bool],
     """
     stds = rewards.std() if normalize == "batch" else rewards.std(dim=-1)
     n = torch.tensor(lengths, dtype=torch.float64)
+    # no completion ended by itself: TRL logs 0 for the terminated lengths, not nan
     ended = n[~torch.tensor(truncated)] if not all(truncated) else torch.zeros(1)
     return {
         "trl/reward": float(rewards.mean()),
@@ -1590,6 +1628,7 @@ def clipping_summary(metrics_path: Path, cfg: Config) -> str:
     if cfg.grad_clip <= 0:
         return "gradient clipping off"
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    # step 0 is the held-out record written before training: no update there
     taken = [r for r in rows if r["step"] > 0 and not r["skipped"]]
     clipped = sum(r.get("grad_clipped", False) for r in taken)
     return (f"gradient clipped (pre-clip norm > {cfg.grad_clip:g}) on {clipped} of {len(taken)} "
@@ -1624,6 +1663,7 @@ def log_lines(path: Path) -> tuple[list[tuple[int, str]], str]:
     Any other line that is not a JSON record with a "step" is an error naming file and line."""
     if not path.is_file():
         return [], ""
+    # surrogateescape: a line torn inside a UTF-8 character still reads, and moves aside intact
     lines = path.read_text(errors="surrogateescape").splitlines(keepends=True)
     out, torn = [], ""
     for number, line in enumerate(lines, 1):
@@ -1683,6 +1723,7 @@ def format_seconds(s: float) -> str:
 def main(argv=None):
     cfg, args = parse_args(argv)
     if args.dry_run:
+        # save_every 1: the one step writes a checkpoint too, end to end
         cfg = dataclasses.replace(cfg, steps=1, save_every=1, diag_every=0)
     try:
         device_type = resolve_device(cfg)[0].type
@@ -1699,6 +1740,7 @@ def main(argv=None):
             world.close(False)
             sys.exit(f"error: {e}" if world.main else 1)
     elif args.dry_run and cfg.out is None:
+        # one folder for every rank: rank 0 makes it, the others get its name
         run_dir = Path(world.broadcast(
             tempfile.mkdtemp(prefix="grpo-dry-run-") if world.main else None)) / "run"
     else:
