@@ -69,6 +69,7 @@ import torch
 
 import data as D
 import diagnostics as diag
+import eval as E  # as E: the module is named like the builtin
 import fast_decode as FD
 import grader
 import lora as L
@@ -457,7 +458,6 @@ def load_heldout_problems(cfg: Config) -> list[D.Problem]:
 def heldout_record(model, tok, problems, cfg: Config, decode=None) -> dict:
     """Held-out accuracy of the current adapter as metrics.jsonl keys: eval/<metric> and
     eval/<tier>/<metric>. decode: the run's decode loop (None: the plain loop)."""
-    import eval as E
     t0 = time.time()
     # one seed for every evaluation of the run: the same draws each time, so the curve moves with
     # the adapter, not with sampling noise
@@ -487,13 +487,13 @@ class PromptStream:
         return order
 
     def take(self, n: int) -> list[D.Problem]:
-        out = []
-        for _ in range(n):
-            if self.position == len(self._order):
-                self.epoch, self.position = self.epoch + 1, 0
-                self._order = self._shuffle()
-            out.append(self.problems[self._order[self.position]])
-            self.position += 1
+        """The next n problems. A step never spans two epochs: with fewer than n left, the rest
+        of the epoch is skipped (a DataLoader's drop_last), so no step holds a problem twice."""
+        if self.position + n > len(self._order):
+            self.epoch, self.position = self.epoch + 1, 0
+            self._order = self._shuffle()
+        out = [self.problems[i] for i in self._order[self.position:self.position + n]]
+        self.position += n
         return out
 
     def state(self):

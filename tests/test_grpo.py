@@ -477,6 +477,29 @@ def test_the_optimizer_steps_on_a_step_without_signal(tiny_folder):
 # --- CLI and bad input ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("n_problems, per_step", [(5, 2), (7, 3), (8, 4), (6, 1)])
+def test_the_prompt_stream_never_repeats_a_prompt_in_a_step_and_resumes_exactly(n_problems, per_step):
+    """Epochs in a fresh seeded order; a step that would run past an epoch's end starts the next
+    epoch (the rest skipped), so no step holds a problem twice; every epoch's steps are distinct
+    problems in the epoch's order; (epoch, position) alone restores the stream."""
+    problems = [D.Problem(f"q{i}", str(i), id=f"p{i}") for i in range(n_problems)]
+    stream = G.PromptStream(problems, seed=3)
+    steps, states = [], []
+    for _ in range(12):
+        states.append(stream.state())
+        steps.append([p.id for p in stream.take(per_step)])
+    usable = n_problems - n_problems % per_step  # what each epoch serves
+    per_epoch = usable // per_step
+    for e in range(len(steps) // per_epoch):
+        epoch = [i for step in steps[e * per_epoch:(e + 1) * per_epoch] for i in step]
+        assert len(set(epoch)) == usable  # no problem twice in an epoch, so none in a step
+        order = G.PromptStream(problems, seed=3, epoch=e)._order
+        assert epoch == [f"p{i}" for i in order[:usable]]
+    for k in (1, 5, 11):  # a resumed stream draws what the running one drew
+        resumed = G.PromptStream(problems, seed=3, **states[k])
+        assert [[p.id for p in resumed.take(per_step)] for _ in range(12 - k)] == steps[k:]
+
+
 def test_every_flag_is_a_config_field_with_its_help_and_the_defaults_are_the_paper_preset(capsys):
     fields = G.dataclasses.fields(G.Config)
     assert all(f.metadata.get("help") for f in fields)
