@@ -456,11 +456,23 @@ def format_prompt(problem: Problem, template: str = "qwen-chat") -> str:
     return _PLACEHOLDER.sub(lambda m: fields[m.group(1)], PROMPT_TEMPLATES[template])
 
 
-def prompt_ids(tok, problem: Problem, template: str, max_tokens: int = 0) -> list[int]:
+def prompt_ids(tok, problem: Problem, template: str, max_tokens: int = 0,
+               max_new_tokens: int = 0, max_positions: int | None = None) -> list[int]:
     """The prompt's token ids. With max_tokens only the last max_tokens are kept, as TRL's
-    max_prompt_length cuts them (the start of the prompt goes, the question's end stays)."""
+    max_prompt_length cuts them (the start of the prompt goes, the question's end stays). With
+    max_positions (the model's), checked to leave room for max_new_tokens: one line naming the
+    problem and the flags that set both (--max-prompt-tokens, --max-new-tokens)."""
     ids = tok.encode(format_prompt(problem, template))
-    return ids[-max_tokens:] if max_tokens else ids
+    ids = ids[-max_tokens:] if max_tokens else ids
+    # generate checks this too, but by then it can no longer name the problem
+    if max_positions is not None and len(ids) + max_new_tokens > max_positions:
+        cut = (f"after --max-prompt-tokens {max_tokens}" if max_tokens
+               else "--max-prompt-tokens 0: not cut")
+        raise ValueError(f"problem {problem.id!r}: its prompt of {len(ids)} tokens ({cut}) + "
+                         f"--max-new-tokens {max_new_tokens} exceeds the model's "
+                         f"{max_positions} positions; lower --max-prompt-tokens or "
+                         "--max-new-tokens")
+    return ids
 
 
 # --- Synthetic arithmetic word problems (demo) ----------------------------------------------------

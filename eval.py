@@ -70,7 +70,8 @@ def heldout_accuracy(model, tok, problems, template: str, max_new_tokens: int, s
     training (0: not cut).
     """
     import model as M
-    prompts = [D.prompt_ids(tok, p, template, max_prompt_tokens) for p in problems]
+    prompts = [D.prompt_ids(tok, p, template, max_prompt_tokens, max_new_tokens,
+                            model.config.max_position_embeddings) for p in problems]
     stops = M.stop_ids(tok)
     was_training = model.training
     model.eval()

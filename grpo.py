@@ -523,7 +523,8 @@ def rollout(model, tok, problems, cfg: Config, seed: int, first_row: int = 0,
     """K completions per problem and their binary rewards [problems, K]. decode: the run's decode
     loop (make_decoder; kept from step to step), None: the plain loop."""
     t0 = time.time()
-    prompts = [prompt_ids(tok, p, cfg, model.config.max_position_embeddings) for p in problems]
+    prompts = [D.prompt_ids(tok, p, cfg.template, cfg.max_prompt_tokens, cfg.max_new_tokens,
+                            model.config.max_position_embeddings) for p in problems]
     # sample: K completions per prompt from the policy itself, each prompt prefilled once
     model.eval()  # no adapter dropout while sampling (--lora-dropout acts in the learner only)
     if cfg.sampler == "exact":
@@ -569,21 +570,6 @@ def sample_merged(model, tok, prompts: list, cfg: Config, seed: int, first_row: 
     del merged  # a second copy of the model: gone before the learner runs
     return completions, sampler_mismatch(model, prompts, completions, logprobs, cfg,
                                          tok.vocab_size)
-
-
-def prompt_ids(tok, problem: D.Problem, cfg: Config, max_positions: int) -> list[int]:
-    """The prompt's token ids cut to --max-prompt-tokens (data.prompt_ids), checked to leave
-    room for --max-new-tokens."""
-    ids = D.prompt_ids(tok, problem, cfg.template, cfg.max_prompt_tokens)
-    # generate checks this too, but by then it can no longer name the problem
-    if len(ids) + cfg.max_new_tokens > max_positions:
-        cut = f"after --max-prompt-tokens {cfg.max_prompt_tokens}" if cfg.max_prompt_tokens \
-            else "--max-prompt-tokens 0: not cut"
-        raise ValueError(f"problem {problem.id!r}: its prompt of {len(ids)} tokens ({cut}) + "
-                         f"--max-new-tokens {cfg.max_new_tokens} exceeds the model's "
-                         f"{max_positions} positions; lower --max-prompt-tokens or "
-                         "--max-new-tokens")
-    return ids
 
 
 @torch.no_grad()

@@ -135,12 +135,20 @@ def test_held_out_prompts_are_cut_as_training_cuts_them(monkeypatch):
         return [[] for _ in range(len(prompts) * num_samples)]
 
     monkeypatch.setattr(M, "generate", generate)
+    model = torch.nn.Linear(1, 1)
+    model.config = M.Qwen2Config(max_position_embeddings=512)
     whole = [tok.encode(D.format_prompt(p, "plain")) for p in problems]
     for cut, expected in ((0, whole), (6, [w[-6:] for w in whole])):
         seen.clear()
-        E.heldout_accuracy(torch.nn.Linear(1, 1), tok, problems, "plain", 8, samples=0,
+        E.heldout_accuracy(model, tok, problems, "plain", 8, samples=0,
                            temperature=1.0, seed=0, max_prompt_tokens=cut)
         assert len(whole[0]) > 6 and seen == expected
+    # as in training, a prompt that leaves no room for --max-new-tokens is one line naming it
+    model.config = M.Qwen2Config(max_position_embeddings=len(whole[0]) + 7)
+    with pytest.raises(ValueError, match=r"^problem '': its prompt of \d+ tokens \(--max-prompt-"
+                                         r"tokens 0: not cut\) \+ --max-new-tokens 8 exceeds the "
+                                         r"model's \d+ positions"):
+        E.heldout_accuracy(model, tok, problems, "plain", 8, samples=0, temperature=1.0, seed=0)
 
 
 def test_evaluate_without_a_model_or_a_run_is_one_clear_message(capsys):

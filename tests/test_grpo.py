@@ -542,15 +542,13 @@ def test_prompts_are_cut_from_the_left_as_trl_cuts_them():
     tok = M.load_tokenizer(DEMO)
     problem = D.Problem(question="Tom has 5 apples. He buys 3 more. How many now?", answer="8")
     whole = tok.encode(D.format_prompt(problem, "plain"))
-    cfg = G.Config(template="plain", max_new_tokens=64, max_prompt_tokens=7)
-    assert len(whole) > 7 and G.prompt_ids(tok, problem, cfg, 512) == whole[-7:]
-    uncut = G.dataclasses.replace(cfg, max_prompt_tokens=0)
-    assert G.prompt_ids(tok, problem, uncut, 512) == whole
+    assert len(whole) > 7 and D.prompt_ids(tok, problem, "plain", 7, 64, 512) == whole[-7:]
+    assert D.prompt_ids(tok, problem, "plain", 0, 64, 512) == whole
     with pytest.raises(ValueError, match=r"^problem '': its prompt of 7 tokens \(after "
                                          r"--max-prompt-tokens 7\) \+ --max-new-tokens 64 exceeds "
                                          r"the model's 70 positions; lower --max-prompt-tokens or "
                                          r"--max-new-tokens$"):
-        G.prompt_ids(tok, problem, cfg, 70)
+        D.prompt_ids(tok, problem, "plain", 7, 64, 70)
 
 
 @pytest.mark.parametrize("argv, message", [
