@@ -180,7 +180,7 @@ def test_evaluation_grades_only_the_turn_the_model_ended(tmp_path, monkeypatch):
     monkeypatch.setattr(M, "load_tokenizer", lambda *a: tok)
     monkeypatch.setattr(M, "generate", generate)
     res = E.main(["--model", str(DEMO), "--data", str(data), "--samples", "2",
-                  "--template", "qwen-chat", "--out", str(tmp_path / "out")])
+                  "--template", "qwen-chat", "--max-new-tokens", "64", "--out", str(tmp_path / "out")])
     groups = res["groups"]["all"]
     assert groups["greedy/strict/accuracy"] == groups["samples/strict/accuracy"] == 1.0
     rows = [json.loads(x) for x in (tmp_path / "out/problems.jsonl").read_text().splitlines()]
