@@ -216,6 +216,7 @@ class Qwen2(nn.Module):
     def __init__(self, config: Qwen2Config):
         super().__init__()
         self.config = config
+        # nested as in HF (model.layers.0..., lm_head): the checkpoint's names, no conversion table
         self.model = nn.ModuleDict(dict(
             embed_tokens=nn.Embedding(config.vocab_size, config.hidden_size),
             layers=nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers)),
