@@ -62,9 +62,10 @@ import torch.nn.functional as F
 import lora as L
 import model as M
 
-# Fixed-shape loop: the attention width is a multiple of this (one CUDA graph each).
+# Fixed-shape loop: the attention width is a multiple of this (one CUDA graph each). Larger
+# means fewer captures but more masked columns per step; the paper's 768 + 1024 tokens take 7.
 ATTENTION_BUCKET = 256
-SAMPLER_CHUNK = 1024      # vocabulary entries per chunk in the sampler's first pass
+SAMPLER_CHUNK = 1024      # vocabulary entries per chunk in pass 1 (149 chunks at V = 151,936)
 # Probabilities as integers: exact sums in any order; p * 2^62 summed over V stays below 2^63.
 CDF_SCALE = 2.0 ** 62
 
@@ -118,7 +119,7 @@ class Projection:
             mine, new = getattr(self, name), getattr(fresh, name)
             if (mine is None) != (new is None):
                 raise RuntimeError("the adapters changed shape; build a new Decoder")
-            if mine is not None and mine.data_ptr() != new.data_ptr():
+            if mine is not None and mine.data_ptr() != new.data_ptr():  # a view is already current
                 mine.copy_(new)
 
 
@@ -162,6 +163,9 @@ def fuse(linears: list) -> Projection:
     rows = [0]
     for m in linears:
         rows.append(rows[-1] + m.out_features)
+    # Block-diagonal: layer i's B fills its own output rows and its own r columns, so no delta
+    # reaches another layer's outputs. alpha / r goes into B: a power of two scales every product
+    # and partial sum exactly, so folding it in adds no rounding.
     col = 0
     for i, m in adapted:
         projection.lora_b[rows[i]:rows[i + 1], col:col + m.r] = m.lora_B.weight.detach() * m.scaling
@@ -250,8 +254,9 @@ def two_pass_inverse_cdf(logits, temperature: float, uniforms, vocab_size: int |
     B, V = probs.shape
     C = SAMPLER_CHUNK
     n = -(-V // C)
-    mass = F.pad((probs.double() * CDF_SCALE).long(), (0, n * C - V)).view(B, n, C)
+    mass = F.pad((probs.double() * CDF_SCALE).long(), (0, n * C - V)).view(B, n, C)  # pad: mass 0
     ends = mass.sum(-1).cumsum(-1)                                             # [B, n]
+    # clamp: float64 keeps 53 of the total's ~62 bits, so u * total can round up past total - 1
     draw = (uniforms.double() * ends[:, -1].double()).long().clamp(max=ends[:, -1] - 1)[:, None]
     chunk = torch.searchsorted(ends, draw, right=True)                         # [B, 1]
     before = torch.where(chunk > 0, ends.gather(1, (chunk - 1).clamp(min=0)), 0)
@@ -329,6 +334,7 @@ class Decoder:
             qkv, qkv_delta = layer.qkv(h, h_lora)
             q, new_kv = self.rotate_qkv(qkv, qkv_delta, cos, sin, self.n_heads, self.n_kv_heads)
             kv = cache.kv[i]
+            # column is a device tensor: one captured graph writes the next column at each replay
             kv.index_copy_(3, column, new_kv)
             y = F.scaled_dot_product_attention(q, kv[0, :, :, :width], kv[1, :, :, :width],
                                                attn_mask=bias)
@@ -339,6 +345,7 @@ class Decoder:
             gate_up, gate_up_delta = layer.gate_up(h, h_lora)
             y, y_lora = self.silu_gate(gate_up, gate_up_delta, layer.down.lora_dtype)
             branch, delta = layer.down(y, y_lora)
+        # the last MLP's output joins the residual here, then the final norm
         return self.residual_norm(x, branch, delta, self.final_norm, self.eps, None)[1]
 
     def logits(self, h):
@@ -421,11 +428,11 @@ class FastDecode:
         except Exception as e:
             if not (self.compile and self.fall_back and is_compile_error(e)):
                 raise
-            self.compile, self.compile_error = False, one_line(e)
+            self.compile, self.compile_error = False, one_line(e)  # for good: no retry each call
             print(f"WARNING: torch.compile failed ({self.compile_error}); the sampler goes on with "
                   "the eager step, slower (grpo.py --compile off skips compiling, --compile on "
                   "makes this an error)", file=sys.stderr, flush=True)
-            self.release()
+            self.release()  # the compiled pieces live in the Decoder: the next one is eager
             return self.decode(model, inputs, return_logprobs)
 
     def decode(self, model: M.Qwen2, inputs: M.DecodeInputs, return_logprobs: bool):
@@ -450,7 +457,7 @@ class FastDecode:
         if (kept is not None and kept.shape[0] == B and kept.shape[1] >= P + N
                 and kept.cache.kv[0].dtype == dtype and kept.key_valid.device == device):
             return kept
-        del kept
+        del kept  # with no reference left, the old cache is freed before the new one is allocated
         self.drop_buffers()  # the old cache and graphs go before the new ones come
         room = -(-(P + N) // ATTENTION_BUCKET) * ATTENTION_BUCKET
         _, _, H, _, D = inputs.prompt_cache.kv[0].shape
@@ -480,13 +487,14 @@ class FastDecode:
         device = uniforms.device
         buffers = self.buffers_for(inputs)
         inputs.prompt_cache.fan_out(inputs.samples, buffers.shape[1], into=buffers.cache)
-        buffers.key_valid.zero_()
+        buffers.key_valid.zero_()  # columns past this call's P + N are never valid keys
         buffers.key_valid[:, :inputs.key_valid.shape[1]] = inputs.key_valid
         buffers.offset.copy_(inputs.next_position.squeeze(1) - P)
         settings = Settings(inputs.temperature, inputs.top_p, inputs.vocab_size)
 
         out = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
         logprobs = torch.zeros(B, max_new_tokens, device=device) if return_logprobs else None
+        # token 0 comes from the prefill's hidden state: no step, no graph
         out[:, 0], lp = _draw(decoder, inputs.h, settings, uniforms[:, 0], return_logprobs)
         if return_logprobs:
             logprobs[:, 0] = lp
@@ -510,6 +518,7 @@ class FastDecode:
                 buffers.steps[key] = (_cuda_graph(step, buffers.pool) if device.type == "cuda"
                                       else step)
             token, lp = buffers.steps[key]()
+            # on CUDA token and lp are the graph's output buffers, which the next replay overwrites
             out[:, t + 1] = token
             if return_logprobs:
                 logprobs[:, t + 1] = lp
@@ -554,6 +563,7 @@ def decode_shrinking(decoder, inputs: M.DecodeInputs, return_logprobs: bool):
     logprobs = torch.zeros(B, max_new_tokens, device=device) if return_logprobs else None
     done = torch.zeros(B, dtype=torch.bool, device=device)
     rows = torch.arange(B, device=device)
+    # the padding as an additive bias, built once; each step slices its filled columns
     bias = torch.zeros(key_valid.shape, dtype=h.dtype, device=device)
     bias.masked_fill_(~key_valid, float("-inf"))
     n_steps = 0
@@ -586,6 +596,8 @@ def model_state(model: M.Qwen2):
     are (weak references, addresses) and which adapters apply."""
     params = list(model.parameters())
     adapters = tuple((m.enabled, m.merged) for m in L.lora_layers(model).values())
+    # An address alone may be reused by a new tensor once the old one is freed; a weak reference
+    # tells them apart without keeping an old model alive.
     return [weakref.ref(p) for p in params], [p.data_ptr() for p in params], adapters
 
 
@@ -625,7 +637,7 @@ def compile_error(device, dtype) -> str | None:
     config = M.Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96,
                            num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
                            max_position_embeddings=64)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # the caller's CPU random stream stays as it was
         torch.manual_seed(0)
         model = M.Qwen2(config).to(device=device, dtype=dtype).eval()
         L.apply_lora(model, r=4, alpha=8)

@@ -31,10 +31,11 @@ import torch.nn.functional as F
 
 from model import Qwen2, fuse_projection_storage, save_model
 
+# Qwen2's Linear layers but the head: what peft's "all-linear" picks and the authors' LoRA targets
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-PEFT_PREFIX = "base_model.model."
+PEFT_PREFIX = "base_model.model."  # PeftModel.base_model (the LoRA wrapper) .model (the network)
 
 
 class LoRALinear(nn.Module):
@@ -48,6 +49,7 @@ class LoRALinear(nn.Module):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.r, self.alpha, self.scaling = r, alpha, alpha / r
         device = base.weight.device
+        # on the base's device; on meta (a model with no weights yet) there is nothing to initialise
         self.lora_A = nn.Linear(self.in_features, r, bias=False, device=device, dtype=dtype)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, device=device, dtype=dtype)
         if device.type != "meta":
@@ -71,7 +73,7 @@ class LoRALinear(nn.Module):
         if not self.enabled:
             return y
         # the adapter runs in its own dtype (float32 by default, over a bf16 base): its small
-        # updates would round away in bf16
+        # updates would round away in bf16. Dropout on the adapter's input only, as peft.
         a = self.lora_A.weight
         return y + (self.lora_B(self.lora_A(self.dropout(x.to(a.dtype))))
                     * self.scaling).to(y.dtype)
@@ -107,6 +109,8 @@ def apply_lora(model: Qwen2, r: int = 64, alpha: float = 128, dropout: float = 0
     for p in model.parameters():
         p.requires_grad_(False)
     found = []
+    # a snapshot: the loop swaps modules in the tree it walks. Never the head (peft's all-linear
+    # leaves it out too).
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Linear) and not isinstance(module, LoRALinear) \
                 and name != "lm_head" and _matches(name, targets):
@@ -134,7 +138,7 @@ def lora_disabled(model: nn.Module):
         m.enabled = False
     try:
         yield model
-    finally:
+    finally:  # an error inside must not leave the adapter off for the rest of the run
         for m in layers:
             m.enabled = True
 
@@ -143,7 +147,7 @@ def lora_disabled(model: nn.Module):
 def merge_lora(model: nn.Module):
     """W <- W + (alpha/r) B A in place (computed in float32). Inference then costs nothing extra."""
     for m in lora_layers(model).values():
-        if not m.merged:
+        if not m.merged:  # twice would add the delta twice
             m.weight.copy_((m.weight.float() + m.delta_weight().float()).to(m.weight.dtype))
             m.merged = True
 
@@ -205,6 +209,8 @@ def read_adapter_config(folder: Path) -> dict:
         raise FileNotFoundError(f"{path} not found (a peft adapter folder holds {ADAPTER_CONFIG} "
                                 f"and {ADAPTER_WEIGHTS})")
     config = json.loads(path.read_text())
+    # Each of these changes what the adapter computes: loading it as plain LoRA would run another
+    # function without a word.
     unsupported = {
         "peft_type": config.get("peft_type", "LORA") != "LORA",
         "use_rslora": bool(config.get("use_rslora")), "use_dora": bool(config.get("use_dora")),
@@ -275,9 +281,10 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     layers = lora_layers(model)
     state = {}
     for name, tensor in model.state_dict().items():
-        if ".lora_" in name:
+        if ".lora_" in name:  # folded into W below
             continue
         module = layers.get(name.removesuffix(".weight"))
+        # a merged layer's W holds its delta already
         if module is not None and name.endswith(".weight") and not module.merged:
             tensor = (tensor.float() + module.delta_weight().float()).to(tensor.dtype)
         state[name] = tensor
@@ -293,7 +300,7 @@ def merged_copy(model: Qwen2) -> Qwen2:
     with torch.device("meta"):
         copy = Qwen2(model.config)
     copy.load_state_dict(merged_state_dict(model), assign=True)
-    copy.tie_weights()
+    copy.tie_weights()  # assign gave the head its own Parameter over the embedding's storage
     copy.requires_grad_(False)
     return fuse_projection_storage(copy).eval()
 

@@ -46,6 +46,7 @@ from torch.utils.checkpoint import checkpoint
 
 @dataclass
 class Qwen2Config:
+    # defaults: Qwen2.5-Math-1.5B's config.json (the paper's model); a checkpoint's config overrides
     vocab_size: int = 151936
     hidden_size: int = 1536
     intermediate_size: int = 8960
@@ -78,6 +79,7 @@ class Qwen2Config:
             raise ValueError(f"{source}: hidden_act {raw['hidden_act']!r} is not supported "
                              "(Qwen2 uses silu)")
         names = {f.name for f in fields(cls)}
+        # a config.json without these gets this class's defaults (tied head, theta 1e4)
         optional = ("tie_word_embeddings", "rope_theta")
         missing = sorted(n for n in names if n not in raw and n not in optional)
         if missing:
@@ -91,6 +93,8 @@ class Qwen2Config:
                 or config.num_attention_heads % config.num_key_value_heads):
             raise ValueError(f"{source}: hidden_size must divide into heads "
                              "and heads into kv heads")
+        # transformers' Qwen2 reads head_dim when the config has one: another value would be
+        # another network than the one built here
         if raw.get("head_dim", config.head_dim) != config.head_dim:
             raise ValueError(f"{source}: head_dim {raw['head_dim']} "
                              "!= hidden_size / num_attention_heads")
@@ -131,6 +135,8 @@ class RMSNorm(nn.Module):
 
 def rotary_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
     """cos, sin of shape [B, 1, T, head_dim] for integer positions [B, T] (computed in float32)."""
+    # float32 throughout (as HF): bf16 holds integers exactly only up to 256, so later positions
+    # would share a phase
     exponents = torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim
     inv_freq = 1.0 / theta ** exponents
     freqs = positions.float()[..., None] * inv_freq
@@ -139,6 +145,8 @@ def rotary_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: 
 
 
 def apply_rotary(x, cos, sin):
+    # HF's rotate_half: dimension i turns with i + D/2 (not with its neighbour, as in the RoPE
+    # paper); the checkpoints' q/k rows are laid out for this pairing
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
@@ -163,12 +171,15 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)
+        # is_causal aligns its triangle to key column 0, so it is right only with no cached
+        # columns before the queries; hidden_states builds a mask whenever there are some
         if mask is None:  # a plain causal batch starting at position 0 (training, full recompute)
             gqa = self.n_heads != self.n_kv_heads
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
             # Grouped-query attention without copying K/V: the G query heads that share a KV head
-            # become G*T query rows of that head, each with its own row of the mask.
+            # become G*T query rows of that head, each with its own row of the mask. Query heads
+            # j*G .. j*G+G-1 share KV head j (HF's repeat_kv order), so a reshape groups them.
             G, S = self.n_heads // self.n_kv_heads, k.shape[2]
             q = q.reshape(B, self.n_kv_heads, G * T, self.head_dim)
             mask = mask.unsqueeze(2).expand(B, 1, G, T, S).reshape(B, 1, G * T, S)
@@ -205,6 +216,7 @@ class Qwen2(nn.Module):
     def __init__(self, config: Qwen2Config):
         super().__init__()
         self.config = config
+        # nested as in HF (model.layers.0..., lm_head): the checkpoint's names, no conversion table
         self.model = nn.ModuleDict(dict(
             embed_tokens=nn.Embedding(config.vocab_size, config.hidden_size),
             layers=nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers)),
@@ -232,7 +244,7 @@ class Qwen2(nn.Module):
         start = cache.length if cache is not None else 0
         if positions is None:
             positions = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
-        if mask is None and start > 0:
+        if mask is None and start > 0:  # queries after cached columns: is_causal would misalign
             all_valid = torch.ones(B, start + T, dtype=torch.bool, device=input_ids.device)
             mask = causal_mask(all_valid, T)
         x = self.model.embed_tokens(input_ids)
@@ -381,11 +393,13 @@ def left_pad(prompts: list[list[int]], device, width: int | None = None):
     """
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     P = int(lengths.max())
-    ids = torch.zeros(len(prompts), P, dtype=torch.long, device=device)
+    ids = torch.zeros(len(prompts), P, dtype=torch.long, device=device)  # pad id: any, it is masked
     for i, p in enumerate(prompts):
         ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
     pad = P - lengths
     key_valid = torch.arange(width or P, device=device)[None, :] >= pad[:, None]
+    # As HF's position_ids under left padding: padding shifts no real token's rotary phase, so a
+    # row's logits do not depend on the longest prompt in its batch.
     positions = (torch.arange(P, device=device)[None, :] - pad[:, None]).clamp(min=0)
     return ids, lengths, key_valid, positions
 
@@ -465,18 +479,22 @@ def generate(model: Qwen2, prompts: list[list[int]], max_new_tokens: int, temper
 
     ids, lengths, key_valid, positions = left_pad(prompts, device, width=P + max_new_tokens)
 
-    # Prefill each prompt once; the decode loop fans its cache out to its samples.
+    # Prefill each prompt once; the decode loop fans its cache out to its samples. Only the last
+    # column's hidden state is kept: it predicts the first new token.
     cache = KVCache.allocate(config, len(prompts), P, dtype, device)
     h = model.hidden_states(ids, positions, causal_mask(key_valid[:, :P], P), cache)[:, -1]
 
     # Per-row uniforms drawn on the CPU from one seeded stream: row r gets draws r*N .. r*N+N-1,
     # whatever the batch holds (a CPU generator is reproducible across devices; CUDA's is not across
-    # batch shapes).
+    # batch shapes). float64: a float32 uniform has 2^24 values, so a token of probability below
+    # 6e-8 would be drawn with probability 0 or 6e-8, not its own.
     B = len(prompts) * num_samples
     generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
     stream = torch.rand(first_row + B, max_new_tokens, generator=generator, dtype=torch.float64)
     uniforms = stream[first_row:].to(device)
 
+    # The K samples of a prompt share its last hidden state but not their first token: each row
+    # draws it with its own uniform (nanochat's samples once shared it).
     inputs = DecodeInputs(h=h.repeat_interleave(num_samples, dim=0), prompt_cache=cache,
                           samples=num_samples,
                           key_valid=key_valid.repeat_interleave(num_samples, dim=0),
@@ -509,6 +527,8 @@ def decode_plain(model: Qwen2, inputs: DecodeInputs, return_logprobs: bool = Fal
     rows = torch.arange(B, device=device)  # the output row of each row still in the batch
     n_steps = 0
     for t in range(max_new_tokens):
+        # float32: a bf16 log-softmax over 152k logits is off by up to ~0.1; completion_logprobs
+        # upcasts the same way
         logits = model.lm_head(h).float()
         token = sample_token(logits, inputs.temperature, inputs.top_p, uniforms[rows, t],
                              inputs.vocab_size)
@@ -518,7 +538,7 @@ def decode_plain(model: Qwen2, inputs: DecodeInputs, return_logprobs: bool = Fal
                                                  inputs.vocab_size)
         n_steps = t + 1
         done[rows] |= torch.isin(token, eos)
-        if t == max_new_tokens - 1:
+        if t == max_new_tokens - 1:  # the last token drawn needs no forward pass
             break
         # Looking at `done` syncs with the GPU, so only every 16 steps: stop when every row has
         # ended, and drop ended rows once they are a quarter of the batch (the rest decode faster).
@@ -557,14 +577,18 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, uniform
     probs = torch.softmax(logits / temperature, dim=-1)
     order = None
     if top_p < 1.0:
-        # Keep the smallest set of most likely tokens whose mass reaches top_p.
+        # Keep the smallest set of most likely tokens whose mass reaches top_p. The most likely
+        # token always stays (its mass before is 0 < top_p).
         probs, order = probs.sort(dim=-1, descending=True)
         mass_before = probs.cumsum(-1) - probs
         probs = probs.masked_fill(mass_before >= top_p, 0.0)
+    # float64: a float32 running sum over 152k probabilities drifts by ~6e-8, more than a rare
+    # token's whole interval
     cdf = probs.double().cumsum(-1)
-    # right=True: the first index whose cdf exceeds the draw, so zero-probability ids are never
-    # chosen.
+    # u * total, not u: after the top-p cut the kept mass is below 1 (this renormalises it)
     draws = (uniforms.double() * cdf[:, -1])[:, None]
+    # right=True: the first index whose cdf exceeds the draw, so zero-probability ids are never
+    # chosen. The clamp: NaN logits make searchsorted return V, an id the model does not have.
     idx = torch.searchsorted(cdf, draws, right=True).clamp(max=logits.shape[-1] - 1)
     idx = idx.squeeze(-1)
     return order.gather(-1, idx[:, None]).squeeze(-1) if order is not None else idx
@@ -611,15 +635,17 @@ def token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, targets: 
 
 def _chunk_logprobs(h, weight, targets, temperature, vocab_size):
     logits = F.linear(h, weight)
-    # bf16 -> float32, float64 stays
+    # bf16 -> float32 (the sampler's dtype; bf16's logsumexp over 152k is off by ~0.06), float64
+    # stays
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    # the sampler's distribution: ids no token reaches out of the softmax, the same temperature
     if vocab_size is not None:
         logits = logits[:, :vocab_size]
     if temperature != 1.0:
         logits = logits / temperature
     logz = torch.logsumexp(logits, dim=-1)
     lp = logits.gather(-1, targets[:, None]).squeeze(-1) - logz
-    with torch.no_grad():
+    with torch.no_grad():  # entropy is only logged: no [chunk, V] product kept for backward
         probs = torch.softmax(logits, dim=-1)
         entropy = logz - (probs * logits).sum(-1)
     return lp, entropy
@@ -638,21 +664,26 @@ def completion_logprobs(model: Qwen2, prompts: list[list[int]], completions: lis
     completion token j.
     """
     device = model.lm_head.weight.device
+    # ---- the prompts, each once, keeping their keys/values ----
     ids, lengths, key_valid, positions = left_pad(prompts, device)
     P = ids.shape[1]
     cache = PrefixCache()
     # The last prompt column's hidden state predicts completion token 0.
     last = model.hidden_states(ids, positions, causal_mask(key_valid, P), cache)[:, -1]
 
+    # ---- the completions, right-padded, each over its own prompt's keys/values ----
     rows = torch.tensor(prompt_of, device=device)
     cache = cache.select(rows)
     N, C = len(completions), max(len(c) for c in completions)
     cids = torch.zeros(N, C, dtype=torch.long, device=device)
     for i, c in enumerate(completions):
         cids[i, :len(c)] = torch.tensor(c, dtype=torch.long)
+    # Completion token j sits at position len(prompt) + j, as in the sampler. Its right padding
+    # comes after its tokens, where causality already hides it: every completion column is valid.
     positions = lengths[rows][:, None] + torch.arange(C, device=device)[None, :]
     keys = torch.cat([key_valid[rows], torch.ones(N, C, dtype=torch.bool, device=device)], dim=1)
     h = model.hidden_states(cids, positions, causal_mask(keys, C), cache)
+    # Shift by one: the state before token j predicts it; the last token's state predicts nothing.
     hidden = torch.cat([last[rows][:, None], h[:, :-1]], dim=1)
     logprobs, entropy = token_logprobs(hidden, model.lm_head.weight, cids, temperature, vocab_size,
                                        chunk_size)
@@ -758,7 +789,7 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None
     config = Qwen2Config.from_pretrained(folder)
     device = torch.device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    with torch.device("meta"):
+    with torch.device("meta"):  # no memory, no random init of weights the checkpoint replaces
         model = Qwen2(config)
     state = load_state_dict(folder)
     if config.tie_word_embeddings:
@@ -776,6 +807,9 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | None = None
         raise ValueError(f"{folder}: checkpoint does not match its config.json; "
                          + "; ".join(problems))
     state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+    # Not strict: the keys were checked above, with a tied head absent. assign: meta parameters
+    # hold no memory to copy into, so the checkpoint's tensors become the parameters, and the head
+    # must be tied again to the new embedding.
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     return fuse_projection_storage(model).eval()
@@ -814,6 +848,8 @@ def save_model(model: Qwen2, folder: str | os.PathLike, state_dict: dict | None 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = state_dict if state_dict is not None else model.state_dict()
+    # tied: HF checkpoints store the embedding only (and safetensors refuses two names for one
+    # tensor)
     if model.config.tie_word_embeddings:
         state = {k: v for k, v in state.items() if k != "lm_head.weight"}
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
@@ -897,11 +933,14 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
             merges.append((a, b))
         tokenizer = HFTokenizer(models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
         tokenizer.normalizer = normalizers.NFC()
+        # Qwen's regex splits; ByteLevel only maps bytes to symbols (its own GPT-2 regex would split
+        # pieces again: "$abc" -> "$", "abc")
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ])
         tokenizer.decoder = decoders.ByteLevel()
+        # add_tokens numbers new tokens in order: added by id, each must land on its own id
         added = sorted(((int(i), t) for i, t in config.get("added_tokens_decoder", {}).items()))
         for token_id, token in added:
             tokenizer.add_tokens([AddedToken(
