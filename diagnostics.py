@@ -90,7 +90,8 @@ class GradientSketch:
         for t, g in enumerate(grads):
             # the hashes are drawn again on every call, not stored: an int64 bucket and sign per
             # entry would take four times the fp32 gradient's memory
-            gen = torch.Generator(device=g.device).manual_seed(M.derived_seed(self.seed, t))
+            seed = M.derived_seed(self.seed, "sketch", t)
+            gen = torch.Generator(device=g.device).manual_seed(seed)
             bucket = torch.randint(0, self.dim, (g.numel(),), generator=gen, device=g.device)
             sign = torch.randint(0, 2, (g.numel(),), generator=gen, device=g.device).float() * 2 - 1
             # Random signs: two entries that share a bucket add a cross term of mean zero, so

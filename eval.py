@@ -65,8 +65,9 @@ def heldout_accuracy(model, tok, problems, template: str, max_new_tokens: int, s
     on, unmerged). decode: generate's decode loop (None: the plain loop).
 
     Returns ({group: metrics} for "all" and each tier, one row per problem). The sampler is
-    seeded per call, so the same weights give the same numbers, and no global random state is
-    touched (training is not perturbed). Prompts are cut to their last max_prompt_tokens as in
+    seeded per call from seed (a run's --seed: model.derived_seed(seed, "held-out", batch start)),
+    so the same weights give the same numbers, and no global random state is touched (training is
+    not perturbed). Prompts are cut to their last max_prompt_tokens as in
     training (0: not cut).
     """
     import model as M
@@ -80,10 +81,11 @@ def heldout_accuracy(model, tok, problems, template: str, max_new_tokens: int, s
         outs = []
         per_call = max(1, batch_size // num_samples)  # batch_size counts sequences, not prompts
         for start in range(0, len(prompts), per_call):
-            # seed + start: a stream per call; one seed for all would replay the same random
-            # draws on every batch of problems
+            # a stream per batch: one seed for all would replay the same random draws on every
+            # batch of problems
             outs += M.generate(model, prompts[start:start + per_call], max_new_tokens,
-                               temperature=temperature, eos_token_id=stops, seed=seed + start,
+                               temperature=temperature, eos_token_id=stops,
+                               seed=M.derived_seed(seed, "held-out", start),
                                num_samples=num_samples, vocab_size=tok.vocab_size,
                                decode=decode)
             if progress:
@@ -249,7 +251,8 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
     ap.add_argument("--limit", type=int, default=None, help="first N problems only")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the sampler's seed, as a run's --seed (below model.MAX_SEED)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     run = run_config_of(args.adapter)
@@ -274,6 +277,9 @@ def main(argv=None):
         ap.error("--samples must be >= 0 and --temperature > 0")
     if args.max_prompt_tokens < 0:
         ap.error("--max-prompt-tokens must be >= 0 (0: not cut)")
+    import model as M  # torch, only once the arguments parsed: `--help` needs none
+    if not 0 <= args.seed < M.MAX_SEED:
+        ap.error(f"--seed must be in [0, {M.MAX_SEED})")
     try:
         return evaluate(args)
     # a missing file, bad data or an unreachable hub: one line, not a traceback

@@ -196,15 +196,6 @@ CHOICES = dict(preset=list(PRESETS), normalize=["std", "batch", "matched", "none
 # Keys whose values depend on the machine, not on the computation: excluded from exact-resume
 # comparisons.
 TIMING_PREFIXES = ("time/", "perf/")
-# The offsets of a run's draws (model.derived_seed): step t's rollouts take t, the prompt order of
-# epoch e takes e; the held-out samples and diagnostics take offsets past any step count in use.
-HELDOUT_SEED_OFFSET = 999_983
-
-
-def diagnostics_seed_offset(step: int) -> int:
-    return 500_009 * step + 7
-
-
 def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -299,6 +290,8 @@ def validate(cfg: Config) -> list[str]:
             problems.append(f"--{name.replace('_', '-')} must be >= 0")
     if cfg.eval_every and cfg.eval_problems < 1:
         problems.append("--eval-problems must be >= 1")
+    if not 0 <= cfg.seed < M.MAX_SEED:  # the draws' seeds must fit torch's 32 bits apart
+        problems.append(f"--seed must be in [0, {M.MAX_SEED}) (got {cfg.seed})")
     # torchrun's variable, read directly: arguments are checked before the process group exists
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if cfg.prompts_per_step % world_size:
@@ -463,7 +456,7 @@ def heldout_record(model, tok, problems, cfg: Config, decode=None) -> dict:
     # the adapter, not with sampling noise
     groups, _ = E.heldout_accuracy(model, tok, problems, cfg.template, cfg.max_new_tokens,
                                    cfg.eval_samples, cfg.temperature,
-                                   seed=M.derived_seed(cfg.seed, HELDOUT_SEED_OFFSET),
+                                   seed=cfg.seed,
                                    max_prompt_tokens=cfg.max_prompt_tokens, decode=decode)
     record = {}
     for group, metrics in groups.items():
@@ -483,7 +476,7 @@ class PromptStream:
         # seeded by (run seed, epoch), not drawn from a running generator: a resumed run rebuilds
         # the epoch's order from the two numbers its checkpoint keeps
         order = list(range(len(self.problems)))
-        random.Random(M.derived_seed(self.seed, self.epoch)).shuffle(order)
+        random.Random(M.derived_seed(self.seed, "prompt-order", self.epoch)).shuffle(order)
         return order
 
     def take(self, n: int) -> list[D.Problem]:
@@ -800,7 +793,7 @@ def run_diagnostics(model, tok, params, prompts, cfg: Config, step: int, previou
     t0 = time.time()
     # 2K: two disjoint sets of K, two independent estimates of each prompt's gradient
     ro = rollout(model, tok, prompts, dataclasses.replace(cfg, group_size=2 * cfg.group_size),
-                 seed=M.derived_seed(cfg.seed, diagnostics_seed_offset(step)), decode=decode)
+                 seed=M.derived_seed(cfg.seed, "diagnostics", step), decode=decode)
     summary, rows = diag.measure(model, params, ro, cfg.group_size, cfg.temperature, tok.vocab_size,
                                  step, cfg.seed)
     if previous_rows and "curvature_a" in previous_rows[0]:  # not an older diagnostics.py's row
@@ -1297,6 +1290,10 @@ def setup(cfg: Config, world: World = World()):
     step 0 (the same on every rank: the seed fixes the adapter's initialisation)."""
     device, dtype = resolve_device(cfg, world)
     decode = make_decoder(cfg, device, dtype)
+    # The global generators: the LoRA init (and any library that draws from them). torch's is
+    # seeded with --seed itself, the number seed 0's rollouts take at step `seed`
+    # (model.derived_seed): the one stream two runs can share, kept so that every run drawn so
+    # far redraws its adapter; a kaiming init and a sampler use the bits in unrelated ways.
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -1334,7 +1331,7 @@ def train(cfg: Config, run_dir: Path, resume: bool | Path = False,
             mine = world.shard(batch)  # this rank's whole groups
             # first_row: this rank's rows of the step's one random stream, so a completion draws
             # the same numbers whatever the number of processes
-            ro = rollout(model, tok, mine, cfg, seed=M.derived_seed(cfg.seed, step),
+            ro = rollout(model, tok, mine, cfg, seed=M.derived_seed(cfg.seed, "rollouts", step),
                          first_row=world.rank * len(mine) * cfg.group_size, decode=decode)
             t1 = time.time()
             advantages = group_advantages(

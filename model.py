@@ -594,15 +594,32 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, uniform
     return order.gather(-1, idx[:, None]).squeeze(-1) if order is not None else idx
 
 
-# Each random draw of a run (a step's rollouts, the diagnostics, the held-out samples, the prompt
-# order, a gradient sketch) gets its own generator, seeded from the run's --seed and an offset that
-# names the draw, so that turning one on (say --diag-every) changes no other draw.
-SEED_STRIDE = 1_000_003  # a prime: seed s and s + 1 land a million offsets apart
+# Each random draw of a run gets its own generator, seeded from the run's --seed, the draw's name
+# and its index (a step, an epoch, a batch of problems, a tensor), so that turning one draw on (say
+# --diag-every) changes no other, and no two draws of any two runs share a stream (the prompt
+# order is Python's generator, which seeds its state another way; the LoRA init is the exception
+# grpo.setup states). torch's CPU
+# generator keeps only the low 32 bits of a seed (seeds 1 and 1 + 2**32 draw the same numbers), so
+# the layout fits in 32 bits: the training draws at seed * SEED_STRIDE + index, below 2**31 for
+# every --seed below MAX_SEED; each measurement draw in its own 2**29 block above 2**31, 2**18
+# indices per seed.
+SEED_STRIDE = 1_000_003  # a prime above any step count: seed s's steps never reach seed s + 1's
+MAX_SEED = 2**11  # 2**11 * SEED_STRIDE < 2**31
+TRAINING_DRAWS = ("rollouts", "prompt-order")  # index: the step, the epoch
+MEASUREMENT_DRAWS = ("held-out", "diagnostics", "sketch")  # index: the batch, the step, the tensor
 
 
-def derived_seed(seed: int, offset: int) -> int:
+def derived_seed(seed: int, draw: str, index: int) -> int:
     """The generator seed of one draw of the run with this --seed."""
-    return seed * SEED_STRIDE + offset
+    if not 0 <= seed < MAX_SEED:
+        raise ValueError(f"--seed must be in [0, {MAX_SEED}), got {seed}")
+    if draw in TRAINING_DRAWS:
+        if not 0 <= index < SEED_STRIDE:
+            raise ValueError(f"{draw} index {index} is outside [0, {SEED_STRIDE})")
+        return seed * SEED_STRIDE + index
+    if not 0 <= index < 2**18:
+        raise ValueError(f"{draw} index {index} is outside [0, {2**18})")
+    return 2**31 + MEASUREMENT_DRAWS.index(draw) * 2**29 + seed * 2**18 + index
 
 
 # -----------------------------------------------------------------------------

@@ -155,6 +155,9 @@ def test_evaluate_without_a_model_or_a_run_is_one_clear_message(capsys):
     with pytest.raises(SystemExit):
         E.main(["--data", "demo"])
     assert "--model is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        E.main(["--model", str(DEMO), "--data", "demo", "--seed", "2048"])
+    assert "--seed must be in [0, 2048)" in capsys.readouterr().err
 
 
 def test_evaluation_grades_only_the_turn_the_model_ended(tmp_path, monkeypatch):

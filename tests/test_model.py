@@ -172,6 +172,36 @@ def test_same_seed_same_samples_other_seed_other_samples(pair):
     assert run(1) != run(2)
 
 
+def test_torch_cpu_generator_keeps_only_32_bits_of_a_seed():
+    """Why derived_seed lays its seeds out in 32 bits: seeds that differ above bit 31 draw the
+    same numbers on the CPU."""
+    draw = lambda seed: torch.rand(4, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(draw(1), draw(1 + 2**32)) and not torch.equal(draw(1), draw(2))
+
+
+def test_derived_seeds_of_different_draws_never_meet():
+    """Every draw of every run below MAX_SEED gets its own 32-bit seed: the training draws below
+    2**31, each measurement draw in its own block above, exhaustively at the edges of each range
+    (first, second, last seed; first, second, last index). The offsets they replaced collided
+    (seed 0's diagnostics at step 2 drew seed 1's rollouts at step 22)."""
+    seeds = (0, 1, M.MAX_SEED - 1)
+    training = {(s, d, i): M.derived_seed(s, d, i) for s in seeds for d in ("rollouts",)
+                for i in (0, 1, M.SEED_STRIDE - 1)}
+    measuring = {(s, d, i): M.derived_seed(s, d, i) for s in seeds for d in M.MEASUREMENT_DRAWS
+                 for i in (0, 1, 2**18 - 1)}
+    assert max(training.values()) < 2**31 <= min(measuring.values())
+    assert max(measuring.values()) < 2**32
+    every = list(training.values()) + list(measuring.values())
+    assert len(set(every)) == len(every)
+    assert M.derived_seed(0, "diagnostics", 2) != M.derived_seed(1, "rollouts", 22)
+    # the training streams are the ones every committed run drew: seed * 1,000,003 + step
+    assert M.derived_seed(2, "rollouts", 5) == 2 * 1_000_003 + 5
+    for bad in ((M.MAX_SEED, "rollouts", 0), (-1, "held-out", 0), (0, "rollouts", M.SEED_STRIDE),
+                (0, "sketch", 2**18)):
+        with pytest.raises(ValueError, match="--seed must be in|outside"):
+            M.derived_seed(*bad)
+
+
 def test_eos_stops_each_row_and_is_kept(pair, monkeypatch):
     """Rows stop at their own EOS (kept as the last token); rows that end early are dropped from the batch
     (every 16 steps), which must not change what the other rows draw, greedy or sampled."""
