@@ -79,8 +79,10 @@ class Qwen2Config:
             raise ValueError(f"{source}: hidden_act {raw['hidden_act']!r} is not supported "
                              "(Qwen2 uses silu)")
         names = {f.name for f in fields(cls)}
-        # a config.json without these gets this class's defaults (tied head, theta 1e4)
+        # a config.json without these means what transformers' Qwen2Config reads: an untied head
+        # (a tied one would silently drop the checkpoint's own lm_head.weight), theta 1e4
         optional = ("tie_word_embeddings", "rope_theta")
+        raw = {"tie_word_embeddings": False} | raw
         missing = sorted(n for n in names if n not in raw and n not in optional)
         if missing:
             raise ValueError(f"{source}: missing keys {missing}")

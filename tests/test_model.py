@@ -59,6 +59,21 @@ def test_logits_match_transformers(cfg, tmp_path):
     assert (ours.lm_head.weight is ours.model.embed_tokens.weight) == cfg["tie_word_embeddings"]
 
 
+def test_a_config_without_tie_word_embeddings_keeps_its_own_head(tmp_path):
+    """transformers' Qwen2Config reads a missing tie_word_embeddings as False: the checkpoint's own
+    lm_head.weight is the head. Ours reads it the same way, so the logits still match."""
+    hf = make_hf_model(seed=4, tie_word_embeddings=False)
+    folder = save_hf_model(hf, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    del config["tie_word_embeddings"]
+    (folder / "config.json").write_text(json.dumps(config))
+    ours = M.load_model(folder)
+    assert ours.lm_head.weight is not ours.model.embed_tokens.weight
+    ids = torch.randint(0, TINY["vocab_size"], (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), hf(ids).logits, atol=1e-5, rtol=0)
+
+
 def test_parameter_names_equal_the_checkpoint(pair):
     ours, hf = pair
     assert set(ours.state_dict()) == set(hf.state_dict())
