@@ -637,7 +637,9 @@ def compile_error(device, dtype) -> str | None:
     config = M.Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96,
                            num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
                            max_position_embeddings=64)
-    with torch.random.fork_rng(devices=[]):  # the caller's CPU random stream stays as it was
+    # the caller's random streams stay as they were: manual_seed reseeds every CUDA device too
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(0)
         model = M.Qwen2(config).to(device=device, dtype=dtype).eval()
         L.apply_lora(model, r=4, alpha=8)

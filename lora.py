@@ -109,10 +109,13 @@ def apply_lora(model: Qwen2, r: int = 64, alpha: float = 128, dropout: float = 0
     for p in model.parameters():
         p.requires_grad_(False)
     found = []
+    # an adapter's own A and B are Linears too: never adapted (a regex target in a second call
+    # would match "q_proj.lora_A")
+    adapters = {name for name, module in model.named_modules() if isinstance(module, LoRALinear)}
     # a snapshot: the loop swaps modules in the tree it walks. Never the head (peft's all-linear
     # leaves it out too).
     for name, module in list(model.named_modules()):
-        if isinstance(module, nn.Linear) and not isinstance(module, LoRALinear) \
+        if isinstance(module, nn.Linear) and name.rpartition(".")[0] not in adapters \
                 and name != "lm_head" and _matches(name, targets):
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child,

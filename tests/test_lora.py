@@ -48,6 +48,19 @@ def test_fresh_adapter_changes_nothing_and_freezes_the_base(base):
     assert all(p.dtype == torch.float32 for p in params)
 
 
+def test_an_adapters_own_layers_are_never_adapted(base):
+    """A regex target matches "q_proj.lora_A" too: a second apply_lora must not wrap an adapter's
+    A and B in adapters of their own (it finds nothing left to adapt)."""
+    folder, _ = base
+    model = M.load_model(folder)
+    L.apply_lora(model, r=4, alpha=8, targets=r".*_proj")
+    assert len(L.lora_layers(model)) == 7 * TINY["num_hidden_layers"]
+    with pytest.raises(ValueError, match="no Linear layer matches"):
+        L.apply_lora(model, r=4, alpha=8, targets=r".*_proj.*")
+    assert all(isinstance(m.lora_A, torch.nn.Linear) and isinstance(m.lora_B, torch.nn.Linear)
+               for m in L.lora_layers(model).values())
+
+
 def test_merged_equals_unmerged_and_unmerge_restores_the_base(base):
     folder, _ = base
     model = M.load_model(folder)
