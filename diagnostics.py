@@ -255,6 +255,7 @@ def measure(model, params, ro, K: int, temperature: float, vocab_size: int, step
     # a row stays zero where its set has no signal (all K rewards equal: every advantage 0)
     A = torch.zeros(n, sketch.dim, device=params[0].device)
     B = torch.zeros_like(A)
+    was_training = model.training
     model.eval()  # no dropout: the gradients of the sampled distribution itself
     rows = []
     for i, problem in enumerate(ro.problems):
@@ -286,6 +287,7 @@ def measure(model, params, ro, K: int, temperature: float, vocab_size: int, step
                      "right_a": int(a.sum()), "pass_rate_a": float(a.mean()), "curvature_a": kappa,
                      # population std: the paper's sigma, and the authors' analysis scripts'
                      "pass_rate_b": float(b.mean()), "reward_std_b": float(b.std(unbiased=False))})
+    model.train(was_training)  # left as found: the caller's dropout setting is its own
     gram = gram_matrix(A, B)
     cos = naive_cosines(gram)
     summary = {"diag/prompts": n, "diag/prompts_with_signal": int((A.norm(dim=1) > 0).sum())}

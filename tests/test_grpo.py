@@ -880,8 +880,10 @@ def test_per_prompt_gradients_and_curvature_by_hand(tmp_path):
                             [0, 1, 0, 0, 1, 1, 0, 0],      # A: 1 right; B: std .5
                             [1, 0, 1, 1, 1, 0, 0, 0]])     # A: 3 right; B: std .433
     ro = G.Rollouts(problems, prompts, comps, [""] * 24, rewards)
+    model.train()
     summary, rows = diag.measure(model, params, ro, K=4, temperature=1.0, vocab_size=20, step=1,
                                  seed=0)
+    assert model.training  # measured without dropout, handed back as it came
 
     def grad_of(prompt, completion):
         full = torch.log_softmax(model(torch.tensor([prompt + completion])), -1)[0]
