@@ -36,6 +36,8 @@ import grader
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples with c correct: the chance that k of them drawn without
     replacement include a correct one."""
+    # Chen et al. (2021)'s estimator: 1 - C(n-c, k) / C(n, k), not 1 - (1 - c/n)^k, which is
+    # biased low for k > 1. Fewer than k wrong samples: every k of them hold a right one.
     if n - c < k:
         return 1.0
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
@@ -104,12 +106,14 @@ def heldout_accuracy(model, tok, problems, template: str, max_new_tokens: int, s
     for i, p in enumerate(problems):
         g = grade(greedy_texts[i], p.answer)
         graded = [grade(t, p.answer) for t in sample_texts[i * K:(i + 1) * K]]
+        # the unsuffixed fields are strict, the training reward; lenient ones say so
         row = {"id": p.id, "tier": p.tier, "question": p.question, "gold": p.answer,
                "greedy": greedy_texts[i], "greedy_answer": g["strict"]["answer"],
                "greedy_correct": g["strict"]["correct"],
                "greedy_answer_lenient": g["lenient"]["answer"],
                "greedy_correct_lenient": g["lenient"]["correct"]}
         if K:
+            # sample_rewards: what pass_rates.jsonl keeps for data.assign_tiers (Easy/Hard)
             row |= {"sample_rewards": [int(s["strict"]["correct"]) for s in graded],
                     "samples_correct": sum(s["strict"]["correct"] for s in graded),
                     "samples_correct_lenient": sum(s["lenient"]["correct"] for s in graded),
@@ -145,6 +149,8 @@ class Tally:
                 c.correct += sum(x[mode]["correct"] for x in graded)
                 c.parse_failures += sum(x[mode]["answer"] is None for x in graded)
             correct = sum(s[mode]["correct"] for s in samples)
+            # pass@k per problem, averaged over the group in metrics(): the estimator is
+            # unbiased per problem, so its mean is too
             for k in (k for k in (1, 2, 4, 8, 16, 32, 64) if k <= K):
                 self.pass_at.setdefault(f"{mode}/pass@{k}", []).append(pass_at_k(K, correct, k))
 
