@@ -390,6 +390,8 @@ def decomposition(summary: dict, metric: str, heldout: str | None) -> list[tuple
     settings = [(f"{opt} / lr {lr:g}", {n: by_key.get((n, opt, lr)) for n in NORMALIZERS})
                 for opt, lr in sorted({(o, lr) for _, o, lr in by_key})]
     equal = [arms for _, arms in settings]
+    # Equal rates first: there the arms differ in the advantage's divisor alone. Best-rate rows
+    # follow, and are optimistic: each rate was picked on the very seeds compared.
     for opt in sorted({o for _, o in best}):
         arms = {n: best.get((n, opt)) for n in NORMALIZERS}
         if arms not in equal:
@@ -470,6 +472,8 @@ def gap_phases(arms: dict, summary: dict, metric: str, window: int, threshold: f
         gap = effect(summary, arm_std, arm_none, metric)
         if cs is None or cn is None or gap is None:
             continue
+        # the steps both arms reached; the curve is the gap of the arm means (its phases are a
+        # description), the final gap is paired by seed (the number with an interval)
         n = min(len(cs[0]), len(cn[0]))
         table[f"{c['optimizer']} / lr {c['lr']:g}"] = (
             phases(cs[0][:n], cs[1][:n] - cn[1][:n], threshold)
