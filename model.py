@@ -410,8 +410,9 @@ def causal_mask(key_valid: torch.Tensor, T: int) -> torch.Tensor:
     """bool [B, 1, T, S] for T new queries at columns S-T .. S-1 over keys 0 .. S-1.
 
     A query attends to valid keys at or before its own column. Padding queries have no valid key, so
-    they attend to themselves only (their outputs are never used, but SDPA must not see an
-    all-masked row).
+    they attend to themselves only: their outputs are never used, but an all-masked row is NaN in
+    older torch and some SDPA kernels (torch 2.13's CPU kernels return 0), and a NaN there would
+    reach the gradients as NaN * 0.
     """
     B, S = key_valid.shape
     q_col = torch.arange(S - T, S, device=key_valid.device)[:, None]
