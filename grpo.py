@@ -153,7 +153,7 @@ class Config:
     grad_clip: float = arg(0.1, "max global grad norm; 0 disables")
     micro_batch: int = arg(4, "sequences per forward/backward (gradient accumulation)")
     steps: int = arg(350, "optimizer steps (one batch of rollouts each)")
-    seed: int = arg(0, "data order, sampling, LoRA init")
+    seed: int = arg(0, "data order, sampling, LoRA init (0 <= seed < 2048: model.MAX_SEED)")
     # logging, checkpoints, diagnostics
     out: str | None = arg(None, "run folder; default runs/<preset>-<normalize>-<optimizer>-s<seed>")
     log_samples_every: int = arg(10, "steps between completions written to samples.jsonl")
