@@ -1133,9 +1133,13 @@ def finished(run: dict) -> bool:
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"compare": compare, "sweep": sweep}
+    usage = ("usage: python study.py compare RUN_DIR ... [--out DIR] | "
+             "sweep --lrs LRS --out DIR [...] (--help after either for its flags)")
+    if argv[:1] in (["-h"], ["--help"]):  # asked for: the usage on stdout, exit 0
+        print(usage)
+        return None
     if not argv or argv[0] not in commands:
-        sys.exit("usage: python study.py compare RUN_DIR ... [--out DIR] | "
-                 "sweep --lrs LRS --out DIR [...] (--help after either for its flags)")
+        sys.exit(usage)
     return commands[argv[0]](argv[1:])
 
 

@@ -265,9 +265,13 @@ def test_study_py_compare_is_study_compare(runs, tmp_path, monkeypatch):
         assert (tmp_path / "cli" / name).read_text() == (tmp_path / "direct" / name).read_text()
 
 
-def test_study_py_without_a_command_says_its_usage():
+def test_study_py_without_a_command_says_its_usage(capsys):
     with pytest.raises(SystemExit, match="usage: python study.py compare"):
         S.main(["theory"])
+    with pytest.raises(SystemExit, match="usage: python study.py compare"):
+        S.main([])
+    S.main(["--help"])  # asked for: printed, no error
+    assert capsys.readouterr().out.startswith("usage: python study.py compare")
 
 
 def test_phase_rule_by_hand():
