@@ -637,8 +637,12 @@ def compile_error(device, dtype) -> str | None:
     config = M.Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96,
                            num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
                            max_position_embeddings=64)
-    # the caller's random streams stay as they were: manual_seed reseeds every CUDA device too
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    # The caller's random streams stay as they were: the CPU's and, on CUDA, this device's
+    # (manual_seed reseeds it too). Only this one: forking every device would start a CUDA
+    # context on each GPU in every process.
+    device = torch.device(device)
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(0)
         model = M.Qwen2(config).to(device=device, dtype=dtype).eval()

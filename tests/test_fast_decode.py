@@ -506,9 +506,14 @@ def test_without_fall_back_a_failed_compilation_is_raised(models, failing_compil
 
 
 def test_compile_error_says_in_one_line_whether_torch_compile_works_here(failing_compiler):
+    torch.manual_seed(11)
     error = FD.compile_error(torch.device("cpu"), torch.float32)
     assert error is not None and "\n" not in error
     assert error.startswith("BackendCompilerFailed") and "RuntimeError: made to fail" in error
+    # its own model is seeded apart: the caller's random stream goes on where it was
+    after = torch.rand(3)
+    torch.manual_seed(11)
+    assert torch.equal(after, torch.rand(3))
 
 
 def test_compile_error_is_none_where_inductor_works():
