@@ -158,8 +158,8 @@ def cosine_rms(blocks: list[tuple[np.ndarray, np.ndarray]]) -> dict | None:
     rms^2 = sum P / sum Q over every pair of every block; the interval is the delete-one-prompt
     jackknife of rms^2 (each prompt of each block with a nonzero norm estimate is one unit: its
     samples are independent of the others'), t with units - 1 degrees of freedom; the estimate and
-    the interval's ends mapped to rms by sqrt and cut to 0..1, where an rms of cosines lies. None with fewer than 3 such prompts or no
-    positive energy (nothing to estimate)."""
+    the interval's ends mapped to rms by sqrt and cut to 0..1, where an rms of cosines lies. None
+    with fewer than 3 such prompts or no positive energy (nothing to estimate)."""
     num = sum(P.sum() for P, _ in blocks) / 2  # symmetric: each pair counted twice
     den = sum(Q.sum() for _, Q in blocks) / 2
     # A jackknife, deleting one prompt at a time: rms^2 is a ratio of sums over pairs, and pairs

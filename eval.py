@@ -69,8 +69,7 @@ def heldout_accuracy(model, tok, problems, template: str, max_new_tokens: int, s
     Returns ({group: metrics} for "all" and each tier, one row per problem). The sampler is
     seeded per call from seed (a run's --seed: model.derived_seed(seed, "held-out", batch start)),
     so the same weights give the same numbers, and no global random state is touched (training is
-    not perturbed). Prompts are cut to their last max_prompt_tokens as in
-    training (0: not cut).
+    not perturbed). Prompts are cut to their last max_prompt_tokens as in training (0: not cut).
     """
     import model as M
     prompts = [D.prompt_ids(tok, p, template, max_prompt_tokens, max_new_tokens,

@@ -196,6 +196,8 @@ CHOICES = dict(preset=list(PRESETS), normalize=["std", "batch", "matched", "none
 # Keys whose values depend on the machine, not on the computation: excluded from exact-resume
 # comparisons.
 TIMING_PREFIXES = ("time/", "perf/")
+
+
 def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

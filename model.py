@@ -601,11 +601,10 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, uniform
 # and its index (a step, an epoch, a batch of problems, a tensor), so that turning one draw on (say
 # --diag-every) changes no other, and no two draws of any two runs share a stream (the prompt
 # order is Python's generator, which seeds its state another way; the LoRA init is the exception
-# grpo.setup states). torch's CPU
-# generator keeps only the low 32 bits of a seed (seeds 1 and 1 + 2**32 draw the same numbers), so
-# the layout fits in 32 bits: the training draws at seed * SEED_STRIDE + index, below 2**31 for
-# every --seed below MAX_SEED; each measurement draw in its own 2**29 block above 2**31, 2**18
-# indices per seed.
+# grpo.setup states). torch's CPU generator keeps only the low 32 bits of a seed (seeds 1 and
+# 1 + 2**32 draw the same numbers), so the layout fits in 32 bits: the training draws at
+# seed * SEED_STRIDE + index, below 2**31 for every --seed below MAX_SEED; each measurement draw
+# in its own 2**29 block above 2**31, 2**18 indices per seed.
 SEED_STRIDE = 1_000_003  # a prime above any step count: seed s's steps never reach seed s + 1's
 MAX_SEED = 2**11  # 2**11 * SEED_STRIDE < 2**31
 TRAINING_DRAWS = ("rollouts", "prompt-order")  # index: the step, the epoch
