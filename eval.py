@@ -177,7 +177,7 @@ def evaluate(args) -> dict:
     t0 = time.time()
     # The fast decoder, as grpo.py's --decoder auto; compiled on CUDA, eager if that fails.
     import fast_decode as FD
-    decode = FD.FastDecode(compile=device.type == "cuda", fall_back=True)
+    decode = FD.FastDecode(compile=device.type in FD.COMPILE_AUTO, fall_back=True)
     groups, rows = heldout_accuracy(model, tok, problems, args.template, args.max_new_tokens,
                                     args.samples, args.temperature, args.seed, args.batch_size,
                                     progress=True, max_prompt_tokens=args.max_prompt_tokens,

@@ -1249,11 +1249,6 @@ def design_note(cfg: Config) -> str | None:
             "fires; the per-prompt reweighting needs --prompts-per-step > 1")
 
 
-# Where --compile auto compiles: on CUDA the compiled step is 10 kernels per layer against 34
-# eager (bench/count_kernels.py); a CPU gains nothing from it.
-COMPILE_AUTO = ("cuda",)
-
-
 def make_decoder(cfg: Config, device, dtype) -> FD.FastDecode | None:
     """--decoder and --compile -> the run's decode loop for model.generate (None: the plain loop).
     Compiling is tried here, on a tiny model, before any work: --compile on stops with a one-line
@@ -1261,7 +1256,7 @@ def make_decoder(cfg: Config, device, dtype) -> FD.FastDecode | None:
     model's compilation fail)."""
     if cfg.decoder == "plain":
         return None
-    compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type in COMPILE_AUTO)
+    compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type in FD.COMPILE_AUTO)
     decode = FD.FastDecode(compile=compile, fall_back=cfg.compile == "auto")
     error = FD.compile_error(device, dtype) if compile else None
     if error and cfg.compile == "on":

@@ -1104,7 +1104,7 @@ def test_compile_auto_falls_back_with_one_loud_line_and_a_logged_flag(failing_co
     only when the real model's step compiles (the check passed). Either way one WARNING line, the
     run goes on eagerly and logs sampler/compiled 0, and it is the run --compile off makes (which
     never compiles: the broken compiler stays silent)."""
-    monkeypatch.setattr(G, "COMPILE_AUTO", ("cpu", "cuda"))  # auto compiles on this CPU too
+    monkeypatch.setattr(G.FD, "COMPILE_AUTO", ("cpu", "cuda"))  # auto compiles on this CPU too
     if fails == "on the real model":
         monkeypatch.setattr(G.FD, "compile_error", lambda device, dtype: None)
     flags = SMALL + ["--steps", "2", "--save-every", "2"]
