@@ -245,11 +245,9 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
 def read_run_config(path: Path) -> tuple[dict, str | None]:
     """A run folder's config.json -> (its fields, None), or ({}, what is wrong with it)."""
     try:
-        saved = json.loads(path.read_text())
-    except UnicodeDecodeError:
-        return {}, f"{path}: not UTF-8 text"
-    except json.JSONDecodeError as e:
-        return {}, f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})"
+        saved = read_json(path)
+    except DamagedCheckpoint as e:  # not UTF-8 or not JSON: the file and line
+        return {}, str(e)
     if not isinstance(saved, dict):
         return {}, f"{path}: not a JSON object of Config fields"
     # JSON has one number type: a hand-written 2 is as good a float as 2.0
@@ -899,7 +897,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 class DamagedCheckpoint(ValueError):
     """A file of a checkpoint is missing, cut short, altered or not this run's."""
 
-    def __init__(self, path: Path, what: str):
+    def __init__(self, path: Path | str, what: str):
         super().__init__(f"{path}: {what}")
 
 
@@ -968,13 +966,15 @@ def read_manifest(ckpt: Path) -> dict[str, dict]:
 
 
 def read_json(path: Path):
+    """A JSON file's value (a checkpoint's, or a run's config.json); DamagedCheckpoint naming the
+    file, and the line where it is not JSON."""
     try:
         return json.loads(path.read_text())
     except UnicodeDecodeError:
         raise DamagedCheckpoint(path, "not UTF-8 text") from None
     except json.JSONDecodeError as e:
-        raise DamagedCheckpoint(path, f"not valid JSON (line {e.lineno}, column {e.colno}: "
-                                      f"{e.msg})") from None
+        raise DamagedCheckpoint(f"{path}:{e.lineno}",
+                                f"not valid JSON ({e.msg}, column {e.colno})") from None
 
 
 SAFETENSORS_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2,
