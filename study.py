@@ -1098,7 +1098,7 @@ def sweep(argv=None):
         for normalize in args.normalize.split(","):
             for seed in args.seeds.split(","):
                 run_dir = out / f"{normalize}-{args.optimizer}-lr{lr}-s{seed}"
-                if (run_dir / "metrics.jsonl").is_file() and latest_complete(run_dir):
+                if (run_dir / "metrics.jsonl").is_file() and finished(read_run(run_dir)):
                     print(f"skip {run_dir} (complete)")
                     continue
                 if run_dir.exists() and grpo.latest_checkpoint(run_dir) is None:
@@ -1118,14 +1118,8 @@ def sweep(argv=None):
     compare([str(out), "--out", str(out / "report")])
 
 
-def latest_complete(run_dir: Path) -> bool:
-    config = json.loads((run_dir / "config.json").read_text())
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return bool(lines) and json.loads(lines[-1])["step"] >= config["steps"]
-
-
 def finished(run: dict) -> bool:
-    """A read run whose last logged step reached its config's steps (latest_complete's rule)."""
+    """A read run (read_run) whose last logged step reached its config's steps."""
     steps = run["config"].get("steps")
     return steps is None or bool(run["metrics"]) and run["metrics"][-1]["step"] >= steps
 
