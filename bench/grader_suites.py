@@ -299,6 +299,15 @@ def suite_cases() -> tuple[list, list, dict]:
     return cases, targets, out
 
 
+def print_table(first_column: str, graders: dict, groups: list[tuple[str, list]]) -> None:
+    """A markdown table: per group of cases, how many of each grader's verdicts are the expected."""
+    print(f"| {first_column} | cases | " + " | ".join(graders) + " |")
+    print("|---|---:|" + "---:|" * len(graders))
+    for name, cases in groups:
+        cells = [str(agreement(cases, v)[0]) for v in graders.values()]
+        print(f"| {name} | {len(cases)} | " + " | ".join(cells) + " |")
+
+
 def report_suites(graders: dict, mismatches: bool) -> None:
     cases, targets, out = suite_cases()
     if "math-verify" in graders:
@@ -307,12 +316,10 @@ def report_suites(graders: dict, mismatches: bool) -> None:
     by_suite = defaultdict(list)
     for case in cases:
         by_suite[case[0]].append(case)
-    print("\n| suite (their own cases, in scope) | cases | " + " | ".join(graders) + " |")
-    print("|---|---:|" + "---:|" * len(graders))
-    for name, group in [*by_suite.items(), ("all", cases),
-                        ("all but Math-Verify's", [c for c in cases if c[0] != "Math-Verify"])]:
-        cells = [str(agreement(group, v)[0]) for v in graders.values()]
-        print(f"| {name} | {len(group)} | " + " | ".join(cells) + " |")
+    print()
+    print_table("suite (their own cases, in scope)", graders,
+                [*by_suite.items(), ("all", cases),
+                 ("all but Math-Verify's", [c for c in cases if c[0] != "Math-Verify"])])
     print("\nout of scope: " + ", ".join(f"{n} {reason}" for reason, n in out.items()))
     wrong_positive = [c for c in cases if c[5] == 0 and ours(True)(c) == 1]
     print(f"strict scores {len(wrong_positive)} of {sum(c[5] == 0 for c in cases)} wrong "
@@ -338,23 +345,16 @@ def main() -> None:
     by_class = defaultdict(list)
     for case in CASES:
         by_class[case[1]].append(case)
-    print("| class | cases | " + " | ".join(graders) + " |")
-    print("|---|---:|" + "---:|" * len(graders))
-    for name, cases in by_class.items():
-        cells = [f"{agreement(cases, v)[0]}" for v in graders.values()]
-        print(f"| {name} | {len(cases)} | " + " | ".join(cells) + " |")
-    totals = {g: agreement(CASES, v) for g, v in graders.items()}
-    print(f"| all | {len(CASES)} | " + " | ".join(str(t[0]) for t in totals.values()) + " |")
     others = [c for c in CASES if c[0] != MV and c[0] != "ours"]
-    print(f"| suites other than Math-Verify's | {len(others)} | "
-          + " | ".join(str(agreement(others, v)[0]) for v in graders.values()) + " |")
+    print_table("class", graders, [*by_class.items(), ("all", CASES),
+                                   ("suites other than Math-Verify's", others)])
     wrong_positive = [c for c in CASES if c[5] == 0 and ours(True)(c) == 1]
     print(f"\nstrict scores {len(wrong_positive)} of {sum(c[5] == 0 for c in CASES)} wrong "
           "answers right")
     if args.mismatches:
         for g in ("ours strict", "ours lenient"):
             print(f"\n{g} disagrees with:")
-            for case in totals[g][1]:
+            for case in agreement(CASES, graders[g])[1]:
                 print(f"  [{case[1]}] {case[3]!r} vs {case[4]!r}: expected {case[5]}")
     report_suites(graders, args.mismatches)
 
