@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Union
 
-from grader import boxed_answer, read_box
+from grader import boxed_answer, last_box_start, read_box
 
 PathLike = Union[str, Path]
 
@@ -408,7 +408,7 @@ PROMPT_TEMPLATES: dict[str, str] = {
 def _remove_boxes(text: str) -> str:
     """text with every \\boxed{...} / \\fbox{...} / \\boxed N removed (gold solutions only)."""
     for _ in range(64):  # bounded; no MATH solution holds more than 5 boxes
-        start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+        start = last_box_start(text)
         if start < 0:
             break
         text = text[:start] + text[read_box(text, start)[1]:]

@@ -312,6 +312,11 @@ def read_box(text: str, start: int) -> tuple[str | None, int]:
     return text[j:end].rstrip(".,;") or None, end
 
 
+def last_box_start(text: str, lo: int = 0, hi: int | None = None) -> int:
+    """Where the last \\boxed or \\fbox in text[lo:hi] starts; -1 if there is none."""
+    return max(text.rfind("\\boxed", lo, hi), text.rfind("\\fbox", lo, hi))
+
+
 def boxed_answer(text: str, no_box: object = None) -> object:
     """Rule 3: the content of the text's last box, or, when boxes right before it are joined to it
     only by commas, "and", spaces or math delimiters, the list of them all ("\\boxed{1},
@@ -319,7 +324,7 @@ def boxed_answer(text: str, no_box: object = None) -> object:
     one answer: the last). None when the last box is empty or malformed; ``no_box`` when the text
     has none. data.py reads MATH golds with it, so a gold and the completion that copies its
     solution read alike."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    start = last_box_start(text)
     if start < 0:
         return no_box
     last, _ = read_box(text, start)
@@ -329,7 +334,7 @@ def boxed_answer(text: str, no_box: object = None) -> object:
     for _ in range(MAX_ELEMENTS - 1):
         # a box that ends at most 64 characters before this one starts within this window
         window = max(0, start - MAX_ANSWER_CHARS - 80)
-        before = max(text.rfind("\\boxed", window, start), text.rfind("\\fbox", window, start))
+        before = last_box_start(text, window, start)
         if before < 0:
             break
         content, end = read_box(text, before)
@@ -355,10 +360,9 @@ def _boxes_beside(text: str) -> bool:
     """Whether the last box's sentence holds a box before it with another value, neither joined
     to it as a list nor linked to it as a conclusion: several answers ("\\boxed{8} for John and
     \\boxed{7} for DeSean")."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    start = last_box_start(text)
     sentence = max(text.rfind("\n", 0, start), text.rfind(". ", 0, start), start - MAX_ANSWER_CHARS)
-    before = max(text.rfind("\\boxed", sentence + 1, start),
-                 text.rfind("\\fbox", sentence + 1, start))
+    before = last_box_start(text, sentence + 1, start)
     if before < 0:
         return False
     (content, end), (last, _) = read_box(text, before), read_box(text, start)
