@@ -77,15 +77,14 @@ CDF_SCALE = 2.0 ** 62
 @dataclass
 class Projection:
     """Linear layers that share an input, as one: weight [sum out, in], bias, and their LoRA
-    adapters as lora_a [sum r, in] and a block-diagonal lora_b [sum out, sum r] with alpha / r
-    folded in."""
+    adapters as lora_a [sum r, in] and lora_b_t, the transpose of a block-diagonal B
+    [sum out, sum r] with alpha / r folded in."""
     weight: torch.Tensor
     bias: torch.Tensor | None = None
     lora_a: torch.Tensor | None = None
-    lora_b: torch.Tensor | None = None
     linears: list = field(default_factory=list)  # the layers it was built from
 
-    # lora_b transposed, contiguous: x @ B^T without a transposed GEMM
+    # B transposed, contiguous: x @ B^T without a transposed GEMM
     lora_b_t: torch.Tensor | None = None
     # [weight; lora_a] when both have one dtype: one GEMM for both
     with_a: torch.Tensor | None = None
@@ -115,7 +114,7 @@ class Projection:
         """Its tensors that are copies (not views of the layers' weights) get the layers' current
         values, in place: the addresses a CUDA graph holds stay valid."""
         fresh = fuse(self.linears)
-        for name in ("weight", "bias", "lora_a", "lora_b", "lora_b_t", "with_a", "with_a_bias"):
+        for name in ("weight", "bias", "lora_a", "lora_b_t", "with_a", "with_a_bias"):
             mine, new = getattr(self, name), getattr(fresh, name)
             if (mine is None) != (new is None):
                 raise RuntimeError("the adapters changed shape; build a new Decoder")
@@ -158,8 +157,7 @@ def fuse(linears: list) -> Projection:
         raise ValueError("LoRA dropout is active (the model is in training mode): "
                          "call model.eval() before generate, or decode with the plain loop")
     projection.lora_a = torch.cat([m.lora_A.weight.detach() for _, m in adapted])
-    projection.lora_b = projection.lora_a.new_zeros(projection.weight.shape[0],
-                                                    projection.lora_a.shape[0])
+    lora_b = projection.lora_a.new_zeros(projection.weight.shape[0], projection.lora_a.shape[0])
     rows = [0]
     for m in linears:
         rows.append(rows[-1] + m.out_features)
@@ -168,9 +166,9 @@ def fuse(linears: list) -> Projection:
     # and partial sum exactly, so folding it in adds no rounding.
     col = 0
     for i, m in adapted:
-        projection.lora_b[rows[i]:rows[i + 1], col:col + m.r] = m.lora_B.weight.detach() * m.scaling
+        lora_b[rows[i]:rows[i + 1], col:col + m.r] = m.lora_B.weight.detach() * m.scaling
         col += m.r
-    projection.lora_b_t = projection.lora_b.t().contiguous()
+    projection.lora_b_t = lora_b.t().contiguous()
     if (projection.lora_a.dtype == projection.weight.dtype
             and projection.weight.device.type == "cpu"):
         projection.with_a = torch.cat([projection.weight, projection.lora_a])
@@ -506,7 +504,6 @@ class FastDecode:
         if max_new_tokens == 1:
             return out, 1, logprobs
         buffers.token.copy_(out[:, 0])
-        buffers.column.fill_(P)
         done = torch.isin(out[:, 0], eos)
         n_steps = max_new_tokens
         for t in range(max_new_tokens - 1):

@@ -167,7 +167,7 @@ def _scale_lora(factor, layer, projection):
 def _drop_lora(layer, projection):
     def tamper(decoder):
         p = getattr(decoder.layers[layer], projection)
-        p.lora_a = p.lora_b = p.lora_b_t = p.with_a = p.with_a_bias = None
+        p.lora_a = p.lora_b_t = p.with_a = p.with_a_bias = None
     return tamper
 
 
