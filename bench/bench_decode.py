@@ -114,7 +114,7 @@ def main():
 
     N = args.new_tokens
     # The trainer's decoder: compiled on CUDA (a failure here is an error, not a slower timing).
-    decoder = FD.FastDecode(compile=device.type == "cuda")
+    decoder = FD.FastDecode(compile=device.type in FD.COMPILE_AUTO)
     rows = []
     for B in args.batch:
         def per_step(m, decode, n=N):

@@ -106,7 +106,7 @@ def bench_generate(args, device, dtype):
 
                 run = lambda model, decode: lambda: M.generate(model, prompts, args.new_tokens, temperature=0,  # noqa: E731
                                                                decode=decode)
-                fast = lambda: FD.FastDecode(compile=device.type == "cuda")  # noqa: E731  (grpo.py's default)
+                fast = lambda: FD.FastDecode(compile=device.type in FD.COMPILE_AUTO)  # noqa: E731  (grpo.py's default)
                 fns = {"ours": run(ours, fast()), "hf": run_hf, "plain": run(ours, None), "lora": run(adapted, fast())}
                 if device.type == "cuda":  # the eager loop without CUDA graphs or compilation
                     fns["eager"] = run(ours, FD.FastDecode(fixed_shapes=False))
@@ -120,7 +120,7 @@ def bench_generate(args, device, dtype):
                       + (f"  (ours without CUDA graph {n / t['eager']:9.0f} tok/s)" if "eager" in t else ""), flush=True)
             if vocab == args.vocab[-1] and not args.skip_prefix_sharing:
                 prompts = torch.randint(0, vocab, (8, args.prompt_len), generator=torch.Generator().manual_seed(1)).tolist()
-                decode = FD.FastDecode(compile=device.type == "cuda")
+                decode = FD.FastDecode(compile=device.type in FD.COMPILE_AUTO)
                 shared = time_it(lambda: M.generate(ours, prompts, args.new_tokens, num_samples=8, seed=0, decode=decode),
                                  device, args.repeats)
                 repeated = time_it(lambda: M.generate(ours, [p for p in prompts for _ in range(8)], args.new_tokens, seed=0,

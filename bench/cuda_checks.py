@@ -230,26 +230,25 @@ def probe(device, small: bool):
 # bf16: the production path against the plain loop and the learner, tolerances from bf16's own error
 
 
-@torch.no_grad()
 def plain_logprobs(model, prompts, completions, samples: int, temperature: float, vocab_size: int) -> torch.Tensor:
-    """model.decode_plain's computation (the prefill, then one cached step per token) fed the given tokens
-    instead of its own draws -> float64 [B, N] log-probs (every completion N tokens)."""
-    device, dtype = model.lm_head.weight.device, model.lm_head.weight.dtype
-    tokens = torch.tensor(completions, device=device)
-    B, N = tokens.shape
-    P = max(map(len, prompts))
-    ids, lengths, key_valid, positions = M.left_pad(prompts, device, width=P + N)
-    cache = M.KVCache.allocate(model.config, len(prompts), P, dtype, device)
-    h = model.hidden_states(ids, positions, M.causal_mask(key_valid[:, :P], P), cache)[:, -1]
-    cache, h = cache.fan_out(samples, P + N), h.repeat_interleave(samples, 0)
-    key_valid = key_valid.repeat_interleave(samples, 0)
-    next_position = lengths.repeat_interleave(samples)[:, None]
-    out = torch.zeros(B, N, dtype=torch.float64, device=device)
-    for t in range(N):
-        out[:, t] = M.sampled_logprobs(model.lm_head(h).float(), tokens[:, t], temperature, vocab_size)
-        mask = M.causal_mask(key_valid[:, :cache.length + 1], 1)
-        h = model.hidden_states(tokens[:, t, None], next_position + t, mask, cache)[:, -1]
-    return out.cpu()
+    """model.generate with decode_plain's computation (the prefill, then one cached step per token) fed the given
+    tokens instead of its own draws -> float64 [B, N] log-probs (every completion N tokens)."""
+    tokens = torch.tensor(completions, device=model.lm_head.weight.device)
+
+    def forced(model, inputs, return_logprobs):  # a decode loop for generate (DecodeInputs)
+        cache = inputs.prompt_cache.fan_out(inputs.samples, inputs.key_valid.shape[1])
+        h, (B, N) = inputs.h, tokens.shape
+        out = torch.zeros(B, N, dtype=torch.float64, device=tokens.device)
+        for t in range(N):
+            out[:, t] = M.sampled_logprobs(model.lm_head(h).float(), tokens[:, t], inputs.temperature,
+                                           inputs.vocab_size)
+            mask = M.causal_mask(inputs.key_valid[:, :cache.length + 1], 1)
+            h = model.hidden_states(tokens[:, t, None], inputs.next_position + t, mask, cache)[:, -1]
+        return tokens, N, out
+
+    _, logprobs = M.generate(model, prompts, tokens.shape[1], temperature=temperature, num_samples=samples,
+                             vocab_size=vocab_size, return_logprobs=True, decode=forced)
+    return torch.tensor(logprobs, dtype=torch.float64)
 
 
 @torch.no_grad()
@@ -307,8 +306,7 @@ def bf16(device, small: bool):
           f"max {float((fast - plain).abs().max()):.3g}")
     own = mean_abs(learner, learner32)
     d = mean_abs(fast, learner)
-    delta = learner - fast
-    kl = float((delta.exp() - 1 - delta).mean())
+    kl = float(G.kl_k3(fast, learner).mean())  # KL(sampler || learner), as grpo.sampler_mismatch
     check("sampler - learner mismatch within bfloat16's error", d <= TOL_BF16 * own,
           f"mean |d| {d:.3g} <= {TOL_BF16} x {own:.3g} (learner bf16 - float32); KL k3 {kl:.3g} per token; "
           f"float32 sampler - learner {mean_abs(plain32, learner32):.3g}")
