@@ -519,33 +519,3 @@ def test_compile_error_says_in_one_line_whether_torch_compile_works_here(failing
 def test_compile_error_is_none_where_inductor_works():
     """This machine has a C++ compiler, so inductor builds the fused step's pieces (bfloat16, as on a GPU)."""
     assert FD.compile_error(torch.device("cpu"), torch.bfloat16) is None
-
-
-# --- the reading path: model.py stands alone ---------------------------------------------------------------------
-
-
-def project_imports(path) -> set[str]:
-    """Every project module a file imports, at its top or inside a function."""
-    import ast
-    from pathlib import Path
-    root = Path(__file__).resolve().parent.parent
-    ours = {p.stem for p in root.glob("*.py")}
-    names = set()
-    for node in ast.walk(ast.parse((root / path).read_text())):
-        if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
-    return names & ours
-
-
-def test_model_py_imports_neither_fast_decode_nor_lora_and_there_is_no_import_circle():
-    """The sampler a reader studies in model.py is the one its generate runs unless told otherwise."""
-    graph = {name: project_imports(f"{name}.py") & {"model", "lora", "fast_decode"}
-             for name in ("model", "lora", "fast_decode")}
-    assert graph == {"model": set(), "lora": {"model"}, "fast_decode": {"lora", "model"}}
-
-    def reaches(start, target, seen=()):
-        return any(n == target or (n not in seen and reaches(n, target, (*seen, n))) for n in graph[start])
-
-    assert not any(reaches(name, name) for name in graph)

@@ -80,6 +80,14 @@ def test_library_modules_import_no_circle():
     assert cycle is None, "import circle: " + " -> ".join(cycle)
 
 
+def test_model_py_imports_neither_fast_decode_nor_lora():
+    """The sampler a reader studies in model.py is the one its generate runs unless told otherwise:
+    model.py stands alone, lora.py builds on it, fast_decode.py on both."""
+    layers = {"model", "lora", "fast_decode"}
+    assert {m: set(GRAPH[m]) & layers - {m} for m in layers} == {
+        "model": set(), "lora": {"model"}, "fast_decode": {"lora", "model"}}
+
+
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_no_private_name_crosses_modules(module):
     private = {(other, name) for other, names in GRAPH[module].items()
